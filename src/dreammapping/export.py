@@ -1,0 +1,208 @@
+"""Getting a scene out: the standard 3DGS .ply (what splat viewers open), turntable videos and view grids.
+
+The .ply layout is the one the original 3DGS code writes, so SuperSplat, antimatter15/splat, gsplat's viewer and
+friends open our files: one `vertex` element of float32 fields
+
+    x y z  nx ny nz  f_dc_0..2  f_rest_0..f_rest_{3(K-1)-1}  opacity  scale_0..2  rot_0..3
+
+holding raw parameters (opacity logits, log-scales, quaternions w x y z) and the higher SH bands channel-major
+(every rest coefficient of red, then of green, then of blue). Normals are zeros, kept only for the layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dreammapping.gaussians import Gaussians, num_sh_bases
+
+_LEAD = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+_TAIL = ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+
+
+class PlyError(ValueError):
+    """A .ply that cannot be read as 3DGS Gaussians; the message is one line that starts with the file name."""
+
+    def __init__(self, path, problem: str):
+        super().__init__(f"{path}: {' '.join(str(problem).split())}")
+
+
+def ply_field_names(sh_degree: int) -> list[str]:
+    """The vertex fields, in file order, for SH degree `sh_degree`."""
+    n_rest = 3 * (num_sh_bases(sh_degree) - 1)
+    return _LEAD + [f"f_rest_{i}" for i in range(n_rest)] + _TAIL
+
+
+def save_ply(path: str | os.PathLike, gaussians: Gaussians) -> Path:
+    """Write `gaussians` as a binary 3DGS .ply; atomic (a temp file in the same folder, then `os.replace`)."""
+    from plyfile import PlyData, PlyElement
+
+    path = Path(path)
+    g = gaussians.detach().to("cpu", torch.float32)
+    n = len(g)
+    rest = g.sh[:, 1:].transpose(1, 2).reshape(n, -1)  # [N, 3, K-1] → channel-major, as 3DGS writes it
+    columns = torch.cat([
+        g.means, torch.zeros(n, 3), g.sh[:, 0], rest,
+        g.opacity_logits[:, None], g.log_scales, g.quats,
+    ], dim=1).numpy()
+    names = ply_field_names(g.sh_degree)
+    vertex = np.empty(n, dtype=[(name, "f4") for name in names])
+    for i, name in enumerate(names):
+        vertex[name] = columns[:, i]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            PlyData([PlyElement.describe(vertex, "vertex")]).write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def load_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> Gaussians:
+    """Read a 3DGS .ply (ours or any 3DGS-layout file); SH degree from the number of f_rest fields.
+
+    Raises `PlyError` (a ValueError) naming the file for a missing, non-ply, truncated or incomplete file.
+    """
+    from plyfile import PlyData
+
+    path = Path(path)
+    if not path.is_file():
+        raise PlyError(path, "no such file" if not path.exists() else "not a file")
+    try:
+        # Read into memory rather than memory-mapping, so a truncated file fails here and not later on access.
+        with open(path, "rb") as f:
+            ply = PlyData.read(f)
+        if "vertex" not in ply:
+            raise PlyError(path, "no vertex element")
+        vertex = ply["vertex"].data
+    except PlyError:
+        raise
+    except Exception as e:  # plyfile's parse errors, numpy's short reads, unicode errors of non-ply bytes …
+        raise PlyError(path, f"not a readable .ply ({type(e).__name__}: {e})") from e
+
+    present = set(vertex.dtype.names or ())
+    rest_names = sorted((f for f in present if re.fullmatch(r"f_rest_\d+", f)), key=lambda f: int(f[7:]))
+    missing = [f for f in _LEAD[:3] + _LEAD[6:] + _TAIL if f not in present]
+    if missing:
+        raise PlyError(path, f"missing fields {', '.join(missing)}")
+    n_rest = len(rest_names)
+    degree = {0: 0, 9: 1, 24: 2, 45: 3}.get(n_rest)
+    if degree is None or rest_names != [f"f_rest_{i}" for i in range(n_rest)]:
+        raise PlyError(path, f"{n_rest} f_rest fields (expected f_rest_0.. with 0, 9, 24 or 45 of them)")
+
+    def cols(names: list[str]) -> Tensor:
+        return torch.from_numpy(np.stack([np.asarray(vertex[f], dtype=np.float32) for f in names], axis=1))
+
+    n = len(vertex)
+    sh_rest = cols(rest_names).reshape(n, 3, -1).transpose(1, 2) if n_rest else torch.zeros(n, 0, 3)
+    g = Gaussians(
+        means=cols(["x", "y", "z"]),
+        log_scales=cols(["scale_0", "scale_1", "scale_2"]),
+        quats=cols(["rot_0", "rot_1", "rot_2", "rot_3"]),
+        opacity_logits=cols(["opacity"])[:, 0],
+        sh=torch.cat([cols(["f_dc_0", "f_dc_1", "f_dc_2"])[:, None], sh_rest], dim=1),
+    )
+    return g.map(lambda t: t.contiguous().to(device))
+
+
+# ---- pictures ----------------------------------------------------------------------------------------------------
+def _render_frames(gaussians: Gaussians, cameras, chunk: int = 8, background=None) -> np.ndarray:
+    """uint8 frames [B,H,W,3], rendering `chunk` cameras at a time to bound memory."""
+    from dreammapping.render import rasterize  # lazy: the renderer pulls in optional backends
+
+    g = gaussians.detach()
+    cameras = cameras.to(g.device)
+    frames = []
+    with torch.no_grad():
+        for start in range(0, len(cameras), chunk):
+            rgb = rasterize(g, cameras[start:start + chunk], background=background).rgb
+            frames.append((rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu())
+    return torch.cat(frames).numpy()
+
+
+def save_turntable(path: str | os.PathLike, gaussians: Gaussians, n_frames: int = 60, size: int = 256,
+                   fps: int = 20, elevation: float = 15.0, background=None) -> Path:
+    """A turntable of `n_frames` views around the object, starting at the front; .mp4 (H.264) or .gif (loops)."""
+    from dreammapping.cameras import turntable
+
+    import imageio.v3 as iio
+
+    path = Path(path)
+    frames = _render_frames(gaussians, turntable(n_frames, size, size, elevation=elevation), background=background)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        iio.imwrite(path, frames, extension=".gif", duration=1000 / fps, loop=0)  # loop=0: forever
+    elif suffix == ".mp4":
+        import imageio.v2 as iio2
+
+        # yuv420p (what every player accepts) needs even sides; macro_block_size=1 stops imageio resizing to 16s
+        if size % 2:
+            frames = np.pad(frames, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
+        with iio2.get_writer(path, format="FFMPEG", fps=fps, codec="libx264", quality=8, macro_block_size=1,
+                             pixelformat="yuv420p", ffmpeg_log_level="error") as writer:
+            for frame in frames:
+                writer.append_data(frame)
+    else:
+        raise ValueError(f"{path}: turntable must be .mp4 or .gif")
+    return path
+
+
+def save_view_grid(path: str | os.PathLike, gaussians: Gaussians, size: int = 256, background=None) -> Path:
+    """One PNG row of the canonical views: front, side, back, overhead."""
+    from dreammapping.cameras import canonical_views
+
+    import imageio.v3 as iio
+
+    frames = _render_frames(gaussians, canonical_views(size, size), background=background)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, np.concatenate(list(frames), axis=1), extension=".png")
+    return path
+
+
+# ---- command line ------------------------------------------------------------------------------------------------
+def cli_render(argv: list[str] | None = None) -> int:
+    """`dreammapping render RUN_OR_PLY [--out DIR] [--frames N] [--size S]`: turntable.mp4 and views.png."""
+    parser = argparse.ArgumentParser(
+        prog="dreammapping render", description="Turntable video and view grid of a run folder or a .ply.")
+    parser.add_argument("source", help="a run folder (uses RUN/gaussians.ply) or a 3DGS .ply file")
+    parser.add_argument("--out", default=None, help="output folder (default: the run folder / the .ply's folder)")
+    parser.add_argument("--frames", type=int, default=60, help="turntable frames")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels")
+    parser.add_argument("--fps", type=int, default=20, help="turntable frame rate")
+    parser.add_argument("--gif", action="store_true", help="write turntable.gif instead of turntable.mp4")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse has printed its message; hand back its code instead of exiting
+        return int(e.code or 0)
+    if args.frames < 1 or args.size < 8:
+        print("dreammapping render: --frames must be ≥ 1 and --size ≥ 8", file=sys.stderr)
+        return 2
+    source = Path(args.source)
+    ply = source / "gaussians.ply" if source.is_dir() else source
+    if source.is_dir() and not ply.is_file():
+        print(f"dreammapping render: {source}: no gaussians.ply in this folder", file=sys.stderr)
+        return 2
+    try:
+        gaussians = load_ply(ply)
+    except PlyError as e:
+        print(f"dreammapping render: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else ply.parent
+    video = save_turntable(out / ("turntable.gif" if args.gif else "turntable.mp4"), gaussians,
+                           n_frames=args.frames, size=args.size, fps=args.fps)
+    grid = save_view_grid(out / "views.png", gaussians, size=args.size)
+    print(f"wrote {video} and {grid} ({len(gaussians)} Gaussians, SH degree {gaussians.sh_degree})")
+    return 0
