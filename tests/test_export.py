@@ -1,5 +1,3 @@
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -26,6 +24,7 @@ def test_roundtrip_bitwise(tmp_path, degree):
         assert torch.equal(t, h.params()[name]), name
     assert torch.equal(Gaussians.from_ply(path).sh, g.sh)
     assert [p.name for p in tmp_path.iterdir()] == ["scene.ply"]  # the temp file is gone
+    assert path.stat().st_mode & 0o044  # readable by others (umask permitting), unlike mkstemp's 0600
 
 
 def test_layout_matches_3dgs(tmp_path):

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +58,9 @@ def save_ply(path: str | os.PathLike, gaussians: Gaussians) -> Path:
     for i, name in enumerate(names):
         vertex[name] = columns[:, i]
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # A unique name opened with O_EXCL, like mkstemp, but with the umask's permissions rather than 0600.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             PlyData([PlyElement.describe(vertex, "vertex")]).write(f)
