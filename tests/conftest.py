@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny randomly initialised Stable Diffusion–format pipelines saved with `save_pretrained`.
+
+Nothing is downloaded: the UNet, CLIP text encoder, tokenizer (a letter-level vocabulary), DDPM scheduler and,
+for the latent variant, an AutoencoderKL are all built from configs with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY_MAX_LENGTH = 24
+
+
+def _tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab: dict[str, int] = {}
+    for tok in ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters), ",", ",</w>"]:
+        vocab[tok] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=TINY_MAX_LENGTH)
+
+
+def build_tiny_pipeline(folder: Path, latent: bool = False, prediction_type: str = "epsilon") -> Path:
+    """Save a tiny SD-format pipeline into `folder` and return it (pixel space 16², or 4×8² latents of 16²)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    tokenizer = _tokenizer(folder / "_vocab")
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=TINY_MAX_LENGTH, bos_token_id=0, eos_token_id=1,
+        pad_token_id=1, projection_dim=16))
+    channels = 4 if latent else 3
+    unet = UNet2DConditionModel(
+        sample_size=8 if latent else 16, in_channels=channels, out_channels=channels, layers_per_block=1,
+        block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=16, attention_head_dim=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012, prediction_type=prediction_type, clip_sample=False)
+    unet.save_pretrained(folder / "unet")
+    text_encoder.save_pretrained(folder / "text_encoder")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    scheduler.save_pretrained(folder / "scheduler")
+    if latent:
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                            norm_num_groups=4, layers_per_block=1, sample_size=16,
+                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+        vae.save_pretrained(folder / "vae")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel_folder(tmp_path_factory) -> Path:
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_pixel"))
+
+
+@pytest.fixture(scope="session")
+def tiny_latent_folder(tmp_path_factory) -> Path:
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_latent"), latent=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_prior(tiny_pixel_folder):
+    from dreammapping.priors import DiffusionPrior
+
+    return DiffusionPrior.from_pretrained(tiny_pixel_folder, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_latent_prior(tiny_latent_folder):
+    from dreammapping.priors import DiffusionPrior
+
+    return DiffusionPrior.from_pretrained(tiny_latent_folder, device="cpu")

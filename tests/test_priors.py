@@ -1,0 +1,123 @@
+"""DiffusionPrior: the real loading path on tiny saved pipelines, CFG noise prediction, errors, sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dreammapping.priors import DiffusionPrior, PriorNotFoundError, embedded_prior_path
+
+from conftest import build_tiny_pipeline
+
+
+def _manual_hidden(prior, text):
+    ids = prior.tokenizer(text, padding="max_length", max_length=prior.max_length, truncation=True,
+                          return_tensors="pt").input_ids
+    with torch.no_grad():
+        return prior.text_encoder(ids).last_hidden_state
+
+
+@pytest.mark.parametrize("latent", [False, True])
+def test_loads_and_predicts_noise_with_cfg(latent, tiny_prior, tiny_latent_prior):
+    prior = tiny_latent_prior if latent else tiny_prior
+    assert prior.is_latent is latent and (prior.vae is not None) is latent
+    assert prior.resolution == 16 and prior.num_train_timesteps == 1000
+    assert prior.alphas_cumprod.dtype == torch.float32 and prior.alphas_cumprod.shape == (1000,)
+    for module in (prior.unet, prior.text_encoder) + ((prior.vae,) if latent else ()):
+        assert not module.training and not any(p.requires_grad for p in module.parameters())
+
+    emb = prior.encode_text("a red cube").for_views(["front", "back"])
+    z = prior.encode_images(torch.rand(2, 3, 16, 16))
+    assert z.shape == ((2, 4, 8, 8) if latent else (2, 3, 16, 16))
+    t = torch.tensor([10, 700])
+    eps_cfg, eps_cond, eps_uncond = prior.predict_noise(z, t, emb, guidance_scale=5.0)
+
+    with torch.no_grad():
+        cond = torch.cat([_manual_hidden(prior, "a red cube, front view"), _manual_hidden(prior, "a red cube, back view")])
+        uncond = _manual_hidden(prior, "").expand(2, -1, -1)
+        e_c = prior.unet(z, t, encoder_hidden_states=cond).sample
+        e_u = prior.unet(z, t, encoder_hidden_states=uncond).sample
+    torch.testing.assert_close(eps_cond, e_c, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(eps_uncond, e_u, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(eps_cfg, e_u + 5.0 * (e_c - e_u), atol=1e-4, rtol=1e-4)
+
+
+def test_text_embeddings_views_and_cache(tiny_prior):
+    te = tiny_prior.encode_text("a cube", negative_prompt="blurry")
+    assert set(te.views) == {"front", "side", "back", "overhead"}
+    pe = te.for_views(["side", "overhead", "side"])
+    assert pe.cond.shape[0] == 3 and pe.uncond.shape == pe.cond.shape
+    torch.testing.assert_close(pe.cond[0], _manual_hidden(tiny_prior, "a cube, side view")[0])
+    torch.testing.assert_close(pe.uncond[0], _manual_hidden(tiny_prior, "blurry")[0])
+    assert tiny_prior.text_embedding("a cube, side view") is tiny_prior.text_embedding("a cube, side view")
+    plain = tiny_prior.encode_text("a cube", view_dependent=False).for_views(["front", "back"])
+    torch.testing.assert_close(plain.cond, _manual_hidden(tiny_prior, "a cube").expand(2, -1, -1))
+    assert len(tiny_prior.encode_text("a cube").for_views(4)) == 4
+
+
+def test_encode_is_differentiable_and_resizes(tiny_latent_prior, tiny_prior):
+    x = torch.rand(1, 3, 24, 24, requires_grad=True)
+    z = tiny_latent_prior.encode_images(x)
+    assert z.shape == (1, 4, 8, 8)
+    z.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    x = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(tiny_prior.encode_images(x), 2 * x - 1)
+    torch.testing.assert_close(tiny_prior.decode(2 * x - 1), x)
+    assert tiny_latent_prior.decode(tiny_latent_prior.encode_images(x)).shape == (2, 3, 16, 16)
+
+
+def test_v_prediction_is_converted_to_eps(tmp_path, tiny_prior):
+    folder = build_tiny_pipeline(tmp_path / "v", prediction_type="v_prediction")
+    prior = DiffusionPrior.from_pretrained(str(folder), device="cpu")
+    assert prior.prediction_type == "v_prediction"
+    emb = prior.encode_text("a cube").for_views(1)
+    z = torch.randn(1, 3, 16, 16)
+    t = torch.tensor([400])
+    _, eps_cond, _ = prior.predict_noise(z, t, emb)
+    with torch.no_grad():
+        v = prior.unet(z, t, encoder_hidden_states=emb.cond).sample
+    a = prior.alphas_cumprod[400]
+    torch.testing.assert_close(eps_cond, a.sqrt() * v + (1 - a).sqrt() * z, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("what", ["hub_id", "no_folder", "folder_without_unet", "bad_name"])
+def test_missing_weights_give_one_clear_line(what, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name = {"hub_id": "stabilityai/stable-diffusion-2-1-base", "no_folder": str(tmp_path / "nope" / "x"),
+            "folder_without_unet": str(tmp_path), "bad_name": "not-a-model"}[what]
+    with pytest.raises(PriorNotFoundError) as info:
+        DiffusionPrior.from_pretrained(name, device="cpu")
+    message = str(info.value)
+    assert "\n" not in message and name in message
+    assert info.value.__cause__ is None  # no chained traceback behind the line
+    if what == "hub_id":
+        assert "Hugging Face cache" in message and "huggingface-cli download" in message
+
+
+@pytest.mark.skipif((embedded_prior_path() / "unet").is_dir(), reason="the embedded prior is shipped")
+def test_embedded_missing_is_clear():
+    with pytest.raises(PriorNotFoundError, match="embedded prior"):
+        DiffusionPrior.from_pretrained("embedded", device="cpu")
+
+
+@pytest.mark.skipif(not (embedded_prior_path() / "unet").is_dir(), reason="the embedded prior is not shipped yet")
+def test_embedded_prior_loads():
+    prior = DiffusionPrior.from_pretrained("embedded", device="cpu")
+    assert prior.resolution == 32 and not prior.is_latent
+    emb = prior.encode_text("a red cube").for_views(["front"])
+    eps_cfg, _, _ = prior.predict_noise(torch.zeros(1, 3, 32, 32), 500, emb, 3.0)
+    assert torch.isfinite(eps_cfg).all()
+
+
+def test_sample_ddim_and_dpm_solver(tiny_latent_prior):
+    from diffusers import DPMSolverMultistepScheduler
+
+    g = torch.Generator().manual_seed(0)
+    images = tiny_latent_prior.sample(["a cube", "a ball"], num_steps=3, guidance_scale=2.0, generator=g)
+    assert images.shape == (2, 3, 16, 16) and images.min() >= 0 and images.max() <= 1
+    again = tiny_latent_prior.sample(["a cube", "a ball"], num_steps=3, guidance_scale=2.0,
+                                     generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(images, again)
+    dpm = tiny_latent_prior.sample(["a cube"], num_steps=3, scheduler=DPMSolverMultistepScheduler)
+    assert dpm.shape == (1, 3, 16, 16) and torch.isfinite(dpm).all()
