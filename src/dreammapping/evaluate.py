@@ -1,0 +1,800 @@
+"""Evaluation: ground-truth 3D metrics on the embedded world, CLIP score and 3D-FID by the paper's protocol.
+
+Three layers, kept apart so that the maths is testable without any model:
+
+1. **Pure metrics** on image tensors. Images are **channels-last `[B,H,W,3]` in [0,1]**, as the renderer and the
+   toy-world SDF renderer produce them; silhouettes are alpha `[B,H,W,1]` or `[B,H,W]`; masks are bool of either
+   shape. Functions that hand images to a network (classifier, CLIP, Inception) convert to channels-first at that
+   edge. Every metric returns a Python float (mean over the batch unless said otherwise).
+2. **Model-backed metrics** (`clip_score`, `inception_fid`, `classifier_fid`): the model is an argument; loaders
+   (`load_clip`, `inception_fid_available`) only ever read local files and raise `MetricUnavailable(reason)`
+   when weights are missing, so the caller can skip that metric with a one-line reason and carry on.
+3. **`evaluate_run(run_dir)`** and **`cli_evaluate(argv)`** (`dreammapping evaluate RUN [RUN...]`): render the
+   result and, when the prompt parses in the toy world, the true scene at the same cameras, compute every metric
+   that can be computed, list the rest under `skipped`, and write `run_dir/eval.json`.
+
+Definitions worth knowing when reading the numbers:
+- PSNR is computed per view from that view's MSE and capped at `PSNR_CAP` = 100 dB (identical views give exactly
+  the cap instead of +inf), then averaged over views. torchmetrics instead pools the MSE and returns inf.
+- Colour and saturation errors are taken over the pixels where **both** the truth and the result are foreground
+  (alpha > 0.5): they measure colour, not shape (silhouette IoU measures shape). Saturation error is
+  mean S(result) − mean S(truth) with HSV saturation S = (max − min) / max: **positive = over-saturated**, the
+  artefact the paper attributes to SDS.
+- CLIP score is 100 × cos(image embedding, text embedding), averaged over random views, not clamped at 0 (so it
+  lies in [−100, 100]; torchmetrics' CLIPScore clamps at 0).
+- 3D-FID compares random views of the result with images sampled from the 2D prior for the same prompt (50-step
+  DPM-Solver++). `classifier_fid` is the same Fréchet distance on the toy-world attribute classifier's features
+  (download-free); with a few dozen samples it is a biased, relative measure — compare methods at equal N only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+PSNR_CAP = 100.0  # dB; the PSNR of two identical images
+
+# Paper protocol: CLIP ViT-L/14 and ViT-bigG-14 through open_clip, (model name, pretrained tag).
+CLIP_MODELS: tuple[tuple[str, str], ...] = (("ViT-L-14", "openai"), ("ViT-bigG-14", "laion2b_s39b_b160k"))
+# The same weights in transformers' layout, tried (local files only) when open_clip is not installed.
+HF_CLIP_REPOS = {"ViT-L-14": "openai/clip-vit-large-patch14", "ViT-bigG-14": "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"}
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# torchmetrics' FrechetInceptionDistance (through torch-fidelity) loads this file from torch hub's cache.
+INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric cannot be computed here (missing package or weights); str(error) is the one-line reason."""
+
+
+# ================================================================================================================
+# 1. Pure metrics on channels-last images
+# ================================================================================================================
+def to_channels_first(images: Tensor) -> Tensor:
+    """[B,H,W,3] → [B,3,H,W] (the edge towards classifier / CLIP / Inception / diffusers)."""
+    return images.permute(0, 3, 1, 2).contiguous()
+
+
+def to_channels_last(images: Tensor) -> Tensor:
+    """[B,3,H,W] → [B,H,W,3]."""
+    return images.permute(0, 2, 3, 1).contiguous()
+
+
+def _plane(x: Tensor) -> Tensor:
+    """Alpha or mask [B,H,W,1] / [B,H,W] → [B,H,W]."""
+    return x[..., 0] if x.dim() == 4 else x
+
+
+def silhouette_iou(alpha_a: Tensor, alpha_b: Tensor, threshold: float = 0.5) -> float:
+    """Intersection over union of the silhouettes `alpha > threshold`, per view, averaged over views.
+    A view where both silhouettes are empty counts as IoU 1."""
+    a, b = _plane(alpha_a) > threshold, _plane(alpha_b) > threshold
+    inter = (a & b).flatten(1).sum(1).double()
+    union = (a | b).flatten(1).sum(1).double()
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    return float(iou.mean())
+
+
+def psnr(a: Tensor, b: Tensor, cap: float = PSNR_CAP, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB, per view (10·log10(range² / MSE)), capped at `cap`, averaged over views."""
+    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
+    value = 10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-300))
+    return float(value.clamp(max=cap).mean())
+
+
+def ssim(a: Tensor, b: Tensor, data_range: float = 1.0) -> float:
+    """Structural similarity (torchmetrics, Gaussian window σ 1.5, 11 px or the largest odd size that fits)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    side = min(a.shape[1], a.shape[2])
+    kernel = min(11, side if side % 2 else side - 1)
+    value = structural_similarity_index_measure(
+        to_channels_first(a.float()), to_channels_first(b.float()), data_range=data_range, kernel_size=kernel
+    )
+    return float(value)
+
+
+def _masked_mean(values: Tensor, mask: Tensor | None) -> float:
+    """Mean of `values` [B,H,W] over `mask` (all pixels when None); NaN on an empty mask."""
+    if mask is None:
+        return float(values.double().mean())
+    m = _plane(mask).bool()
+    count = int(m.sum())
+    return float(values.double()[m].sum() / count) if count else float("nan")
+
+
+def mean_color_error(a: Tensor, b: Tensor, mask: Tensor | None = None) -> float:
+    """Mean absolute RGB difference (averaged over the 3 channels) over the pixels of `mask`, pooled over the
+    batch; `evaluate_run` passes the pixels where both truth and result are foreground. In [0,1]."""
+    return _masked_mean((a.double() - b.double()).abs().mean(-1), mask)
+
+
+def saturation(rgb: Tensor) -> Tensor:
+    """HSV saturation (max − min) / max of [..., 3] RGB in [0,1]; 0 for black."""
+    hi, lo = rgb.amax(-1), rgb.amin(-1)
+    return torch.where(hi > 0, (hi - lo) / hi.clamp_min(1e-12), torch.zeros_like(hi))
+
+
+def saturation_error(a: Tensor, b: Tensor, mask: Tensor | None = None) -> float:
+    """Mean HSV saturation of `a` minus that of `b` over `mask` (pooled over the batch).
+    With a = result and b = truth: **positive = the result is over-saturated**."""
+    return _masked_mean(saturation(a.double()) - saturation(b.double()), mask)
+
+
+def mean_saturation(rgb: Tensor, mask: Tensor | None = None) -> float:
+    """Mean HSV saturation over `mask`: a reference-free colour statistic, usable for any prompt."""
+    return _masked_mean(saturation(rgb.double()), mask)
+
+
+# ---- attribute accuracy ----------------------------------------------------------------------------------------
+def _names(classifier, attr: str, fallback) -> list[str]:
+    return list(getattr(classifier, attr, None) or fallback)
+
+
+def scene_attribute_targets(scene, color_names: Sequence[str], shape_names: Sequence[str]) -> dict[str, int]:
+    """Class ids of a scene: first object's colour / shape, second object's (−1 when alone), relation
+    (−1 none, else the index in `toyworld.grammar.RELATIONS`)."""
+    from dreammapping.toyworld import grammar
+
+    objs = scene.objects
+    second = objs[1] if len(objs) > 1 else None
+    relation = getattr(scene, "relation", None)
+    relations = list(getattr(grammar, "RELATIONS", ()))
+    return {
+        "color": list(color_names).index(objs[0].color), "shape": list(shape_names).index(objs[0].shape),
+        "second_color": -1 if second is None else list(color_names).index(second.color),
+        "second_shape": -1 if second is None else list(shape_names).index(second.shape),
+        "relation": -1 if relation is None or relation not in relations else relations.index(relation),
+    }
+
+
+def _classifier_input(classifier, images: Tensor) -> Tensor:
+    """Channels-last views → channels-first at the classifier's resolution (32 unless it says otherwise)."""
+    size = int(getattr(classifier, "resolution", 32) or 32)
+    x = to_channels_first(images.float()).clamp(0, 1)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="area")  # what the classifier itself would do
+    param = next(iter(classifier.parameters()), None) if hasattr(classifier, "parameters") else None
+    return x.to(param.device) if param is not None else x
+
+
+@torch.no_grad()
+def attribute_accuracy(classifier, images: Tensor, scene) -> dict[str, float]:
+    """Fraction of views [B,H,W,3] in which the classifier recognises the scene.
+
+    One object: `color`, `shape` right; `all` = both right and no second object predicted (when the classifier
+    has that head). Two objects (order-free, as `toyworld.classifier.match_pair`): `color` = both colours right,
+    `shape` = both shapes right, `all` = colour and shape paired correctly and the relation right (when
+    predicted). Class ids follow the classifier's `color_names` / `shape_names` (else the grammar's order)."""
+    from dreammapping.toyworld import grammar
+
+    colors = _names(classifier, "color_names", grammar.COLORS)
+    shapes = _names(classifier, "shape_names", grammar.SHAPES)
+    t = scene_attribute_targets(scene, colors, shapes)
+    pred = {k: v.cpu() for k, v in classifier.classify(_classifier_input(classifier, images)).items()}
+    B = images.shape[0]
+    never = torch.zeros(B, dtype=torch.bool)
+
+    def eq(key: str, target: int) -> Tensor:
+        return pred[key] == target if key in pred else never
+
+    if t["second_color"] < 0:  # one object
+        color, shape = eq("color", t["color"]), eq("shape", t["shape"])
+        alone = pred["second_shape"] < 0 if "second_shape" in pred else ~never
+        both = color & shape & alone
+    else:
+        c_fwd = eq("color", t["color"]) & eq("second_color", t["second_color"])
+        c_rev = eq("color", t["second_color"]) & eq("second_color", t["color"])
+        s_fwd = eq("shape", t["shape"]) & eq("second_shape", t["second_shape"])
+        s_rev = eq("shape", t["second_shape"]) & eq("second_shape", t["shape"])
+        color, shape = c_fwd | c_rev, s_fwd | s_rev
+        relation = eq("relation", t["relation"]) if "relation" in pred else ~never
+        both = ((c_fwd & s_fwd) | (c_rev & s_rev)) & relation
+    return {k: float(v.float().mean()) for k, v in (("color", color), ("shape", shape), ("all", both))}
+
+
+# ================================================================================================================
+# 2. Fréchet distance (3D-FID and its classifier-feature variant)
+# ================================================================================================================
+def feature_statistics(features: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean [F] and unbiased covariance [F,F] of features [N,F], in float64."""
+    x = np.asarray(features.detach().cpu() if isinstance(features, Tensor) else features, dtype=np.float64)
+    return x.mean(0), np.atleast_2d(np.cov(x, rowvar=False))
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2):
+    ||mu1 − mu2||² + tr(sigma1 + sigma2 − 2 (sigma1 sigma2)^½). As in pytorch-fid: if the product is singular
+    (fewer samples than dimensions), add eps·I to both; drop a negligible imaginary part."""
+    from scipy import linalg
+
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    diff = mu1 - mu2
+    with warnings.catch_warnings():  # singular products are expected with few samples; handled below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(sigma1 @ sigma2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(sigma1.shape[0]) * eps
+            covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+def fid_from_features(features_a: Tensor | np.ndarray, features_b: Tensor | np.ndarray) -> float:
+    """Fréchet distance between the Gaussians fitted to two feature sets [Na,F] and [Nb,F]."""
+    return frechet_distance(*feature_statistics(features_a), *feature_statistics(features_b))
+
+
+@torch.no_grad()
+def classifier_fid(classifier, images_a: Tensor, images_b: Tensor) -> float:
+    """Download-free FID: Fréchet distance on `classifier.features` of two sets of channels-last views."""
+    fa = classifier.features(_classifier_input(classifier, images_a))
+    fb = classifier.features(_classifier_input(classifier, images_b))
+    return fid_from_features(fa, fb)
+
+
+def inception_fid_available() -> None:
+    """Raise MetricUnavailable unless torchmetrics' FID can run without downloading anything."""
+    try:
+        import torch_fidelity  # noqa: F401  (torchmetrics' Inception backbone)
+    except ImportError:
+        raise MetricUnavailable("torch-fidelity not installed (pip install torch-fidelity) for Inception FID")
+    path = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
+    if not path.is_file():
+        raise MetricUnavailable(f"Inception weights not in the local cache ({path}); not downloading them")
+
+
+@torch.no_grad()
+def inception_fid(images_a: Tensor, images_b: Tensor, device: str | torch.device = "cpu") -> float:
+    """FID (torchmetrics, Inception-v3 pool features, 2048-d) between two sets of channels-last views in [0,1]."""
+    inception_fid_available()
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=2048, normalize=True).to(device)
+    metric.update(to_channels_first(images_b.float()).to(device), real=True)
+    metric.update(to_channels_first(images_a.float()).to(device), real=False)
+    return float(metric.compute())
+
+
+@torch.no_grad()
+def prior_reference_images(
+    prior, prompt: str, n: int, num_steps: int = 50, generator: torch.Generator | None = None,
+    guidance_scale: float = 7.5, batch_size: int = 16,
+) -> Tensor:
+    """`n` images [n,H,W,3] sampled from the 2D prior for `prompt` with DPM-Solver++ (the paper's 3D-FID
+    reference set), in batches of `batch_size`."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    chunks = []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        x = prior.sample([prompt] * b, num_steps=num_steps, guidance_scale=guidance_scale,
+                         scheduler=DPMSolverMultistepScheduler, generator=generator)
+        chunks.append(to_channels_last(x.float().cpu().clamp(0, 1)))
+    return torch.cat(chunks)
+
+
+# ================================================================================================================
+# 2b. CLIP score: one scoring function, two loaders (open_clip, transformers), never a download
+# ================================================================================================================
+class ClipEncoder(Protocol):
+    name: str
+
+    def encode_images(self, images: Tensor) -> Tensor: ...  # [B,3,H,W] in [0,1] → [B,D]
+
+    def encode_text(self, prompts: list[str]) -> Tensor: ...  # → [N,D]
+
+
+def clip_score_from_embeddings(image_embeds: Tensor, text_embeds: Tensor) -> float:
+    """100 × cosine similarity between each image embedding [B,D] and the text embedding ([1,D] or [B,D]),
+    averaged over images. In [−100, 100]."""
+    cos = F.cosine_similarity(image_embeds.double(), text_embeds.double().expand_as(image_embeds), dim=-1)
+    return float(100.0 * cos.mean())
+
+
+@torch.no_grad()
+def clip_score(images: Tensor, prompt: str, encoder: ClipEncoder) -> float:
+    """The paper's CLIP score of channels-last views [B,H,W,3] against `prompt`."""
+    image_embeds = encoder.encode_images(to_channels_first(images.float()).clamp(0, 1))
+    text_embeds = encoder.encode_text([prompt])
+    return clip_score_from_embeddings(image_embeds, text_embeds)
+
+
+def _clip_pixels(images: Tensor, size: int, mean: Sequence[float], std: Sequence[float], device, dtype) -> Tensor:
+    """CLIP preprocessing on tensors: bicubic resize of the square views to `size`, then normalise."""
+    x = F.interpolate(images.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    x = x.clamp(0, 1)
+    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    return ((x - m) / s).to(device=device, dtype=dtype)
+
+
+def _embedding(out) -> Tensor:
+    """transformers ≥ 5 returns a model output whose pooler_output is the projected embedding; 4.x a tensor."""
+    return out if isinstance(out, Tensor) else out.pooler_output
+
+
+@dataclass
+class HFClipEncoder:
+    """A transformers `CLIPModel` (+ its tokenizer) as a ClipEncoder."""
+
+    model: Any
+    tokenizer: Any
+    name: str = "clip"
+    mean: Sequence[float] = OPENAI_CLIP_MEAN
+    std: Sequence[float] = OPENAI_CLIP_STD
+
+    def _param(self) -> Tensor:
+        return next(self.model.parameters())
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        p = self._param()
+        size = int(self.model.config.vision_config.image_size)
+        return _embedding(self.model.get_image_features(pixel_values=_clip_pixels(images, size, self.mean, self.std, p.device, p.dtype)))
+
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        max_len = int(self.model.config.text_config.max_position_embeddings)
+        tok = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
+        ids = tok["input_ids"].to(self._param().device)
+        mask = tok.get("attention_mask")
+        return _embedding(self.model.get_text_features(input_ids=ids, attention_mask=None if mask is None else mask.to(ids.device)))
+
+
+@dataclass
+class OpenClipEncoder:
+    """An open_clip model (+ tokenizer) as a ClipEncoder; preprocessing done on tensors with the model's own
+    image size, mean and std."""
+
+    model: Any
+    tokenizer: Callable
+    name: str = "clip"
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        p = next(self.model.parameters())
+        visual = self.model.visual
+        size = visual.image_size
+        size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        mean = getattr(visual, "image_mean", None) or OPENAI_CLIP_MEAN
+        std = getattr(visual, "image_std", None) or OPENAI_CLIP_STD
+        return self.model.encode_image(_clip_pixels(images, size, mean, std, p.device, p.dtype))
+
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        p = next(self.model.parameters())
+        return self.model.encode_text(self.tokenizer(prompts).to(p.device))
+
+
+@contextlib.contextmanager
+def _hf_offline():
+    """Make huggingface_hub resolve files from the local cache only (no HEAD requests, no downloads)."""
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    patched = []
+    for mod_name in ("huggingface_hub.constants", "transformers.utils.hub"):
+        mod = sys.modules.get(mod_name)
+        if mod is not None and hasattr(mod, "HF_HUB_OFFLINE"):
+            patched.append((mod, getattr(mod, "HF_HUB_OFFLINE")))
+            setattr(mod, "HF_HUB_OFFLINE", True)
+    try:
+        yield
+    finally:
+        for mod, value in patched:
+            setattr(mod, "HF_HUB_OFFLINE", value)
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+def _open_clip_cached_weights(open_clip, name: str, tag: str) -> str | None:
+    """Path of the locally cached weights open_clip would use for (name, tag), or None; never downloads."""
+    cfg = open_clip.get_pretrained_cfg(name, tag) or {}
+    hub = (cfg.get("hf_hub") or "").strip("/")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        parts = hub.split("/")
+        repo, prefix = "/".join(parts[:2]), "/".join(parts[2:])
+        for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            found = try_to_load_from_cache(repo, f"{prefix}/{filename}" if prefix else filename)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found
+    url = cfg.get("url") or ""
+    if url:
+        local = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        if local.is_file():
+            return str(local)
+    return None
+
+
+def load_clip(name: str = "ViT-L-14", pretrained: str = "openai", device: str | torch.device = "cpu") -> ClipEncoder:
+    """A ClipEncoder for open_clip's (name, pretrained) from local files only: open_clip when installed and the
+    weights are cached, else transformers' copy of the same weights (local_files_only). Raises MetricUnavailable
+    with a one-line reason otherwise."""
+    reasons = []
+    try:
+        import open_clip
+    except ImportError:
+        reasons.append("open_clip not installed")
+    else:
+        try:
+            if _open_clip_cached_weights(open_clip, name, pretrained) is None:
+                reasons.append(f"open_clip weights {name}/{pretrained} not in the local cache")
+            else:
+                with _hf_offline():
+                    model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+                return OpenClipEncoder(model.eval(), open_clip.get_tokenizer(name), name=f"{name}/{pretrained}")
+        except Exception as error:  # noqa: BLE001 — any loader failure means "skip", with the reason
+            reasons.append(f"open_clip failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
+    repo = HF_CLIP_REPOS.get(name)
+    if repo is not None:
+        try:
+            from transformers import AutoTokenizer, CLIPModel
+
+            with _hf_offline():
+                model = CLIPModel.from_pretrained(repo, local_files_only=True).to(device).eval()
+                tokenizer = AutoTokenizer.from_pretrained(repo, local_files_only=True)
+            return HFClipEncoder(model, tokenizer, name=f"{name}/{pretrained}")
+        except Exception as error:  # noqa: BLE001
+            reasons.append(f"transformers copy {repo} not in the local cache ({type(error).__name__})")
+    raise MetricUnavailable("; ".join(reasons))
+
+
+# ================================================================================================================
+# 3. Evaluating a run
+# ================================================================================================================
+@dataclass
+class EvalOptions:
+    """What `evaluate_run` renders and computes."""
+
+    resolution: int = 64  # side of the canonical (ground-truth) views and of the random views
+    num_views: int = 16  # random orbit views for attribute accuracy, CLIP and FID
+    seed: int = 0  # seed of the random views and of the prior's reference samples
+    clip: bool = True  # try CLIP (skipped when weights are missing)
+    clip_resolution: int = 224  # random views are rendered at this size for CLIP
+    fid: bool = True  # 3D-FID against prior samples (Inception when available, classifier features always)
+    fid_reference: int = 16  # images sampled from the prior per prompt for FID
+    fid_steps: int = 50  # DPM-Solver++ steps for those samples (paper: 50)
+    fid_guidance_scale: float | None = None  # CFG of those samples; None: 7.5 (SD's default), 2.0 for "embedded"
+    device: str = "cpu"
+    classifier_path: str | None = None  # None: the shipped classifier
+
+
+@dataclass
+class RunInfo:
+    prompt: str
+    prior: str
+    config: dict = field(default_factory=dict)
+
+
+def _find_key(tree, keys: Sequence[str]):
+    """First value under any of `keys` in a nested dict (breadth first)."""
+    queue = [tree]
+    while queue:
+        node = queue.pop(0)
+        if isinstance(node, dict):
+            for k in keys:
+                if k in node and not isinstance(node[k], dict):
+                    return node[k]
+            queue.extend(v for v in node.values() if isinstance(v, dict))
+    return None
+
+
+def read_run_config(run_dir: Path) -> RunInfo:
+    """Prompt and prior of a run from its `config.yaml` (prior defaults to "embedded")."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    config = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    config = config or {}
+    prompt = _find_key(config, ("prompt", "text"))
+    prior = config.get("prior") if isinstance(config.get("prior"), str) else None
+    if prior is None:
+        prior = _find_key(config.get("prior", {}) if isinstance(config.get("prior"), dict) else {},
+                          ("id_or_folder", "id", "name", "path")) or _find_key(config, ("prior_id", "prior_name"))
+    if prompt is None:
+        raise ValueError(f"{path}: no prompt found")
+    return RunInfo(str(prompt), str(prior or "embedded"), config)
+
+
+_REFERENCE_CACHE: dict[tuple, Tensor] = {}
+_PRIOR_CACHE: dict[str, Any] = {}
+_CLASSIFIER_CACHE: dict[Any, Any] = {}
+_CLIP_CACHE: dict[tuple, Any] = {}
+
+
+def _load_prior(prior_id: str, device: str):
+    key = f"{prior_id}@{device}"
+    if key not in _PRIOR_CACHE:
+        from dreammapping.priors import DiffusionPrior
+
+        _PRIOR_CACHE[key] = DiffusionPrior.from_pretrained(prior_id, device=device)
+    return _PRIOR_CACHE[key]
+
+
+def _load_classifier(path: str | None, device: str):
+    """The attribute classifier (cached, failures too, so that a missing file is reported once per metric)."""
+    key = (path, device)
+    if key not in _CLASSIFIER_CACHE:
+        try:
+            from dreammapping.toyworld.classifier import AttributeClassifier
+
+            clf = AttributeClassifier.from_pretrained(path)
+            _CLASSIFIER_CACHE[key] = clf.to(device).eval() if hasattr(clf, "eval") else clf
+        except FileNotFoundError as error:
+            _CLASSIFIER_CACHE[key] = MetricUnavailable(_one_line(error))
+        except Exception as error:  # noqa: BLE001
+            _CLASSIFIER_CACHE[key] = MetricUnavailable(f"attribute classifier unavailable ({_one_line(error)})")
+    clf = _CLASSIFIER_CACHE[key]
+    if isinstance(clf, Exception):
+        raise clf
+    return clf
+
+
+def _one_line(error: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(error).split())
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+@torch.no_grad()
+def _render(gaussians, cameras):
+    from dreammapping.render import rasterize
+
+    out = rasterize(gaussians, cameras, background=torch.ones(3, device=cameras.device))
+    return out.rgb.clamp(0, 1), out.alpha
+
+
+def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **overrides) -> dict:
+    """Every metric of one run folder (`gaussians.ply` + `config.yaml`); writes and returns `eval.json`'s dict:
+    {"run", "prompt", "prior", "metrics": name → float, "skipped": name → reason, "settings", "seconds"}."""
+    from dreammapping import cameras as cams
+    from dreammapping.export import load_ply
+
+    opt = options or EvalOptions()
+    for k, v in overrides.items():
+        setattr(opt, k, v)
+    run_dir = Path(run_dir)
+    ply = run_dir / "gaussians.ply"
+    if not ply.is_file():
+        raise FileNotFoundError(f"{run_dir}: no gaussians.ply")
+    t0 = time.perf_counter()
+    info = read_run_config(run_dir)
+    device = opt.device
+    gaussians = load_ply(ply, device=device)
+    metrics: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+
+    def attempt(names: str | Sequence[str], fn: Callable[[], dict | float | None]) -> None:
+        """Run one metric group; any failure skips exactly that group with a one-line reason."""
+        names = [names] if isinstance(names, str) else list(names)
+        try:
+            value = fn()
+        except MetricUnavailable as error:
+            skipped.update({n: str(error) for n in names})
+            return
+        except Exception as error:  # noqa: BLE001 — a broken metric must not hide the others
+            skipped.update({n: _one_line(error) for n in names})
+            return
+        if isinstance(value, dict):
+            metrics.update(value)
+        elif value is not None:
+            metrics[names[0]] = float(value)
+
+    R = opt.resolution
+    canonical = cams.canonical_views(R, R).to(device)
+    rgb, alpha = _render(gaussians, canonical)
+    fg = _plane(alpha) > 0.5
+    metrics["mean_saturation"] = mean_saturation(rgb, fg)
+    metrics["coverage"] = float(fg.float().mean())  # fraction of canonical pixels the result covers
+
+    gen = torch.Generator().manual_seed(opt.seed)
+    random_views = cams.sample_orbit(opt.num_views, R, R, cams.OrbitConfig(), generator=gen).to(device)
+    rand_rgb, _ = _render(gaussians, random_views)
+
+    # ---- ground truth: the embedded world's true scene at the same cameras ------------------------------------
+    scene, gt_names = None, ["iou", "psnr", "ssim", "color_error", "saturation_error"]
+    try:
+        from dreammapping.toyworld import grammar
+
+        scene = grammar.parse(info.prompt)
+    except ImportError as error:
+        skipped.update({n: f"toyworld unavailable ({_one_line(error)})" for n in gt_names})
+    except Exception as error:  # noqa: BLE001 — UnknownWordsError / ParseError: not a toy-world prompt
+        skipped.update({n: f"prompt does not parse in the toy world ({_one_line(error)})" for n in gt_names})
+    gt_rand_rgb = None
+    if scene is not None:
+        def ground_truth():
+            from dreammapping.toyworld.sdf import render_scenes
+
+            gt_rgb, gt_alpha = render_scenes([scene], canonical)
+            gt_rgb, gt_alpha = gt_rgb.to(rgb), gt_alpha.to(alpha)
+            both = fg & (_plane(gt_alpha) > 0.5)
+            return {
+                "iou": silhouette_iou(alpha, gt_alpha),
+                "psnr": psnr(rgb, gt_rgb),
+                "ssim": ssim(rgb, gt_rgb),
+                "color_error": mean_color_error(rgb, gt_rgb, both),
+                "saturation_error": saturation_error(rgb, gt_rgb, both),
+                "gt_saturation": mean_saturation(gt_rgb, _plane(gt_alpha) > 0.5),
+            }
+
+        attempt(gt_names, ground_truth)
+
+        def gt_random():
+            from dreammapping.toyworld.sdf import render_scenes
+
+            return render_scenes([scene], random_views)[0].to(rand_rgb).clamp(0, 1)
+
+        try:
+            gt_rand_rgb = gt_random()
+        except Exception:  # noqa: BLE001 — reported through the metrics that need it
+            gt_rand_rgb = None
+
+    # ---- attribute accuracy of the shipped classifier on random views ------------------------------------------
+    classifier = None
+    acc_names = ["attr_color", "attr_shape", "attr_all"]
+    if scene is None:
+        skipped.update({n: "needs a toy-world prompt" for n in acc_names})
+    else:
+        def accuracy():
+            nonlocal classifier
+            classifier = _load_classifier(opt.classifier_path, device)
+            out = {f"attr_{k}": v for k, v in attribute_accuracy(classifier, rand_rgb, scene).items()}
+            if gt_rand_rgb is not None:  # the classifier's ceiling on the true scene, same views
+                out.update({f"attr_{k}_gt": v for k, v in attribute_accuracy(classifier, gt_rand_rgb, scene).items()})
+            return out
+
+        attempt(acc_names, accuracy)
+
+    # ---- CLIP score (paper protocol) ---------------------------------------------------------------------------
+    if opt.clip:
+        clip_views = None
+        for name, tag in CLIP_MODELS:
+            def clip_metric(name=name, tag=tag):
+                nonlocal clip_views
+                key = (name, tag, device)
+                if key not in _CLIP_CACHE:
+                    try:
+                        _CLIP_CACHE[key] = load_clip(name, tag, device)
+                    except MetricUnavailable as error:
+                        _CLIP_CACHE[key] = error
+                encoder = _CLIP_CACHE[key]
+                if isinstance(encoder, Exception):
+                    raise encoder
+                if clip_views is None:
+                    clip_views = _render(gaussians, random_views.with_size(opt.clip_resolution, opt.clip_resolution))[0]
+                return clip_score(clip_views, info.prompt, encoder)
+
+            attempt(f"clip_{name}", clip_metric)
+    else:
+        for name, _ in CLIP_MODELS:
+            skipped[f"clip_{name}"] = "disabled (--no-clip)"
+
+    # ---- 3D-FID: random views vs samples of the 2D prior (paper protocol) --------------------------------------
+    if opt.fid:
+        reference: Tensor | None = None
+
+        def get_reference() -> Tensor:
+            nonlocal reference
+            if reference is None:
+                key = (info.prior, info.prompt, opt.fid_reference, opt.fid_steps, opt.fid_guidance_scale, opt.seed)
+                if key not in _REFERENCE_CACHE:
+                    prior = _load_prior(info.prior, device)
+                    g = torch.Generator(device=getattr(prior, "device", "cpu")).manual_seed(opt.seed)
+                    cfg = opt.fid_guidance_scale
+                    if cfg is None:  # the embedded 32² prior falls apart at CFG ≥ 5 (DESIGN.md); SD's default is 7.5
+                        cfg = 2.0 if info.prior == "embedded" else 7.5
+                    _REFERENCE_CACHE[key] = prior_reference_images(prior, info.prompt, opt.fid_reference,
+                                                                   opt.fid_steps, g, guidance_scale=cfg)
+                reference = _REFERENCE_CACHE[key]
+            return reference
+
+        attempt("fid_inception", lambda: (inception_fid_available(), inception_fid(rand_rgb, get_reference(), device))[1])
+
+        def fid_classifier():
+            clf = classifier or _load_classifier(opt.classifier_path, device)
+            return classifier_fid(clf, rand_rgb, get_reference())
+
+        attempt("fid_classifier", fid_classifier)
+        if gt_rand_rgb is not None:
+            attempt("fid_classifier_gt",
+                    lambda: classifier_fid(classifier or _load_classifier(opt.classifier_path, device), rand_rgb, gt_rand_rgb))
+    else:
+        for n in ("fid_inception", "fid_classifier"):
+            skipped[n] = "disabled (--no-fid)"
+
+    result = {
+        "run": str(run_dir),
+        "prompt": info.prompt,
+        "prior": info.prior,
+        "metrics": metrics,
+        "skipped": skipped,
+        "settings": {k: getattr(opt, k) for k in EvalOptions.__dataclass_fields__},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    (run_dir / "eval.json").write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+    return result
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else (1e308 if x > 0 else -1e308)
+    return x
+
+
+# ================================================================================================================
+# Command line: dreammapping evaluate RUN [RUN...]
+# ================================================================================================================
+TABLE_COLUMNS = (  # (metric, header, format)
+    ("iou", "IoU↑", "{:.3f}"), ("psnr", "PSNR↑", "{:.2f}"), ("ssim", "SSIM↑", "{:.3f}"),
+    ("color_error", "colour err↓", "{:.3f}"), ("saturation_error", "sat err (+ = over)", "{:+.3f}"),
+    ("attr_all", "attr acc↑", "{:.2f}"), ("clip_ViT-L-14", "CLIP L/14↑", "{:.2f}"),
+    ("fid_classifier", "cls-FID↓", "{:.2f}"),
+)
+
+
+def markdown_table(results: Sequence[dict]) -> str:
+    """One row per evaluated run; "—" where a metric was skipped."""
+    head = ["run", "prompt"] + [h for _, h, _ in TABLE_COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        cells = [Path(r["run"]).name, r["prompt"]]
+        for key, _, fmt in TABLE_COLUMNS:
+            v = r["metrics"].get(key)
+            cells.append("—" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cli_evaluate(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dreammapping evaluate",
+                                     description="Score runs against toy-world ground truth, CLIP and 3D-FID; "
+                                                 "writes RUN/eval.json and prints a table.")
+    parser.add_argument("runs", nargs="+", help="run folders (each with gaussians.ply and config.yaml)")
+    parser.add_argument("--resolution", type=int, default=EvalOptions.resolution)
+    parser.add_argument("--views", type=int, default=EvalOptions.num_views, help="random views per run")
+    parser.add_argument("--seed", type=int, default=EvalOptions.seed)
+    parser.add_argument("--no-clip", action="store_true", help="skip CLIP score")
+    parser.add_argument("--no-fid", action="store_true", help="skip 3D-FID (saves sampling the prior)")
+    parser.add_argument("--fid-reference", type=int, default=EvalOptions.fid_reference)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--classifier", default=None, help="attribute classifier folder (default: shipped)")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    opt = EvalOptions(resolution=args.resolution, num_views=args.views, seed=args.seed, clip=not args.no_clip,
+                      fid=not args.no_fid, fid_reference=args.fid_reference, device=args.device,
+                      classifier_path=args.classifier)
+    results, failures = [], 0
+    for run in args.runs:
+        try:
+            results.append(evaluate_run(run, EvalOptions(**vars(opt))))
+        except Exception as error:  # noqa: BLE001 — one line per broken run, the others still evaluated
+            print(f"dreammapping evaluate: {run}: {_one_line(error)}", file=sys.stderr)
+            failures += 1
+    if results:
+        print(markdown_table(results))
+        by_reason: dict[str, set[str]] = {}
+        for r in results:
+            for name, reason in r["skipped"].items():
+                by_reason.setdefault(reason, set()).add(name)
+        for reason, names in sorted(by_reason.items(), key=lambda kv: sorted(kv[1])):
+            print(f"skipped {', '.join(sorted(names))}: {reason}")
+    return 1 if failures else 0

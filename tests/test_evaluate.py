@@ -1,0 +1,454 @@
+"""Evaluation metrics on known cases, the CLIP path on a tiny random CLIP, Fréchet distance on known Gaussians,
+and `evaluate_run`'s skipping (missing weights → a skipped entry with a reason, the other metrics still computed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import types
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from dreammapping import evaluate as ev
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------------
+def disc(h: int, w: int, cx: float, cy: float, r: float) -> torch.Tensor:
+    """Bool mask [H,W] of the pixels whose centres lie inside the circle."""
+    y, x = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    return (x - cx) ** 2 + (y - cy) ** 2 <= r * r
+
+
+def lens_iou(r: float, d: float) -> float:
+    """IoU of two discs of radius r whose centres are d apart (analytic)."""
+    inter = 2 * r * r * math.acos(d / (2 * r)) - 0.5 * d * math.sqrt(4 * r * r - d * d)
+    return inter / (2 * math.pi * r * r - inter)
+
+
+def composite(mask: torch.Tensor, rgb) -> tuple[torch.Tensor, torch.Tensor]:
+    """A flat-coloured object on white: image [1,H,W,3] and alpha [1,H,W,1]."""
+    alpha = mask.float()[None, ..., None]
+    colour = torch.tensor(rgb, dtype=torch.float32)
+    return alpha * colour + (1 - alpha), alpha
+
+
+# ---- silhouettes, PSNR, SSIM -----------------------------------------------------------------------------------
+def test_identical_renders_give_iou_one_and_the_psnr_cap():
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(3, 24, 24, 3, generator=g)
+    alpha = (torch.rand(3, 24, 24, 1, generator=g) > 0.5).float()
+    assert ev.silhouette_iou(alpha, alpha) == 1.0
+    assert ev.psnr(img, img) == ev.PSNR_CAP == 100.0
+    assert ev.psnr(img, img, cap=60.0) == 60.0
+    assert ev.ssim(img, img) == pytest.approx(1.0, abs=1e-5)
+    empty = torch.zeros(2, 8, 8, 1)
+    assert ev.silhouette_iou(empty, empty) == 1.0  # nothing anywhere: agree perfectly
+
+
+def test_psnr_of_a_known_uniform_error():
+    a = torch.full((2, 8, 8, 3), 0.5)
+    assert ev.psnr(a, a + 0.1) == pytest.approx(20.0, abs=1e-5)  # MSE 0.01 → 20 dB
+    assert ev.psnr(a, a + 0.01) == pytest.approx(40.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_square_shifted_by_k_pixels_gives_exact_iou(k):
+    s = 20
+    a = torch.zeros(1, 40, 40, 1)
+    b = torch.zeros(1, 40, 40, 1)
+    a[0, 10:10 + s, 8:8 + s] = 1
+    b[0, 10:10 + s, 8 + k:8 + k + s] = 1
+    assert ev.silhouette_iou(a, b) == pytest.approx((s - k) / (s + k), abs=1e-12)
+
+
+@pytest.mark.parametrize("k", [2, 5, 10])
+def test_disc_shifted_by_k_pixels_gives_the_lens_iou(k):
+    r = 20.0
+    a = disc(64, 80, 30, 32, r)
+    b = disc(64, 80, 30 + k, 32, r)
+    counted = (a & b).sum().item() / (a | b).sum().item()
+    iou = ev.silhouette_iou(a[None, ..., None].float(), b[None, ..., None].float())
+    assert iou == pytest.approx(counted, abs=1e-12)  # the metric counts pixels …
+    assert iou == pytest.approx(lens_iou(r, k), abs=0.01)  # … and agrees with geometry
+
+
+def test_iou_averages_per_view():
+    full, empty = torch.ones(1, 4, 4, 1), torch.zeros(1, 4, 4, 1)
+    assert ev.silhouette_iou(torch.cat([full, full]), torch.cat([full, empty])) == 0.5
+
+
+# ---- colour and saturation ------------------------------------------------------------------------------------
+def test_known_colour_shift_gives_its_mean_absolute_error():
+    mask = disc(32, 32, 16, 16, 10)
+    truth, alpha = composite(mask, (0.5, 0.4, 0.3))
+    shifted, _ = composite(mask, (0.6, 0.2, 0.3))  # |Δ| = (0.1, 0.2, 0.0) → mean 0.1
+    shifted[0, 0, 0] = torch.tensor([0.0, 0.0, 0.0])  # a background pixel: outside the mask, must not count
+    fg = alpha[..., 0] > 0.5
+    assert ev.mean_color_error(shifted, truth, fg) == pytest.approx(0.1, abs=1e-6)
+    assert ev.mean_color_error(truth, truth, fg) == 0.0
+    assert math.isnan(ev.mean_color_error(shifted, truth, torch.zeros_like(fg)))
+
+
+def test_saturation_increase_gives_positive_error_of_the_right_size():
+    mask = disc(32, 32, 16, 16, 10)
+    truth, alpha = composite(mask, (0.8, 0.4, 0.4))  # S = 0.5
+    vivid, _ = composite(mask, (0.8, 0.2, 0.2))  # S = 0.75
+    fg = alpha > 0.5
+    assert ev.saturation_error(vivid, truth, fg) == pytest.approx(0.25, abs=1e-6)
+    assert ev.saturation_error(truth, vivid, fg) == pytest.approx(-0.25, abs=1e-6)  # washed out → negative
+    assert ev.mean_saturation(vivid, fg) == pytest.approx(0.75, abs=1e-6)
+    assert ev.saturation(torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])).tolist() == [0, 0, 1]
+
+
+# ---- attribute accuracy (fake classifier and grammar) ---------------------------------------------------------
+@dataclass
+class _Obj:
+    shape: str
+    color: str
+
+
+@dataclass
+class _Scene:
+    objects: list
+    relation: str | None = None
+
+
+class _ColourClassifier(torch.nn.Module):
+    """Colour id = argmax channel of the mean image (0 red, 1 green, 2 blue); shape always 'cube'."""
+
+    resolution = 16
+
+    def classify(self, images):
+        assert images.shape[1:] == (3, 16, 16)  # channels-first at the classifier's own size
+        return {"color": images.mean((2, 3)).argmax(1), "shape": torch.zeros(len(images), dtype=torch.long)}
+
+    def features(self, images):
+        return torch.cat([images.mean((2, 3)), images.std((2, 3))], 1)
+
+
+@pytest.fixture
+def fake_grammar(monkeypatch):
+    grammar = types.ModuleType("dreammapping.toyworld.grammar")
+    grammar.COLORS = {"red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1)}
+    grammar.SHAPES = ("cube", "sphere")
+    grammar.RELATIONS = ("on top of", "next to")
+    package = types.ModuleType("dreammapping.toyworld")
+    package.grammar = grammar
+    monkeypatch.setitem(sys.modules, "dreammapping.toyworld", package)
+    monkeypatch.setitem(sys.modules, "dreammapping.toyworld.grammar", grammar)
+    return grammar
+
+
+def test_attribute_accuracy_counts_views(fake_grammar):
+    views = torch.zeros(4, 8, 8, 3)
+    views[:3, ..., 0] = 1.0  # three red views
+    views[3, ..., 2] = 1.0  # one blue view
+    acc = ev.attribute_accuracy(_ColourClassifier(), views, _Scene([_Obj("cube", "red")]))
+    assert acc == {"color": 0.75, "shape": 1.0, "all": 0.75}
+
+
+class _FixedClassifier(torch.nn.Module):
+    """Returns the predictions it was built with (ids as the real classifier's heads, −1 = none)."""
+
+    color_names = ["red", "green", "blue"]
+    shape_names = ["cube", "sphere"]
+
+    def __init__(self, **pred):
+        super().__init__()
+        self.pred = {k: torch.tensor(v) for k, v in pred.items()}
+
+    def classify(self, images):
+        return self.pred
+
+
+def test_attribute_accuracy_of_two_object_scenes_is_order_free(fake_grammar):
+    scene = _Scene([_Obj("cube", "red"), _Obj("sphere", "blue")], relation="on top of")
+    clf = _FixedClassifier(color=[0, 2, 0, 1], shape=[0, 1, 0, 0], second_color=[2, 0, 2, 2],
+                           second_shape=[1, 0, 1, 1], relation=[0, 0, 1, 0])
+    # view 0 exact; view 1 swapped order (still right); view 2 wrong relation; view 3 wrong colour
+    acc = ev.attribute_accuracy(clf, torch.zeros(4, 8, 8, 3), scene)
+    assert acc == {"color": 0.75, "shape": 1.0, "all": 0.5}
+    # A lone object predicted as a pair is not "all" right.
+    alone = _FixedClassifier(color=[0, 0], shape=[0, 0], second_color=[-1, 2], second_shape=[-1, 1])
+    assert ev.attribute_accuracy(alone, torch.zeros(2, 8, 8, 3), _Scene([_Obj("cube", "red")]))["all"] == 0.5
+
+
+def test_attribute_accuracy_runs_the_real_classifier_architecture():
+    classifier = pytest.importorskip("dreammapping.toyworld.classifier")
+    grammar = pytest.importorskip("dreammapping.toyworld.grammar")
+    torch.manual_seed(0)
+    clf = classifier.AttributeClassifier(list(grammar.COLORS), list(grammar.SHAPES), width=8, feature_dim=16).eval()
+    scene = grammar.parse("a red cube on top of a blue sphere")
+    acc = ev.attribute_accuracy(clf, torch.rand(3, 48, 48, 3), scene)
+    assert set(acc) == {"color", "shape", "all"} and all(0.0 <= v <= 1.0 for v in acc.values())
+    assert math.isfinite(ev.classifier_fid(clf, torch.rand(5, 48, 48, 3), torch.rand(6, 32, 32, 3)))
+
+
+# ---- Fréchet distance -----------------------------------------------------------------------------------------
+def test_frechet_distance_of_known_gaussians():
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])  # ||Δ||² = 5
+    d1, d2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 1.0])  # diagonal: Σ (√a − √b)² = 1 + 1 + 4
+    assert ev.frechet_distance(mu1, np.diag(d1), mu2, np.diag(d2)) == pytest.approx(11.0, abs=1e-9)
+    # A rotated pair: the distance is invariant under a common rotation of both Gaussians.
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
+    rotated = ev.frechet_distance(q @ mu1, q @ np.diag(d1) @ q.T, q @ mu2, q @ np.diag(d2) @ q.T)
+    assert rotated == pytest.approx(11.0, abs=1e-6)
+    s = np.array([[2.0, 0.5], [0.5, 1.0]])
+    assert ev.frechet_distance(np.zeros(2), s, np.zeros(2), s) == pytest.approx(0.0, abs=1e-9)
+    assert ev.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), 4 * np.eye(2)) == pytest.approx(2.0, abs=1e-9)
+
+
+def test_fid_from_samples_approaches_the_known_answer():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(20000, 2, generator=g, dtype=torch.float64)
+    b = torch.randn(20000, 2, generator=g, dtype=torch.float64) * 2.0 + torch.tensor([3.0, 0.0], dtype=torch.float64)
+    # ||Δμ||² = 9, covariance term 2·(1 + 4 − 2·2) = 2 → 11
+    assert ev.fid_from_features(a, b) == pytest.approx(11.0, rel=0.03)
+    # Fewer samples than dimensions: singular covariances still give a finite value.
+    assert math.isfinite(ev.fid_from_features(torch.randn(4, 16, generator=g), torch.randn(5, 16, generator=g)))
+
+
+def test_classifier_fid_is_zero_on_identical_sets_and_grows_with_colour_change():
+    g = torch.Generator().manual_seed(1)
+    views = torch.rand(12, 16, 16, 3, generator=g)
+    clf = _ColourClassifier()
+    assert ev.classifier_fid(clf, views, views) == pytest.approx(0.0, abs=1e-6)
+    assert ev.classifier_fid(clf, views, (views * 0.5)) > ev.classifier_fid(clf, views, views * 0.9)
+
+
+# ---- CLIP -----------------------------------------------------------------------------------------------------
+def test_clip_score_from_embeddings_is_100_cosine():
+    t = torch.tensor([[1.0, 0.0, 0.0]])
+    imgs = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+    assert ev.clip_score_from_embeddings(imgs[:1], t) == pytest.approx(100.0)
+    assert ev.clip_score_from_embeddings(imgs[1:2], t) == pytest.approx(0.0)
+    assert ev.clip_score_from_embeddings(imgs[2:], t) == pytest.approx(-100.0)
+    assert ev.clip_score_from_embeddings(imgs, t) == pytest.approx(0.0)  # mean over views
+
+
+class _ColourWordEncoder:
+    """Image embedding = mean RGB; text embedding = the RGB of the colour word: a CLIP whose answer we know."""
+
+    name = "colour-words"
+    words = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0)}
+
+    def encode_images(self, images):
+        assert images.shape[1] == 3  # channels-first at the model's edge
+        return images.mean((2, 3))
+
+    def encode_text(self, prompts):
+        return torch.tensor([next(v for k, v in self.words.items() if k in p) for p in prompts])
+
+
+def test_clip_score_is_higher_for_the_matching_prompt():
+    views = torch.zeros(4, 8, 8, 3)
+    views[..., 0] = 0.9
+    views[..., 1:] = 0.1
+    enc = _ColourWordEncoder()
+    assert ev.clip_score(views, "a red cube", enc) > ev.clip_score(views, "a blue cube", enc)
+    assert -100 <= ev.clip_score(views, "a blue cube", enc) <= 100
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["<pad>", "<bos>", "<eos>", "<unk>", "a", "red", "blue", "cube", "sphere", "on", "top", "of"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                                     bos_token="<bos>", eos_token="<eos>")
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=2),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    return ev.HFClipEncoder(transformers.CLIPModel(config).eval(), tokenizer, name="tiny")
+
+
+def test_clip_path_runs_on_a_tiny_random_clip(tiny_clip):
+    g = torch.Generator().manual_seed(0)
+    views = torch.rand(3, 48, 48, 3, generator=g)  # any size: resized to the model's 32 px
+    score = ev.clip_score(views, "a red cube", tiny_clip)
+    assert math.isfinite(score) and -100.0 <= score <= 100.0
+    assert tiny_clip.encode_images(ev.to_channels_first(views)).shape == (3, 16)
+    assert tiny_clip.encode_text(["a red cube", "a blue sphere"]).shape == (2, 16)
+    # The score is the shared scoring function applied to the model's embeddings.
+    with torch.no_grad():
+        expected = ev.clip_score_from_embeddings(tiny_clip.encode_images(ev.to_channels_first(views)),
+                                                 tiny_clip.encode_text(["a red cube"]))
+    assert score == pytest.approx(expected, abs=1e-9)
+
+
+# ---- skipping -------------------------------------------------------------------------------------------------
+def test_load_clip_without_open_clip_or_cached_weights_is_unavailable(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # import open_clip → ImportError
+    monkeypatch.setitem(ev.HF_CLIP_REPOS, "ViT-L-14", "dreammapping-test/no-such-clip")
+    with pytest.raises(ev.MetricUnavailable) as info:
+        ev.load_clip("ViT-L-14", "openai")
+    reason = str(info.value)
+    assert "open_clip not installed" in reason and "not in the local cache" in reason and "\n" not in reason
+
+
+def test_load_clip_with_open_clip_but_no_weights_never_downloads(monkeypatch):
+    fake = types.ModuleType("open_clip")
+    fake.get_pretrained_cfg = lambda name, tag: {"hf_hub": "dreammapping-test/no-such-openclip/"}
+
+    def create(*args, **kwargs):
+        raise AssertionError("must not try to load (and so download) missing weights")
+
+    fake.create_model_and_transforms = create
+    monkeypatch.setitem(sys.modules, "open_clip", fake)
+    monkeypatch.delitem(ev.HF_CLIP_REPOS, "ViT-bigG-14")
+    with pytest.raises(ev.MetricUnavailable, match="ViT-bigG-14/laion2b_s39b_b160k not in the local cache"):
+        ev.load_clip("ViT-bigG-14", "laion2b_s39b_b160k")
+
+
+def test_inception_fid_is_unavailable_without_its_weights(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(ev.MetricUnavailable):
+        ev.inception_fid_available()
+
+
+# ---- evaluate_run end to end on a fake world (renderer, ply, grammar, classifier, prior all stubbed) ----------
+@dataclass
+class _FakeOut:
+    rgb: torch.Tensor
+    alpha: torch.Tensor
+
+
+def _fake_world(monkeypatch, fake_grammar, result_rgb, truth_rgb, shift):
+    """A 'red cube' seen as a disc: the result is the same disc shifted by `shift` px with colour `result_rgb`."""
+
+    def draw(cameras, rgb, dx):
+        R = cameras.width
+        m = disc(R, R, R / 2 + dx, R / 2, R / 4)
+        img, a = composite(m, rgb)
+        return img.expand(len(cameras), -1, -1, -1), a.expand(len(cameras), -1, -1, -1)
+
+    render = types.ModuleType("dreammapping.render")
+    render.rasterize = lambda g, cameras, background=None, **kw: _FakeOut(*draw(cameras, result_rgb, shift))
+    export = types.ModuleType("dreammapping.export")
+    export.load_ply = lambda path, device="cpu": "gaussians"
+    sdf = types.ModuleType("dreammapping.toyworld.sdf")
+    sdf.render_scenes = lambda scenes, cameras: draw(cameras, truth_rgb, 0)
+    classifier_mod = types.ModuleType("dreammapping.toyworld.classifier")
+    classifier_mod.AttributeClassifier = types.SimpleNamespace(from_pretrained=lambda path=None: _ColourClassifier())
+
+    def parse(prompt):
+        if "red cube" not in prompt:
+            raise ValueError(f"unknown words in {prompt!r}")
+        return _Scene([_Obj("cube", "red")])
+
+    fake_grammar.parse = parse
+    pkg = sys.modules["dreammapping.toyworld"]
+    pkg.sdf, pkg.classifier = sdf, classifier_mod
+    for name, mod in [("dreammapping.render", render), ("dreammapping.export", export),
+                      ("dreammapping.toyworld.sdf", sdf), ("dreammapping.toyworld.classifier", classifier_mod)]:
+        monkeypatch.setitem(sys.modules, name, mod)
+
+    class _Prior:
+        device = "cpu"
+
+        def sample(self, prompts, num_steps=30, scheduler=None, generator=None, **kw):
+            assert num_steps == 50 and scheduler.__name__ == "DPMSolverMultistepScheduler"
+            return torch.rand(len(prompts), 3, 16, 16, generator=generator)
+
+    monkeypatch.setattr(ev, "_load_prior", lambda prior_id, device: _Prior())
+    for cache in ("_REFERENCE_CACHE", "_CLASSIFIER_CACHE", "_CLIP_CACHE", "_PRIOR_CACHE"):
+        monkeypatch.setattr(ev, cache, {})
+
+    def load_clip(name, tag, device="cpu"):
+        if name == "ViT-L-14":
+            return _ColourWordEncoder()
+        raise ev.MetricUnavailable(f"open_clip weights {name}/{tag} not in the local cache")
+
+    monkeypatch.setattr(ev, "load_clip", load_clip)
+
+
+def _write_run(path, prompt):
+    path.mkdir()
+    (path / "gaussians.ply").write_bytes(b"ply\n")  # the fake load_ply never reads it
+    (path / "config.yaml").write_text(f"prompt: {prompt}\nprior: embedded\ntrain:\n  iterations: 10\n")
+    return path
+
+
+def test_evaluate_run_computes_what_it_can_and_skips_the_rest_with_reasons(monkeypatch, fake_grammar, tmp_path):
+    _fake_world(monkeypatch, fake_grammar, result_rgb=(0.9, 0.1, 0.1), truth_rgb=(0.8, 0.4, 0.4), shift=2)
+    run = _write_run(tmp_path / "run", "a red cube")
+    result = ev.evaluate_run(run, resolution=32, num_views=4, fid_reference=6)
+    m, skipped = result["metrics"], result["skipped"]
+    assert json.loads((run / "eval.json").read_text())["metrics"] == pytest.approx(m)
+    counted = (disc(32, 32, 18, 16, 8) & disc(32, 32, 16, 16, 8)).sum() / (disc(32, 32, 18, 16, 8) | disc(32, 32, 16, 16, 8)).sum()
+    assert m["iou"] == pytest.approx(float(counted))
+    assert m["color_error"] == pytest.approx((0.1 + 0.3 + 0.3) / 3, abs=1e-6)
+    assert m["saturation_error"] == pytest.approx((0.8 / 0.9) - 0.5, abs=1e-6)  # over-saturated → positive
+    assert 0 < m["psnr"] < ev.PSNR_CAP and 0 < m["ssim"] < 1
+    assert m["attr_color"] == m["attr_shape"] == m["attr_all"] == 1.0
+    assert m["clip_ViT-L-14"] > 50  # the colour-word encoder: a red disc on white against "red"
+    assert "clip_ViT-bigG-14" in skipped and "not in the local cache" in skipped["clip_ViT-bigG-14"]
+    assert "fid_inception" in skipped or "fid_inception" in m
+    assert math.isfinite(m["fid_classifier"]) and math.isfinite(m["fid_classifier_gt"])
+    for name, reason in skipped.items():
+        assert reason and "\n" not in reason, name
+
+
+def test_evaluate_run_on_a_prompt_outside_the_toy_world_skips_ground_truth(monkeypatch, fake_grammar, tmp_path):
+    _fake_world(monkeypatch, fake_grammar, result_rgb=(0.9, 0.1, 0.1), truth_rgb=(0.8, 0.4, 0.4), shift=0)
+    run = _write_run(tmp_path / "run", "a photo of a red corgi")
+    result = ev.evaluate_run(run, resolution=32, num_views=4, fid=False)
+    for name in ("iou", "psnr", "ssim", "color_error", "saturation_error", "attr_all"):
+        assert name in result["skipped"] and name not in result["metrics"]
+    assert "does not parse" in result["skipped"]["iou"]
+    assert "clip_ViT-L-14" in result["metrics"] and "mean_saturation" in result["metrics"]
+
+
+def test_cli_evaluate_prints_a_table_and_one_line_errors(monkeypatch, fake_grammar, tmp_path, capsys):
+    _fake_world(monkeypatch, fake_grammar, result_rgb=(0.8, 0.4, 0.4), truth_rgb=(0.8, 0.4, 0.4), shift=0)
+    good = _write_run(tmp_path / "good", "a red cube")
+    (tmp_path / "no_ply").mkdir()
+    code = ev.cli_evaluate([str(good), str(tmp_path / "no_ply"), str(tmp_path / "missing"),
+                            "--resolution", "32", "--views", "2", "--no-fid", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "| good | a red cube | 1.000 | 100.00 |" in out
+    assert (good / "eval.json").is_file()
+    assert err.count("\n") == 2 and "no gaussians.ply" in err
+
+
+# ---- evaluate_run with the real renderer, .ply and toy world ------------------------------------------------
+def test_evaluate_run_on_splats_of_the_true_scene(tmp_path):
+    for module in ("dreammapping.render", "dreammapping.export", "dreammapping.toyworld.sdf"):
+        pytest.importorskip(module)
+    from dreammapping.export import save_ply
+    from dreammapping.gaussians import from_points
+    from dreammapping.toyworld import grammar
+
+    scene = grammar.parse("a red cube")
+    g = torch.Generator().manual_seed(0)
+    points = torch.rand(6000, 3, generator=g) * 2.2 - 1.1
+    points = points[scene.occupancy(points)][:800]
+    splats = from_points(points, scene.color_at(points), opacity=0.95, scale=0.05)
+    ious = []
+    for name, offset in (("aligned", 0.0), ("moved", 0.4)):
+        run = tmp_path / name
+        run.mkdir()
+        moved = type(splats)(**{**splats.params(), "means": splats.means + torch.tensor([0.0, offset, 0.0])})
+        save_ply(run / "gaussians.ply", moved)
+        (run / "config.yaml").write_text("prompt: a red cube\nprior: embedded\n")
+        result = ev.evaluate_run(run, resolution=32, num_views=4, fid=False, clip=False)
+        m = result["metrics"]
+        for name_ in ("attr_color", "attr_all"):  # computed with shipped weights, else skipped with the reason
+            assert name_ in m or "classifier" in result["skipped"][name_]
+        assert 10 < m["psnr"] < ev.PSNR_CAP and 0 < m["ssim"] <= 1 and m["color_error"] < 0.3
+        ious.append(m["iou"])
+    assert ious[0] > 0.6 and ious[1] < ious[0] - 0.1
