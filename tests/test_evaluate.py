@@ -452,3 +452,56 @@ def test_evaluate_run_on_splats_of_the_true_scene(tmp_path):
         assert 10 < m["psnr"] < ev.PSNR_CAP and 0 < m["ssim"] <= 1 and m["color_error"] < 0.3
         ious.append(m["iou"])
     assert ious[0] > 0.6 and ious[1] < ious[0] - 0.1
+
+
+# ---- benchmarks/compare_methods.py: aggregation, table, chart on synthetic records ----------------------------
+def _compare_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_methods.py"
+    if not path.is_file():
+        pytest.skip("benchmarks/compare_methods.py not present")
+    spec = importlib.util.spec_from_file_location("compare_methods", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("compare_methods", module)  # dataclasses look their module up while being built
+    spec.loader.exec_module(sys.modules["compare_methods"])
+    module = sys.modules["compare_methods"]
+    return module
+
+
+def test_compare_methods_summarises_ranks_and_draws(tmp_path):
+    cm = _compare_module()
+    records = []
+    for seed in (0, 1):
+        for prompt in ("a red cube", "a blue cone"):
+            records.append({"prompt": prompt, "variant": "sds", "seed": seed, "sec_per_it": 0.10,
+                            "metrics": {"iou": 0.5 + 0.1 * seed, "saturation_error": 0.20, "color_error": 0.2},
+                            "skipped": {"clip_ViT-L-14": "open_clip not installed"}, "run_dir": "x"})
+            records.append({"prompt": prompt, "variant": "vdm+dca300", "seed": seed, "sec_per_it": 0.12,
+                            "metrics": {"iou": 0.45 + 0.1 * seed, "saturation_error": -0.05, "color_error": 0.1},
+                            "skipped": {}, "run_dir": "x"})
+    cm.add_relative_time(records)
+    table = cm.summarise(records, ["sds", "vdm+dca300"])
+    mean, sd, n = table["sds"]["iou"]
+    assert (mean, n) == (pytest.approx(0.55), 4) and sd == pytest.approx(statistics_stdev([0.5, 0.5, 0.6, 0.6]))
+    assert table["vdm+dca300"]["sec_per_it_rel"][0] == pytest.approx(1.2)
+    best = cm.winners(table)
+    assert best["iou"] == "sds" and best["saturation_error"] == "vdm+dca300" and best["color_error"] == "vdm+dca300"
+    note = "\n".join(cm.closing_note(table, best))
+    assert "Worse: silhouette IoU" in note  # 0.05 apart, standard error of the difference 0.041
+    assert "Better beyond one standard error: colour error" in note
+    plan = cm.Plan(["sds", "vdm+dca300"], ["a red cube", "a blue cone"], [0, 1], 10, tmp_path, tmp_path)
+    cm.write_markdown(tmp_path / "t.md", plan, records, "c.png", "g.png")
+    text = (tmp_path / "t.md").read_text()
+    assert "| `sds` |" in text and "**0.550 ± 0.058**" in text and "open_clip not installed" in text
+    cm.draw_chart(tmp_path / "c.png", table)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "c.png").size[0] > 400
+
+
+def statistics_stdev(values):
+    import statistics
+
+    return statistics.stdev(values)

@@ -321,8 +321,8 @@ def _clip_pixels(images: Tensor, size: int, mean: Sequence[float], std: Sequence
     """CLIP preprocessing on tensors: bicubic resize of the square views to `size`, then normalise."""
     x = F.interpolate(images.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
     x = x.clamp(0, 1)
-    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return ((x - m) / s).to(device=device, dtype=dtype)
 
 
