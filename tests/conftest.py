@@ -80,3 +80,12 @@ def tiny_latent_prior(tiny_latent_folder):
     from dreammapping.priors import DiffusionPrior
 
     return DiffusionPrior.from_pretrained(tiny_latent_folder, device="cpu")
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models run fastest on one thread, above all on a shared machine (no OpenMP spin-waiting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

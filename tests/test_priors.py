@@ -9,6 +9,8 @@ from dreammapping.priors import DiffusionPrior, PriorNotFoundError, embedded_pri
 
 from conftest import build_tiny_pipeline
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _manual_hidden(prior, text):
     ids = prior.tokenizer(text, padding="max_length", max_length=prior.max_length, truncation=True,

@@ -113,7 +113,7 @@ class Guidance:
         self.progress = min(max(step / max(max_steps, 1), 0.0), 1.0)  # fraction of training done, for schedules
         t, noise = self.draw(z, step, max_steps)
         g, aux, logs = self.gradient(z.detach().float(), t, noise, emb)
-        logs = {"t": float(t.float().mean()), "grad_norm": float(g.float().flatten(1).norm(dim=1).mean()), **logs}
+        logs = {"t": float(t.float().mean()), "grad_norm": float(g.detach().float().flatten(1).norm(dim=1).mean()), **logs}
         aux = aux if aux is not None else torch.zeros((), device=z.device)
         return GuidanceOutput(loss=grad_to_loss(z, g), aux_loss=aux, logs=logs)
 

@@ -1,0 +1,359 @@
+"""Guidance methods: every method through one shared check (its gradient equals its formula computed by hand on
+the tiny UNet, the frozen prior never changes, the learnable parts are trained), plus DCA, VDM on a known
+degradation, VSD's LoRA, and text-to-2D."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from dreammapping.guidance import METHODS, VDM, dca_lambda
+from dreammapping.guidance.nfsd import NEGATIVE_PROMPT
+from dreammapping.priors import PromptEmbeddings, embedded_prior_path
+
+SCALE = 4.0
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+B = 2
+
+
+# ------------------------------------------------------------------------------------------ references by hand
+def _eps(prior, x, t, hidden, unet=None):
+    with torch.no_grad():
+        return (unet or prior.unet)(x, t, encoder_hidden_states=hidden).sample
+
+
+def _hand(prior, t):
+    return prior.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+
+
+def _noisy(prior, z, noise, t):
+    a = _hand(prior, t)
+    return a.sqrt() * z + (1 - a).sqrt() * noise
+
+
+def _cfg(prior, x, t, emb, s=SCALE):
+    e_c, e_u = _eps(prior, x, t, emb.cond), _eps(prior, x, t, emb.uncond)
+    return e_u + s * (e_c - e_u), e_c, e_u
+
+
+def ref_sds(method, z, t, noise, emb):
+    x_t = _noisy(method.prior, z, noise, t)
+    return (1 - _hand(method.prior, t)) * (_cfg(method.prior, x_t, t, emb)[0] - noise)
+
+
+def ref_vdm(method, z, t, noise, emb):
+    prior = method.prior
+    x_t = _noisy(prior, z, noise, t)
+    e_cfg, e_c, _ = _cfg(prior, x_t, t, emb)
+    a = _hand(prior, t)
+    lam = torch.where(t.view(-1, 1, 1, 1) > method.config.dca_cutoff, torch.ones_like(a), 1 - a)
+    with torch.no_grad():
+        m = method.operator(e_c, t)
+    return (1 - a) * (e_cfg - lam * m)
+
+
+def ref_csd(method, z, t, noise, emb):
+    x_t = _noisy(method.prior, z, noise, t)
+    _, e_c, e_u = _cfg(method.prior, x_t, t, emb)
+    return (1 - _hand(method.prior, t)) * SCALE * (e_c - e_u)
+
+
+def ref_nfsd(method, z, t, noise, emb):
+    prior = method.prior
+    x_t = _noisy(prior, z, noise, t)
+    _, e_c, e_u = _cfg(prior, x_t, t, emb)
+    neg = prior.text_embedding(NEGATIVE_PROMPT).expand(len(t), -1, -1)
+    e_n = _eps(prior, x_t, t, neg)
+    out = []
+    for i, ti in enumerate(t.tolist()):  # per sample, as written in the paper
+        delta_d = e_u[i] if ti < 200 else e_u[i] - e_n[i]
+        out.append(delta_d + SCALE * (e_c[i] - e_u[i]))
+    return (1 - _hand(prior, t)) * torch.stack(out)
+
+
+def ref_ism(method, z, t, noise, emb):
+    prior, c = method.prior, method.config
+    abar = prior.scheduler.alphas_cumprod
+    grads = []
+    for i, ti in enumerate(t.tolist()):  # one sample at a time, plain Python timesteps
+        zi, ni, ui, ci = z[i:i + 1], noise[i:i + 1], emb.uncond[i:i + 1], emb.cond[i:i + 1]
+
+        def step(x, e, a, b):
+            x0 = (x - (1 - abar[a]).sqrt() * e) / abar[a].sqrt()
+            return abar[b].sqrt() * x0 + (1 - abar[b]).sqrt() * e
+
+        s = max(ti - c.delta_t, 0)
+        cur = max(s - c.delta_s * c.xs_inv_steps, 0)
+        x = abar[cur].sqrt() * zi + (1 - abar[cur]).sqrt() * ni
+        while cur < s:
+            nxt = min(cur + c.delta_s, s)
+            x = step(x, _eps(prior, x, torch.tensor([cur]), ui), cur, nxt)
+            cur = nxt
+        e_s = _eps(prior, x, torch.tensor([s]), ui)
+        x_t = step(x, e_s, s, ti)
+        e_c, e_u = _eps(prior, x_t, torch.tensor([ti]), ci), _eps(prior, x_t, torch.tensor([ti]), ui)
+        grads.append((1 - abar[ti]) * (e_u + SCALE * (e_c - e_u) - e_s))
+    return torch.cat(grads)
+
+
+def ref_vsd(method, z, t, noise, emb):
+    x_t = _noisy(method.prior, z, noise, t)
+    e_lora = _eps(method.prior, x_t, t, emb.cond, unet=method.lora_unet)
+    return (1 - _hand(method.prior, t)) * (_cfg(method.prior, x_t, t, emb)[0] - e_lora)
+
+
+REFERENCES = {"sds": ref_sds, "vdm": ref_vdm, "csd": ref_csd, "nfsd": ref_nfsd, "ism": ref_ism, "vsd": ref_vsd}
+
+
+def _hash(*modules) -> str:
+    h = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _prior_modules(prior):
+    return [m for m in (prior.unet, prior.text_encoder, prior.vae) if m is not None]
+
+
+# ---------------------------------------------------------------------------------------- the shared check
+def check_method(name: str, prior, config_kwargs=None, steps: int = 2):
+    """One method, through the trainer's real path: call, backward, step the method's own optimiser.
+
+    Checks the image gradient against the formula by hand (same RNG draws), a finite scalar loss/aux_loss,
+    that only the method's own parameters change and the frozen prior stays bit-identical.
+    """
+    cls = METHODS[name]
+    method = cls(prior, cls.Config(guidance_scale=SCALE, t_min=0.02, t_max=0.98, **(config_kwargs or {})))
+    emb = prior.encode_text("a red cube").for_views(["front", "back"])
+    before = _hash(*_prior_modules(prior))
+    params = method.parameters()
+    own_before = [p.detach().clone() for p in params]
+    opt = method.optimizer_config().build(params)
+    assert (opt is None) == (len(params) == 0)
+
+    for step in range(steps):
+        images = torch.rand(B, 3, 16, 16, generator=torch.Generator().manual_seed(step)).requires_grad_(True)
+        torch.manual_seed(100 + step)
+        out = method(images, emb, step=step, max_steps=10)
+        assert out.loss.ndim == 0 and out.aux_loss.ndim == 0
+        assert torch.isfinite(out.loss) and torch.isfinite(out.aux_loss)
+        assert all(isinstance(v, float) for v in out.logs.values())
+
+        # the formula, by hand, with the same draws (t first, then ε)
+        torch.manual_seed(100 + step)
+        z = prior.encode_images(images.detach())
+        t, noise = method.draw(z, step, 10)
+        g = REFERENCES[name](method, z, t, noise, emb)
+
+        (out.loss + out.aux_loss).backward()
+        if prior.is_latent:  # carry g / B back through the VAE encoder by hand
+            x = images.detach().requires_grad_(True)
+            expected = torch.autograd.grad(prior.encode_images(x), x, g / B)[0]
+        else:  # z = 2x − 1
+            expected = 2 * g / B
+        torch.testing.assert_close(images.grad, expected, atol=1e-4, rtol=1e-3)
+        if opt is not None:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    assert _hash(*_prior_modules(prior)) == before, f"{name} changed the frozen prior"
+    if params:
+        assert any(not torch.equal(a, p.detach()) for a, p in zip(own_before, params)), f"{name} did not learn"
+    return method
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method_gradient_matches_formula(name, tiny_prior):
+    check_method(name, tiny_prior)
+
+
+@pytest.mark.parametrize("name", ["sds", "vdm"])
+def test_method_gradient_through_vae(name, tiny_latent_prior):
+    check_method(name, tiny_latent_prior, steps=1)
+
+
+def test_options_annealing_weighting_no_dca(tiny_prior):
+    check_method("vdm", tiny_prior, {"dca": False, "weighting": "sds", "t_max_end": 0.5}, steps=1)
+    method = METHODS["sds"](tiny_prior, METHODS["sds"].Config(t_min=0.02, t_max=0.98, t_max_end=0.5))
+    assert method.timestep_range(0, 100) == (20, 980)
+    assert method.timestep_range(100, 100) == (20, 500)
+    with pytest.raises(ValueError, match="weighting"):
+        METHODS["sds"](tiny_prior, METHODS["sds"].Config(weighting="nope"))
+
+
+def test_csd_negative_prompt_term(tiny_prior):
+    method = METHODS["csd"](tiny_prior, METHODS["csd"].Config(guidance_scale=SCALE, negative_prompt="blurry",
+                                                              negative_scale=0.5))
+    emb = tiny_prior.encode_text("a cube").for_views(["front", "back"])
+    images = torch.rand(B, 3, 16, 16, requires_grad=True)
+    torch.manual_seed(3)
+    method(images, emb, 0, 1).loss.backward()
+    torch.manual_seed(3)
+    z = tiny_prior.encode_images(images.detach())
+    t, noise = method.draw(z, 0, 1)
+    x_t = _noisy(tiny_prior, z, noise, t)
+    _, e_c, e_u = _cfg(tiny_prior, x_t, t, emb)
+    e_n = _eps(tiny_prior, x_t, t, tiny_prior.text_embedding("blurry").expand(B, -1, -1))
+    g = (1 - _hand(tiny_prior, t)) * (SCALE * (e_c - e_u) - 0.5 * (e_n - e_u))
+    torch.testing.assert_close(images.grad, 2 * g / B, atol=1e-4, rtol=1e-3)
+
+
+# -------------------------------------------------------------------------------------------------------- DCA
+def test_dca_lambda_values_and_limits():
+    from diffusers import DDPMScheduler
+
+    abar = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod
+    for cutoff in (100, 300, 500):
+        lam = dca_lambda(torch.tensor([cutoff - 1, cutoff, cutoff + 1]), abar, cutoff)
+        torch.testing.assert_close(lam, torch.stack([1 - abar[cutoff - 1], 1 - abar[cutoff], torch.tensor(1.0)]))
+    all_t = torch.arange(1000)
+    assert torch.all(dca_lambda(all_t, abar, cutoff=-1) == 1)  # cutoff below every t: DCA off
+    torch.testing.assert_close(dca_lambda(all_t, abar, cutoff=999), 1 - abar)  # everywhere 1 − ᾱ_t
+    lam = dca_lambda(all_t, abar)
+    assert lam[0] < 1e-2 and torch.all(lam > 0) and torch.all(lam <= 1)  # λ → 0 as t → 0
+    assert torch.all(lam[1:301] >= lam[:300])  # annealed monotonically up to the cut-off
+    assert float(dca_lambda(300, abar)) == pytest.approx(float(1 - abar[300]))
+
+
+# --------------------------------------------------------------------------- VDM learns a known degradation
+class LinearNoisePrior:
+    """A synthetic prior whose prediction is a fixed linear map of the true noise: ε_φ(x_t) = A·ε.
+
+    A mixes the channels and scales them (0.9, 1.1, 0): the prediction carries no information about one mixed
+    direction of ε. SDS's update ω(ε_φ − ε) keeps that unpredictable part of ε; Mψ learns E[ε | ε_φ] = A⁺ε_φ
+    (= Pε, P = A⁺A), so VDM's ω(ε_φ − Mψ(ε_φ)) keeps only the small deterministic mismatch (A − P)ε.
+    """
+
+    is_latent, num_train_timesteps, resolution, downsample, latent_channels = False, 1000, 16, 1, 3
+    device = torch.device("cpu")
+
+    def __init__(self):
+        from diffusers import DDPMScheduler
+
+        self.alphas_cumprod = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+                                            beta_end=0.012).alphas_cumprod
+        q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0)))
+        self.A = q @ torch.diag(torch.tensor([0.9, 1.1, 0.0])) @ q.T
+        self.P = q @ torch.diag(torch.tensor([1.0, 1.0, 0.0])) @ q.T
+
+    def encode_images(self, x):
+        self._z = 2 * x - 1
+        return self._z
+
+    def add_noise(self, z, noise, t):
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return a.sqrt() * z + (1 - a).sqrt() * noise
+
+    def predict_noise(self, x_t, t, emb, guidance_scale=7.5):
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        eps = (x_t - a.sqrt() * self._z) / (1 - a).sqrt()
+        e = torch.einsum("ij,bjhw->bihw", self.A, eps)
+        return e, e, e
+
+
+def test_vdm_learns_known_degradation():
+    from dreammapping.guidance import ULite
+
+    prior = LinearNoisePrior()
+    emb = PromptEmbeddings(cond=torch.zeros(4, 1, 1), uncond=torch.zeros(4, 1, 1))
+    cfg = dict(weighting="uniform", t_min=0.4, t_max=0.9)  # t > cut-off: λ_t = 1
+    torch.manual_seed(0)
+    # a randomly initialised Mψ (not the identity start), so that convergence has somewhere to come from
+    vdm = METHODS["vdm"](prior, METHODS["vdm"].Config(**cfg), operator=ULite.for_prior(prior, residual=False))
+    sds = METHODS["sds"](prior, METHODS["sds"].Config(**cfg))
+    opt = vdm.optimizer_config().build(vdm.parameters())
+    assert opt.param_groups[0]["lr"] == 0.01
+    losses = []
+    for step in range(150):
+        out = vdm(torch.rand(4, 3, 16, 16), emb, step, 150)
+        opt.zero_grad()
+        out.aux_loss.backward()
+        opt.step()
+        losses.append(out.logs["loss_op"])
+    floor = 1 / 3  # the unpredictable third of ε: min E||Mψ(Aε) − ε||² per element
+    assert losses[0] > floor + 0.3 and sum(losses[-10:]) / 10 < floor + 0.03, (losses[0], losses[-10:])
+
+    # Mψ ≈ A⁺ on the prediction, and the VDM update is far smaller than SDS's on the same draws
+    eps = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        mapped = vdm.operator(torch.einsum("ij,bjhw->bihw", prior.A, eps))
+    target = torch.einsum("ij,bjhw->bihw", prior.P, eps)
+    assert (mapped - target).norm() / target.norm() < 0.2
+    norms = {}
+    for name, method in (("vdm", vdm), ("sds", sds)):
+        images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        torch.manual_seed(7)
+        method(images, emb, 0, 1).loss.backward()
+        norms[name] = images.grad.norm().item()
+    assert norms["vdm"] < 0.35 * norms["sds"], norms
+
+
+# --------------------------------------------------------------------------------------------------------- VSD
+def test_vsd_trains_lora_only(tiny_prior):
+    method = check_method("vsd", tiny_prior, steps=2)
+    lora = [n for n, p in method.lora_unet.named_parameters() if p.requires_grad]
+    assert lora and all("lora_" in n for n in lora)
+    # the copy's base weights equal the prior's, untouched by training
+    base = {n.replace(".base_layer", ""): p for n, p in method.lora_unet.named_parameters() if "lora_" not in n}
+    for name, param in tiny_prior.unet.named_parameters():
+        assert torch.equal(base[name], param), name
+
+
+def test_vdm_operator_sizes(tiny_prior):
+    from dreammapping.guidance import ULite
+
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert 0.8e6 < count(ULite.for_sd()) < 1.2e6
+    small = VDM(tiny_prior).operator
+    assert count(small) < 50_000
+    eps = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(small(eps), eps)  # residual, zero-initialised head: starts as the identity
+    timed = ULite.for_prior(tiny_prior, condition_on_t=True)
+    assert timed(eps, torch.tensor([10, 900])).shape == eps.shape
+
+
+# --------------------------------------------------------------------------------------------------- text2img
+@pytest.mark.parametrize("method", ["vdm", "sds"])
+def test_text2img_smoke(method, tiny_prior, tiny_latent_prior):
+    from dreammapping.guidance.text2img import text2img
+
+    for prior in (tiny_prior, tiny_latent_prior):
+        seen = []
+        start = text2img("a red cube", method=method, prior=prior, steps=0, seed=1)
+        image = text2img("a red cube", method=method, prior=prior, steps=4, seed=1,
+                         callback=lambda step, out: seen.append((out.loss.item(), out.logs["grad_norm"])))
+        assert image.shape == (1, 3, 16, 16) and image.min() >= 0 and image.max() <= 1
+        assert len(seen) == 4 and all(torch.isfinite(torch.tensor(s)).all() for s in seen)
+        assert (image - start).abs().max() > 1e-3
+
+
+def test_cli_text2img_errors_and_output(tmp_path, tiny_pixel_folder, capsys):
+    from dreammapping.guidance.text2img import cli_text2img
+
+    assert cli_text2img(["  "]) == 2
+    assert cli_text2img(["a cube", "--method", "magic"]) == 2
+    assert cli_text2img(["a cube", "--prior", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("dreammapping text2img: error:") for line in err)
+    out = tmp_path / "img.png"
+    assert cli_text2img(["a cube", "--prior", str(tiny_pixel_folder), "--steps", "2", "--out", str(out),
+                         "--device", "cpu"]) == 0
+    assert out.stat().st_size > 0
+
+
+@pytest.mark.skipif(not (embedded_prior_path() / "unet").is_dir(), reason="the embedded prior is not shipped yet")
+@pytest.mark.slow
+def test_text2img_embedded_moves_towards_prompt():
+    from dreammapping.guidance.text2img import text2img
+    from dreammapping.toyworld.classifier import AttributeClassifier
+    from dreammapping.toyworld.grammar import COLORS
+
+    image = text2img("a red cube", method="vdm", prior="embedded", steps=300, seed=0)
+    pred = AttributeClassifier.from_pretrained().classify(image)
+    assert list(COLORS)[int(pred["color"][0])] == "red"
