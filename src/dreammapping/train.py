@@ -1,0 +1,775 @@
+"""Text → 3D Gaussians: Algorithm 1 of DreamMapping as one loop, with its config, presets, outputs and CLI.
+
+    init θ (Shap-E / sphere / ball / .ply)
+    for step in 0..iterations-1:
+        cameras  ← sample_orbit(batch)                      # Alg. 1 line 2, a batch of random poses
+        emb      ← text embeddings for the cameras' view tags ("…, front view")
+        x        ← rasterize(θ, cameras)                     # line 3, at the prior's resolution
+        out      ← method(x, emb, step)                      # lines 4-13: t, ε, x_t, ε_φ, (VDM: M_ψ, λ_t of DCA)
+        (out.loss + out.aux_loss).backward()                 # ∇θ L_VDM reaches θ; ∇ψ L_op reaches M_ψ only
+        step θ's Adam (3DGS per-parameter lrs) and ψ's own   # lines 14-15
+        densify / prune on schedule
+
+Everything a run makes lives in one folder (default `runs/<prompt-slug>-<method>-<seed>`): `config.yaml` (fully
+resolved), `loss.csv`, `checkpoint.pt` (atomic, every `checkpoint_every` steps, on Ctrl-C and at the end),
+`gaussians.ply`, `turntable.mp4` / `.gif`, `views.png` and `metrics.json`. `--resume RUN` continues from the
+checkpoint; a seeded run that was interrupted and resumed ends bitwise identical to one that was not (on CPU).
+
+Python: `dreammapping.generate("a red cube", iterations=200)`; command line: `dreammapping generate "a red cube"`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import sys
+import threading
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal
+
+import torch
+import tyro
+import yaml
+
+from dreammapping import cameras as C
+from dreammapping.gaussians import Gaussians, LearningRates, make_optimizer, update_learning_rates
+from dreammapping.init import InitError, InitOptions, initialise
+from dreammapping.strategy import DensityStrategy
+
+
+# ================================================================================================ configuration
+@dataclass
+class GenerateConfig:
+    """Everything one text-to-3D run depends on; written to the run's config.yaml."""
+
+    prompt: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="PROMPT")] = ""  # what to generate
+    negative_prompt: str = ""  # what to steer away from (the unconditional prompt of CFG when empty)
+    prior: str = "embedded"  # the diffusion prior: "embedded", a Hugging Face id in the local cache, or a folder
+    method: str = "vdm"  # guidance: a name in dreammapping.guidance.METHODS (vdm, sds, csd, nfsd, ism, vsd)
+    # Per-method options, method name → {field: value} of METHODS[name].Config (e.g. guidance_scale, dca_cutoff);
+    # on the command line they are `--guidance.FIELD` for the chosen method.
+    method_options: tyro.conf.Suppress[dict[str, dict[str, Any]]] = field(default_factory=dict)
+    iterations: int = 300  # optimisation steps
+    batch: int = 4  # camera views rendered per step
+    resolution: int | None = None  # rendered image side in pixels; None: the prior's own resolution
+    background: Literal["white", "random"] = "white"  # colour behind the object while training
+    orbit: C.OrbitConfig = field(default_factory=C.OrbitConfig)  # ranges of the random training cameras
+    init: str = "shap-e"  # starting Gaussians: "shap-e" (falls back when absent), "sphere", "ball" or a .ply path
+    num_points: int = 3000  # number of starting Gaussians (a .ply keeps its own)
+    init_options: InitOptions = field(default_factory=InitOptions)  # radius, colour, Shap-E settings
+    sh_degree: int = 0  # spherical-harmonic degree of the colours (0: view-independent)
+    lr: LearningRates = field(default_factory=LearningRates)  # Adam lrs per Gaussian parameter (3DGS's recipe)
+    density: DensityStrategy = field(default_factory=DensityStrategy)  # clone / split / prune schedule
+    seed: int = 0  # seeds the global torch RNG (guidance's t and ε) and the camera generator
+    out: str | None = None  # run folder; None: runs/<prompt-slug>-<method>-<seed>
+    overwrite: bool = False  # allow a fresh run to write into a folder that already holds a run
+    checkpoint_every: int = 100  # steps between checkpoints (0: only on Ctrl-C and at the end)
+    log_every: int = 10  # steps between loss.csv rows and progress-bar updates
+    max_loss: float = 1e6  # a loss above this is an explosion: stop, keep the last good checkpoint
+    turntable_size: int = 128  # side of the final turntable / view-grid frames (the splat is 3D: any size)
+    turntable_frames: int = 48  # frames of the final turntable
+    device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", …
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # the prior's dtype; auto: fp16 on CUDA, fp32 on CPU
+    render_backend: str = "auto"  # rasterizer: "auto" (gsplat on CUDA if installed, else torch), "torch", "gsplat"
+
+
+def _cpu_preset() -> GenerateConfig:
+    """Laptop CPU, 2 cores, the embedded 32² prior: a recognisable toy object in ≤ 3 minutes."""
+    return GenerateConfig(
+        prior="embedded",
+        method="vdm",
+        iterations=300,
+        batch=4,
+        init="sphere",  # Shap-E on a CPU costs minutes and is not available offline; a sphere works for toys
+        num_points=2000,
+        init_options=InitOptions(radius=0.6),
+        lr=LearningRates(position_init=2e-3, position_final=2e-4, log_scales=1e-2, quats=5e-3,
+                         opacity_logits=5e-2, sh_dc=2e-2),
+        density=DensityStrategy(refine_start=100, refine_stop=250, refine_every=50, grad_threshold=2e-4,
+                                reset_opacity_every=0, max_gaussians=4000),
+        checkpoint_every=100,
+        turntable_size=128,
+    )
+
+
+def _paper_preset() -> GenerateConfig:
+    """The paper's setting (§5): SD 2.1-base, 512², 4 views, 5000 steps, Shap-E init of ~50k points, VDM + DCA."""
+    return GenerateConfig(
+        prior="stabilityai/stable-diffusion-2-1-base",
+        method="vdm",
+        method_options={"vdm": {"guidance_scale": 7.5, "dca": True, "dca_cutoff": 300}},
+        iterations=5000,
+        batch=4,
+        resolution=512,
+        init="shap-e",
+        num_points=50_000,
+        init_options=InitOptions(radius=0.8),
+        sh_degree=0,
+        lr=LearningRates(position_init=1.6e-4, position_final=1.6e-6, log_scales=5e-3, quats=1e-3,
+                         opacity_logits=5e-2, sh_dc=5e-3),
+        density=DensityStrategy(refine_start=500, refine_stop=3000, refine_every=100, grad_threshold=2e-4,
+                                reset_opacity_every=0, max_gaussians=500_000),
+        checkpoint_every=500,
+        log_every=10,
+        max_loss=1e8,
+        turntable_size=512,
+        turntable_frames=120,
+    )
+
+
+PRESETS: dict[str, Callable[[], GenerateConfig]] = {"cpu": _cpu_preset, "paper": _paper_preset}
+DEFAULT_PRESET = "cpu"
+
+
+# ---- config ⇄ plain dicts (YAML) -------------------------------------------------------------------------------
+def config_to_dict(obj) -> Any:
+    """A dataclass as plain YAML-able data (tuples become lists, tensors never appear)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: config_to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+    if isinstance(obj, (list, tuple)):
+        return [config_to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): config_to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def merge_config(base, data: dict, where: str = "config"):
+    """A copy of dataclass `base` with the (partial, nested) values of `data`; unknown keys raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(base) if f.init}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(names)}")
+    hints = typing.get_type_hints(type(base))
+    changes = {}
+    for key, value in data.items():
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            changes[key] = merge_config(current, value, f"{where}.{key}")
+        elif key == "method_options" and isinstance(value, dict):
+            merged = {k: dict(v) for k, v in current.items()}
+            for name, options in value.items():
+                merged.setdefault(name, {}).update(options or {})
+            changes[key] = merged
+        else:
+            changes[key] = _coerce(value, hints.get(key), f"{where}.{key}")
+    return dataclasses.replace(base, **changes)
+
+
+def _coerce(value, hint, where: str):
+    """YAML gives lists for tuples and ints for floats; bring them back to the declared type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        return tuple(_coerce(v, args[0] if args else None, where) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and float in args \
+            and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is Literal and value not in args:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+    return value
+
+
+def load_yaml_config(path: str | os.PathLike, base: GenerateConfig) -> GenerateConfig:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return merge_config(base, data, where=str(path))
+
+
+def save_yaml_config(path: Path, cfg: GenerateConfig) -> None:
+    _atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
+
+
+# ================================================================================================ errors
+# Exit codes of `dreammapping generate`; the Python API raises the matching GenerateError subclass.
+EXIT_OK = 0
+EXIT_USAGE = 2  # bad command-line syntax or a bad config value / file
+EXIT_EMPTY_PROMPT = 3
+EXIT_UNKNOWN_METHOD = 4
+EXIT_UNKNOWN_PRESET = 5
+EXIT_OUTPUT = 6  # the output folder cannot be written
+EXIT_RUN_EXISTS = 7  # a fresh run would overwrite an existing one, or --resume has nothing to resume
+EXIT_PRIOR = 8  # the prior's weights are missing
+EXIT_DIVERGED = 9  # NaN or exploding loss
+EXIT_INIT = 10  # the requested initialisation cannot be used (e.g. a bad .ply)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
+
+class GenerateError(Exception):
+    """A problem to report in one line (str(e)) with a distinct exit code."""
+
+    exit_code = 1
+
+
+class ConfigError(GenerateError):
+    exit_code = EXIT_USAGE
+
+
+class EmptyPromptError(GenerateError):
+    exit_code = EXIT_EMPTY_PROMPT
+
+
+class UnknownMethodError(GenerateError):
+    exit_code = EXIT_UNKNOWN_METHOD
+
+
+class UnknownPresetError(GenerateError):
+    exit_code = EXIT_UNKNOWN_PRESET
+
+
+class OutputError(GenerateError):
+    exit_code = EXIT_OUTPUT
+
+
+class RunExistsError(GenerateError):
+    exit_code = EXIT_RUN_EXISTS
+
+
+class PriorError(GenerateError):
+    exit_code = EXIT_PRIOR
+
+
+class DivergedError(GenerateError):
+    exit_code = EXIT_DIVERGED
+
+
+class InitFailedError(GenerateError):
+    exit_code = EXIT_INIT
+
+
+class Interrupted(GenerateError):
+    exit_code = EXIT_INTERRUPTED
+
+
+# ================================================================================================ small helpers
+def slugify(text: str, max_len: int = 48) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "run"
+
+
+def default_run_dir(cfg: GenerateConfig) -> Path:
+    return Path("runs") / f"{slugify(cfg.prompt)}-{cfg.method}-{cfg.seed}"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str) -> torch.dtype | None:
+    return None if name == "auto" else getattr(torch, name)
+
+
+def method_class(name: str):
+    from dreammapping.guidance import METHODS
+
+    if name not in METHODS:
+        raise UnknownMethodError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def method_config(cfg: GenerateConfig):
+    """The chosen method's own config dataclass: its defaults updated by `cfg.method_options[cfg.method]`."""
+    cls = method_class(cfg.method)
+    return merge_config(cls.Config(), cfg.method_options.get(cfg.method, {}), where=f"method_options.{cfg.method}")
+
+
+def resolved(cfg: GenerateConfig) -> GenerateConfig:
+    """The config with the chosen method's options fully spelled out (what config.yaml records)."""
+    return dataclasses.replace(cfg, method_options={cfg.method: config_to_dict(method_config(cfg))})
+
+
+def background_colors(kind: str, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """[B,3] background per view: white, or a random colour per view (discourages a white halo of Gaussians)."""
+    if kind == "white":
+        return torch.ones(batch, 3)
+    return torch.rand(batch, 3, generator=generator)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _check_config(cfg: GenerateConfig) -> None:
+    if not cfg.prompt or not cfg.prompt.strip():
+        raise EmptyPromptError("the prompt is empty; say what to generate, e.g. dreammapping generate \"a red cube\"")
+    for name in ("iterations", "batch", "num_points", "turntable_size", "turntable_frames", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be ≥ 1, got {getattr(cfg, name)}")
+    if cfg.checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every must be ≥ 0, got {cfg.checkpoint_every}")
+    if cfg.resolution is not None and cfg.resolution < 8:
+        raise ConfigError(f"resolution must be ≥ 8 (or None for the prior's), got {cfg.resolution}")
+    if not 0 <= cfg.sh_degree <= 3:
+        raise ConfigError(f"sh_degree must be 0..3, got {cfg.sh_degree}")
+
+
+def unknown_prompt_words(cfg: GenerateConfig) -> list[str]:
+    """Words of the prompt the embedded toy-world prior was never trained on (only checked for that prior)."""
+    if cfg.prior != "embedded":
+        return []
+    from dreammapping.toyworld.grammar import unknown_words
+
+    return unknown_words(cfg.prompt)
+
+
+def prepare_run_dir(run_dir: Path, fresh: bool, overwrite: bool) -> None:
+    """Create the run folder and make sure it can be written; refuse to clobber a previous run."""
+    if fresh and (run_dir / "config.yaml").exists() and not overwrite:
+        raise RunExistsError(f"{run_dir} already holds a run; continue it with --resume {shlex.quote(str(run_dir))}, "
+                             "choose another --out, or pass --overwrite")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"cannot write to the output folder {run_dir}: {e.strerror or e}") from None
+
+
+# ================================================================================================ checkpoints
+CHECKPOINT = "checkpoint.pt"
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temporary file, then an atomic rename: a crash never leaves a half-written checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "cameras": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["cameras"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ================================================================================================ the run
+@dataclass
+class GenerateResult:
+    run_dir: Path  # the run folder
+    ply: Path  # gaussians.ply (standard 3DGS layout)
+    turntable_mp4: Path | None  # None when no video encoder was available
+    turntable_gif: Path
+    views: Path  # views.png: front, side, back, overhead
+    config: Path  # config.yaml, fully resolved
+    metrics: dict  # what metrics.json holds
+    gaussians: Gaussians  # the final scene (detached, CPU)
+
+
+class _SigintFlag:
+    """Turns the first Ctrl-C into a flag the loop checks between steps (so the checkpoint is consistent);
+    a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.set = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def train(cfg: GenerateConfig, run_dir: Path, resume: bool = False, progress: bool = True,
+          callback: Callable[[int, dict], None] | None = None, log: Callable[[str], None] | None = None
+          ) -> GenerateResult:
+    """Run (or continue) Algorithm 1 for `cfg` in `run_dir`; writes every output and returns them."""
+    from tqdm.auto import tqdm
+
+    from dreammapping.priors import DiffusionPrior, PriorNotFoundError
+    from dreammapping.render import rasterize
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    wall_start = time.perf_counter()
+    _check_config(cfg)
+    method_cls = method_class(cfg.method)
+    guidance_config = method_config(cfg)
+    words = unknown_prompt_words(cfg)
+    if words:
+        log(f"warning: the embedded prior does not know {', '.join(map(repr, words))}; it will ignore "
+            f"{'it' if len(words) == 1 else 'them'} (it knows toy shapes, colours and 'on top of' / 'next to')")
+    checkpoint_path = run_dir / CHECKPOINT
+    if resume and not checkpoint_path.is_file():
+        raise RunExistsError(f"nothing to resume: {checkpoint_path} does not exist")
+    prepare_run_dir(run_dir, fresh=not resume, overwrite=cfg.overwrite)
+    save_yaml_config(run_dir / "config.yaml", resolved(cfg))
+
+    # ---- set-up: seeds, prior, text, guidance method ----
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)  # cameras, backgrounds and init draw from this one
+    try:
+        prior = DiffusionPrior.from_pretrained(cfg.prior, device=device, dtype=resolve_dtype(cfg.dtype))
+    except PriorNotFoundError as e:
+        raise PriorError(str(e).splitlines()[0]) from None
+    resolution = cfg.resolution or prior.resolution
+    text = prior.encode_text(cfg.prompt, cfg.negative_prompt, view_dependent=True)
+    method = method_cls(prior, guidance_config)
+    method_params = list(method.parameters())
+    method_optimizer = method.optimizer_config().build(method_params) if method_params else None
+
+    # ---- θ₀ and its optimiser ----
+    try:
+        init = initialise(cfg.init, cfg.num_points, cfg.init_options, cfg.prompt, sh_degree=cfg.sh_degree,
+                          generator=generator, device=device)
+    except InitError as e:
+        raise InitFailedError(str(e)) from None
+    gaussians = init.gaussians.requires_grad_(True)
+    start, train_seconds, window = 0, 0.0, {"loss": 0.0, "aux": 0.0, "n": 0}
+    strategy = dataclasses.replace(cfg.density)  # a fresh copy: the strategy keeps running statistics
+    if resume:
+        ckpt = load_checkpoint(checkpoint_path)
+        gaussians = Gaussians(**{k: v.to(device) for k, v in ckpt["gaussians"].items()}).requires_grad_(True)
+        init_used, init_reason = ckpt["init_used"], ckpt["init_reason"]
+    else:
+        init_used, init_reason = init.used, init.reason
+        log(f"init: {init.reason}")
+    optimizer = make_optimizer(gaussians, cfg.lr)
+    if resume:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        with torch.no_grad():
+            for p, saved in zip(method_params, ckpt["method_params"]):
+                p.copy_(saved)
+        if method_optimizer is not None:
+            method_optimizer.load_state_dict(ckpt["method_optimizer"])
+        strategy.load_state_dict({k: (None if v is None else v.to(device)) for k, v in ckpt["strategy"].items()})
+        start, train_seconds, window = int(ckpt["step"]), float(ckpt["train_seconds"]), dict(ckpt["window"])
+        _set_rng_state(ckpt["rng"], generator)
+        log(f"resuming {run_dir} at step {start}/{cfg.iterations}")
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(checkpoint_path, {
+            "step": step, "gaussians": {k: v.detach().cpu() for k, v in gaussians.params().items()},
+            "optimizer": optimizer.state_dict(),
+            "method_params": [p.detach().cpu() for p in method_params],
+            "method_optimizer": method_optimizer.state_dict() if method_optimizer is not None else {},
+            "strategy": {k: (None if v is None else v.cpu()) for k, v in strategy.state_dict().items()},
+            "rng": _rng_state(generator), "train_seconds": train_seconds, "window": dict(window),
+            "init_used": init_used, "init_reason": init_reason, "version": 1,
+        })
+
+    loss_log = _LossLog(run_dir / "loss.csv", keep_before=start if resume else 0)
+    bar = tqdm(total=cfg.iterations, initial=start, desc="generate", unit="it", dynamic_ncols=True,
+               disable=not progress, leave=True, file=sys.stderr)
+    last_loss, last_good = float("nan"), start if resume else None
+    resume_command = f"dreammapping generate --resume {shlex.quote(str(run_dir))}"
+
+    # ---- Algorithm 1 ----
+    with _SigintFlag() as interrupted:
+        for step in range(start, cfg.iterations):
+            if interrupted.set:
+                checkpoint(step)
+                bar.close()
+                raise Interrupted(f"interrupted at step {step}/{cfg.iterations}; checkpoint saved. "
+                                  f"Resume with: {resume_command}")
+            t0 = time.perf_counter()
+            update_learning_rates(optimizer, step, cfg.lr, cfg.iterations)  # position lr decays log-linearly
+
+            # sample a batch of cameras and the prompt for each one's view
+            cams = C.sample_orbit(cfg.batch, resolution, resolution, cfg.orbit, generator).to(device)
+            emb = text.for_views(cams.view_tags)
+            background = background_colors(cfg.background, cfg.batch, generator).to(device)
+
+            # render, score with the prior, back-propagate
+            render = rasterize(gaussians, cams, background=background, backend=cfg.render_backend)
+            images = render.rgb.permute(0, 3, 1, 2)  # [B,H,W,3] → [B,3,H,W]
+            out = method(images, emb, step, cfg.iterations)
+            loss = out.loss + out.aux_loss
+            loss.backward()
+
+            # stop before a NaN or an explosion reaches the parameters
+            loss_value = float(out.loss.detach())
+            bad = _diverged(loss_value, gaussians, cfg.max_loss)
+            if bad:
+                bar.close()
+                kept = (f"the last good checkpoint (step {last_good}) is kept in {checkpoint_path}"
+                        if last_good is not None else "no checkpoint had been written yet")
+                raise DivergedError(f"stopped at step {step}: {bad}; {kept}. Try lower learning rates or "
+                                    f"guidance scale, or resume with: {resume_command}")
+
+            optimizer.step()
+            if method_optimizer is not None:
+                method_optimizer.step()
+            gaussians = strategy.step_post_backward(gaussians, optimizer, render, step)
+            optimizer.zero_grad(set_to_none=True)
+            if method_optimizer is not None:
+                method_optimizer.zero_grad(set_to_none=True)
+            train_seconds += time.perf_counter() - t0
+
+            # bookkeeping: loss log, progress bar, checkpoint
+            window["loss"] += loss_value
+            window["aux"] += float(out.aux_loss.detach())
+            window["n"] += 1
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.iterations:
+                last_loss = window["loss"] / window["n"]
+                loss_log.write({"step": done, "loss": last_loss, "aux_loss": window["aux"] / window["n"],
+                                "gaussians": len(gaussians), "lr_means": optimizer.param_groups[0]["lr"],
+                                "seconds": round(train_seconds, 3), **out.logs})
+                bar.set_postfix(loss=f"{last_loss:.4g}", gaussians=len(gaussians), refresh=False)
+                window = {"loss": 0.0, "aux": 0.0, "n": 0}
+            bar.update(1)
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
+                checkpoint(done)
+                last_good = done
+            if callback is not None:
+                callback(done, {"loss": loss_value, "gaussians": len(gaussians), "logs": out.logs})
+    bar.close()
+    loss_log.close()
+    if math.isnan(last_loss) and start >= cfg.iterations:  # resumed a finished run: report its last logged loss
+        last_loss = loss_log.last_loss
+    checkpoint(cfg.iterations)
+
+    # ---- outputs ----
+    final = gaussians.detach().to("cpu")
+    metrics = {
+        "prompt": cfg.prompt, "method": cfg.method, "prior": cfg.prior, "seed": cfg.seed,
+        "iterations": cfg.iterations, "resumed_from": start if resume else None,
+        "train_seconds": round(train_seconds, 3),
+        "it_per_s": round((cfg.iterations / train_seconds) if train_seconds > 0 else 0.0, 3),
+        "final_loss": last_loss, "gaussians": len(final), "resolution": resolution, "batch": cfg.batch,
+        "init_used": init_used, "init_reason": init_reason, "unknown_words": words, "device": str(device),
+    }
+    result = write_outputs(run_dir, final, cfg, metrics, wall_start, log)
+    return result
+
+
+def _diverged(loss: float, gaussians: Gaussians, max_loss: float) -> str:
+    """Why this step must not be applied ('' if it may): a non-finite loss or gradient, or an exploding loss."""
+    if not math.isfinite(loss):
+        return f"the loss is {loss}"
+    if loss > max_loss:
+        return f"the loss exploded ({loss:.3g} > max_loss {max_loss:.3g})"
+    grads = [p.grad.sum() for p in gaussians.params().values() if p.grad is not None]
+    if grads and not bool(torch.isfinite(torch.stack(grads)).all()):
+        return "a gradient is not finite"
+    return ""
+
+
+class _LossLog:
+    """loss.csv: one row every `log_every` steps; on resume, rows after the checkpoint are dropped first."""
+
+    COLUMNS = ["step", "loss", "aux_loss", "gaussians", "lr_means", "seconds"]
+
+    def __init__(self, path: Path, keep_before: int):
+        self.path, self.columns, self.last_loss = path, None, float("nan")
+        rows = []
+        if keep_before > 0 and path.exists():
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                self.columns = reader.fieldnames
+                rows = [r for r in reader if int(r["step"]) <= keep_before]
+        self.file = path.open("w", newline="")
+        self.writer = None
+        if self.columns:
+            self.writer = csv.DictWriter(self.file, self.columns, extrasaction="ignore")
+            self.writer.writeheader()
+            self.writer.writerows(rows)
+            if rows:
+                self.last_loss = float(rows[-1]["loss"])
+        self.file.flush()
+
+    def write(self, row: dict) -> None:
+        if self.writer is None:
+            self.columns = self.COLUMNS + sorted(k for k in row if k not in self.COLUMNS)
+            self.writer = csv.DictWriter(self.file, self.columns, extrasaction="ignore")
+            self.writer.writeheader()
+        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.file.flush()
+        self.last_loss = float(row["loss"])
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def write_outputs(run_dir: Path, gaussians: Gaussians, cfg: GenerateConfig, metrics: dict, wall_start: float,
+                  log: Callable[[str], None]) -> GenerateResult:
+    """gaussians.ply, turntable.mp4 / .gif, views.png, metrics.json."""
+    from dreammapping.export import save_ply, save_turntable, save_view_grid
+
+    ply = save_ply(run_dir / "gaussians.ply", gaussians)
+    size, frames = cfg.turntable_size, cfg.turntable_frames
+    gif = save_turntable(run_dir / "turntable.gif", gaussians, n_frames=frames, size=size)
+    try:
+        mp4 = save_turntable(run_dir / "turntable.mp4", gaussians, n_frames=frames, size=size)
+    except Exception as e:  # no ffmpeg: the gif is enough, say so
+        log(f"warning: could not write turntable.mp4 ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        mp4 = None
+    views = save_view_grid(run_dir / "views.png", gaussians, size=size)
+    metrics = {**metrics, "wall_seconds": round(time.perf_counter() - wall_start, 3)}
+    _atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return GenerateResult(run_dir=run_dir, ply=Path(ply), turntable_mp4=mp4 and Path(mp4), turntable_gif=Path(gif),
+                          views=Path(views), config=run_dir / "config.yaml", metrics=metrics, gaussians=gaussians)
+
+
+# ================================================================================================ Python API
+def build_config(prompt: str | None = None, preset: str = DEFAULT_PRESET, config_file: str | os.PathLike | None = None,
+                 **options) -> GenerateConfig:
+    """Preset → YAML file → keyword options (nested ones as dicts, e.g. lr={"sh_dc": 0.01}) → prompt."""
+    if preset not in PRESETS:
+        raise UnknownPresetError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    cfg = PRESETS[preset]()
+    if config_file is not None:
+        cfg = load_yaml_config(config_file, cfg)
+    options = {k: config_to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in options.items()}
+    cfg = merge_config(cfg, options, where="options")
+    if prompt is not None:
+        cfg = dataclasses.replace(cfg, prompt=prompt)
+    return cfg
+
+
+def generate(prompt: str | None = None, *, preset: str = DEFAULT_PRESET, config: str | os.PathLike | None = None,
+             resume: str | os.PathLike | None = None, progress: bool = True,
+             callback: Callable[[int, dict], None] | None = None, **options) -> GenerateResult:
+    """Text → 3D Gaussians. `options` are GenerateConfig fields (`iterations=200`, `method="sds"`, `seed=1`, …).
+
+    `resume=RUN` continues the run in that folder from its checkpoint (its config.yaml, updated by `options`).
+    Raises a `GenerateError` subclass (one-line message, `.exit_code`) on bad input and faults.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise RunExistsError(f"nothing to resume: {run_dir} has no config.yaml")
+        cfg = load_yaml_config(run_dir / "config.yaml", GenerateConfig())
+        cfg = merge_config(cfg, options, where="options")
+        if prompt is not None and prompt != cfg.prompt:
+            raise ConfigError(f"--resume continues {cfg.prompt!r}; leave out the prompt (or start a new run)")
+    else:
+        cfg = build_config(prompt, preset=preset, config_file=config, **options)
+        run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    return train(cfg, run_dir, resume=resume is not None, progress=progress, callback=callback)
+
+
+# ================================================================================================ command line
+def _preparse(argv: list[str]) -> argparse.Namespace:
+    """--preset, --config, --resume and --method decide the defaults (and the --guidance.* options) shown by tyro."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--preset", default=DEFAULT_PRESET)
+    p.add_argument("--config", default=None)
+    p.add_argument("--resume", default=None)
+    p.add_argument("--method", default=None)
+    args, _ = p.parse_known_args(argv)
+    return args
+
+
+def _cli_defaults(pre: argparse.Namespace) -> GenerateConfig:
+    if pre.resume is not None:
+        path = Path(pre.resume) / "config.yaml"
+        if not path.is_file():
+            raise RunExistsError(f"nothing to resume: {pre.resume} has no config.yaml")
+        return load_yaml_config(path, GenerateConfig())
+    if pre.preset not in PRESETS:
+        raise UnknownPresetError(f"unknown preset {pre.preset!r}; choose one of: {', '.join(PRESETS)}")
+    cfg = PRESETS[pre.preset]()
+    if pre.config is not None:
+        cfg = load_yaml_config(pre.config, cfg)
+    return cfg
+
+
+def parse_args(argv: list[str]) -> tuple[GenerateConfig, str | None]:
+    """argv → (config, resume folder or None). Precedence: preset < --config file < flags (or run's config.yaml
+    < flags with --resume)."""
+    import tyro
+
+    pre = _preparse(argv)
+    base = _cli_defaults(pre)
+    method = pre.method or base.method
+    guidance_cls = method_class(method).Config
+    guidance_default = merge_config(guidance_cls(), base.method_options.get(method, {}),
+                                    where=f"method_options.{method}")
+    Args = dataclasses.make_dataclass("GenerateArgs", [
+        ("config", typing.Annotated[GenerateConfig, tyro.conf.arg(name="", prefix_name=False)]),
+        ("guidance", typing.Annotated[guidance_cls, tyro.conf.arg(
+            help=f"options of the guidance method ({method}; pick another with --method)")]),
+        ("preset", typing.Annotated[str, tyro.conf.arg(
+            help=f"named starting values: {' or '.join(PRESETS)}")], field(default=DEFAULT_PRESET)),
+        ("config_file", typing.Annotated[str | None, tyro.conf.arg(
+            name="config", help="a YAML file of options (e.g. a run's config.yaml); flags override it")],
+         field(default=None)),
+        ("resume", typing.Annotated[str | None, tyro.conf.arg(
+            help="continue the run in this folder from its last checkpoint (its config.yaml, updated by flags)")],
+         field(default=None)),
+    ])
+    default = Args(config=base, guidance=guidance_default, preset=pre.preset, config_file=pre.config,
+                   resume=pre.resume)
+    args = tyro.cli(Args, args=argv, default=default, prog="dreammapping generate",
+                    description="Text → 3D Gaussian splat (DreamMapping, Algorithm 1). "
+                                f"Exit codes: 3 empty prompt, 4 unknown method, 5 unknown preset, 6 output folder "
+                                f"not writable, 7 run exists / nothing to resume, 8 prior missing, 9 diverged, "
+                                f"10 bad init, 130 interrupted.")
+    cfg = args.config
+    if cfg.method != method:  # --method came from a config the pre-parser did not see; use that method's options
+        return dataclasses.replace(cfg, method_options=base.method_options), args.resume
+    options = {**{k: dict(v) for k, v in base.method_options.items()}, method: config_to_dict(args.guidance)}
+    return dataclasses.replace(cfg, method_options=options), args.resume
+
+
+def cli_generate(argv: list[str] | None = None) -> int:
+    """`dreammapping generate "a red cube on top of a blue sphere" [--preset cpu|paper] [--method vdm] …`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        try:
+            cfg, resume = parse_args(argv)
+        except SystemExit as e:  # tyro printed help or a usage error
+            return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+        if resume is not None:
+            run_dir = Path(resume)
+        else:
+            run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+        result = train(cfg, run_dir, resume=resume is not None)
+    except GenerateError as e:
+        print(f"dreammapping generate: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("dreammapping generate: interrupted before training started; nothing to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    m = result.metrics
+    print(f"wrote {result.run_dir}: {m['gaussians']} Gaussians, {m['iterations']} steps in {m['train_seconds']:.1f} s "
+          f"({m['it_per_s']:.2f} it/s), final loss {m['final_loss']:.4g}; see {result.turntable_gif} and {result.views}")
+    return EXIT_OK
+
+
+__all__ = ["GenerateConfig", "GenerateResult", "GenerateError", "PRESETS", "generate", "train", "cli_generate",
+           "build_config", "parse_args"]
