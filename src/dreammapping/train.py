@@ -521,7 +521,7 @@ def train(cfg: GenerateConfig, run_dir: Path, resume: bool = False, progress: bo
 
             # stop before a NaN or an explosion reaches the parameters
             loss_value = float(out.loss.detach())
-            bad = _diverged(loss_value, gaussians, cfg.max_loss)
+            bad = _diverged(loss_value, float(out.aux_loss.detach()), gaussians, cfg.max_loss)
             if bad:
                 bar.close()
                 kept = (f"the last good checkpoint (step {last_good}) is kept in {checkpoint_path}"
@@ -576,10 +576,12 @@ def train(cfg: GenerateConfig, run_dir: Path, resume: bool = False, progress: bo
     return result
 
 
-def _diverged(loss: float, gaussians: Gaussians, max_loss: float) -> str:
+def _diverged(loss: float, aux_loss: float, gaussians: Gaussians, max_loss: float) -> str:
     """Why this step must not be applied ('' if it may): a non-finite loss or gradient, or an exploding loss."""
     if not math.isfinite(loss):
         return f"the loss is {loss}"
+    if not math.isfinite(aux_loss):
+        return f"the method's own loss is {aux_loss}"
     if loss > max_loss:
         return f"the loss exploded ({loss:.3g} > max_loss {max_loss:.3g})"
     grads = [p.grad.sum() for p in gaussians.params().values() if p.grad is not None]
@@ -749,6 +751,7 @@ def parse_args(argv: list[str]) -> tuple[GenerateConfig, str | None]:
 def cli_generate(argv: list[str] | None = None) -> int:
     """`dreammapping generate "a red cube on top of a blue sphere" [--preset cpu|paper] [--method vdm] …`."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    run_dir = None
     try:
         try:
             cfg, resume = parse_args(argv)
@@ -763,7 +766,10 @@ def cli_generate(argv: list[str] | None = None) -> int:
         print(f"dreammapping generate: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("dreammapping generate: interrupted before training started; nothing to resume", file=sys.stderr)
+        ckpt = run_dir / CHECKPOINT if run_dir is not None else None
+        hint = (f"resume with: dreammapping generate --resume {shlex.quote(str(run_dir))}"
+                if ckpt is not None and ckpt.is_file() else "no checkpoint was written; nothing to resume")
+        print(f"dreammapping generate: interrupted; {hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     m = result.metrics
     print(f"wrote {result.run_dir}: {m['gaussians']} Gaussians, {m['iterations']} steps in {m['train_seconds']:.1f} s "
