@@ -1,0 +1,800 @@
+"""Train the embedded toy-world prior: a small pixel-space text-to-image diffusion model in diffusers format.
+
+The model folder loads through the same code as any Stable Diffusion checkpoint::
+
+    UNet2DConditionModel.from_pretrained(folder, subfolder="unet")      # pixel space, 32², ε-prediction
+    CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")     # small, trained jointly with the UNet
+    AutoTokenizer.from_pretrained(folder, subfolder="tokenizer")        # word level, padded to model_max_length
+    DDPMScheduler.from_pretrained(folder, subfolder="scheduler")        # 1000 steps, linear betas
+    model_index.json                                                    # no vae/ → pixel space
+
+Training data comes from `toyworld.dataset.sample_batch` on the training device, one fresh batch per step (nothing
+on disk). Captions are augmented on the fly: the view suffix (", front view") is dropped with probability
+`view_dropout` so that plain prompts are in distribution too, and the whole caption is replaced by "" with
+probability `caption_dropout` so that classifier-free guidance works.
+
+Choices (see MODEL_CARD.md of a run for the numbers):
+- linear betas 1e-4…0.02 (DDPM's pixel-space schedule): its terminal SNR is ~4e-5, whereas SD's scaled_linear keeps
+  ~0.5% of the signal at t=999 (√ᾱ≈0.07), which a white-background pixel model turns into a tinted mean;
+- `clip_sample=True` and `timestep_spacing="trailing"` in the scheduler config: samplers built with
+  `DDIMScheduler.from_config` clip the x0 estimate to the data range (keeps high-CFG samples in range) and start at
+  t=999 (pure noise);
+- offset noise (0.05) and min-SNR-γ loss weighting (γ=5) as options, on by default;
+- EMA of the weights (with the usual warm-up of the decay); the EMA weights are what gets saved.
+
+Run `dreammapping train-prior --help` or `python -m dreammapping.toyworld.train_prior --help`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+MODEL_CLASS_NAME = "DreamMappingToyPrior"
+CHECKPOINT_NAME = "checkpoint.safetensors"
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
+PUNCTUATION = (",", ".", "-", "'", ";", ":", "!", "?", "(", ")", "&", "/")
+# Words every vocabulary holds besides what the grammar knows: view tags, caption glue, common filler.
+BASE_WORDS = (
+    "a", "an", "the", "and", "of", "on", "top", "next", "to", "in", "front", "side", "back", "overhead", "view",
+    "left", "right", "behind", "above", "below", "under", "beside", "with", "small", "large", "big", "tiny",
+)
+VIEW_SUFFIX = re.compile(r"\s*,\s*(front|side|back|overhead)\s+view\s*$", re.IGNORECASE)
+
+# Architecture presets. "small" is the shipped model (≈6.7M-parameter UNet, fp16 ≈ 13 MB); "tiny" is for tests.
+PRESETS: dict[str, dict] = {
+    "small": dict(block_out_channels=(64, 128, 128), layers_per_block=1, attention_head_dim=4, norm_num_groups=32,
+                  text_width=128, text_layers=3, text_heads=4),
+    "tiny": dict(block_out_channels=(16, 32, 32), layers_per_block=1, attention_head_dim=2, norm_num_groups=8,
+                 text_width=32, text_layers=1, text_heads=2),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizer and vocabulary
+
+
+def grammar_words() -> list[str]:
+    """Every word the toy-world grammar knows (empty list if the grammar module is not importable)."""
+    try:
+        from dreammapping.toyworld import grammar
+    except Exception:  # noqa: BLE001 - the grammar is optional for the tiny test configurations
+        return []
+    for name in ("VOCABULARY", "KNOWN_WORDS", "WORDS", "vocabulary", "known_words"):
+        value = getattr(grammar, name, None)
+        if callable(value):
+            value = value()
+        if value:
+            return sorted({w.lower() for w in value})
+    words: set[str] = set()
+    for name in dir(grammar):  # fall back on every module-level collection of strings (SHAPES, COLORS, ...)
+        if name.startswith("_"):
+            continue
+        value = getattr(grammar, name)
+        if isinstance(value, dict):
+            value = list(value.keys())
+        if isinstance(value, (list, tuple, set, frozenset)):
+            for item in value:
+                items = item if isinstance(item, tuple) else (item,)
+                for s in items:
+                    if isinstance(s, str):
+                        words.update(_split_words(s))
+    return sorted(words)
+
+
+def _split_words(text: str) -> list[str]:
+    return [w for w in re.findall(r"[a-z0-9]+|[^a-z0-9\s]", text.lower()) if w]
+
+
+def build_vocabulary(extra_words: Sequence[str] = (), captions: Sequence[str] = ()) -> list[str]:
+    """Special tokens, punctuation, the base words, the grammar's words, `extra_words` and the words of `captions`."""
+    words = set(BASE_WORDS) | set(grammar_words()) | {w.lower() for w in extra_words}
+    for c in captions:
+        words.update(_split_words(c))
+    words -= set(PUNCTUATION) | set(SPECIAL_TOKENS)
+    return list(SPECIAL_TOKENS) + list(PUNCTUATION) + sorted(words)
+
+
+def build_tokenizer(vocabulary: Sequence[str], max_length: int = 24):
+    """A word-level `PreTrainedTokenizerFast`: lowercase, split on whitespace and punctuation, `[BOS] … [EOS]`,
+    unknown words → `[UNK]`; callers pad to `model_max_length` as with CLIP."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(vocabulary)}
+    if [vocab.get(s) for s in SPECIAL_TOKENS] != [0, 1, 2, 3]:
+        raise ValueError(f"vocabulary must start with {SPECIAL_TOKENS}")
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")])
+    tok.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", 2), ("[EOS]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
+                                   unk_token="[UNK]", model_max_length=max_length)
+
+
+def tokenize(tokenizer, prompts: Sequence[str]) -> Tensor:
+    """Stable Diffusion's way: pad to `model_max_length`, truncate, no attention mask (the text model is causal)."""
+    return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+
+
+class PriorModels(NamedTuple):
+    unet: "torch.nn.Module"
+    text_encoder: "torch.nn.Module"
+    tokenizer: object
+    scheduler: object  # DDPMScheduler
+
+
+def make_scheduler(beta_schedule: str = "linear"):
+    from diffusers import DDPMScheduler
+
+    if beta_schedule == "scaled_linear":  # Stable Diffusion's betas
+        start, end = 0.00085, 0.012
+    elif beta_schedule == "linear":  # DDPM's pixel-space betas
+        start, end = 1e-4, 0.02
+    else:
+        raise ValueError(f"beta_schedule must be 'linear' or 'scaled_linear', not {beta_schedule!r}")
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=start, beta_end=end, beta_schedule=beta_schedule,
+                         prediction_type="epsilon", clip_sample=True, clip_sample_range=1.0,
+                         timestep_spacing="trailing", steps_offset=0, variance_type="fixed_small")
+
+
+def build_models(preset: str, vocabulary: Sequence[str], resolution: int = 32, beta_schedule: str = "linear",
+                 max_length: int = 24) -> PriorModels:
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {list(PRESETS)}, not {preset!r}")
+    p = PRESETS[preset]
+    tokenizer = build_tokenizer(vocabulary, max_length)
+    text_config = CLIPTextConfig(
+        vocab_size=len(vocabulary), hidden_size=p["text_width"], intermediate_size=4 * p["text_width"],
+        projection_dim=p["text_width"], num_hidden_layers=p["text_layers"], num_attention_heads=p["text_heads"],
+        max_position_embeddings=max_length, hidden_act="quick_gelu", pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    text_encoder = CLIPTextModel(text_config)
+    unet = UNet2DConditionModel(
+        sample_size=resolution, in_channels=3, out_channels=3,
+        block_out_channels=tuple(p["block_out_channels"]), layers_per_block=p["layers_per_block"],
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=p["text_width"], attention_head_dim=p["attention_head_dim"],
+        norm_num_groups=p["norm_num_groups"])
+    return PriorModels(unet, text_encoder, tokenizer, make_scheduler(beta_schedule))
+
+
+def save_model_folder(models: PriorModels, folder: str | Path, unet_fp16: bool = True) -> Path:
+    """Write the diffusers folder (UNet in fp16 when `unet_fp16`, text encoder fp32)."""
+    import copy
+
+    import diffusers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    from diffusers.utils import logging as dlogging
+
+    unet = copy.deepcopy(models.unet).cpu()
+    if unet_fp16:
+        level = dlogging.get_verbosity()
+        dlogging.set_verbosity_error()  # "modules that should be kept in float32: []" is noise here
+        unet = unet.to(torch.float16)
+        dlogging.set_verbosity(level)
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    copy.deepcopy(models.text_encoder).cpu().float().save_pretrained(folder / "text_encoder",
+                                                                      safe_serialization=True)
+    models.tokenizer.save_pretrained(folder / "tokenizer")
+    cfg_path = folder / "tokenizer" / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"  # loads on transformers 4.x and 5.x alike
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    models.scheduler.save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": MODEL_CLASS_NAME,
+        "_diffusers_version": diffusers.__version__,
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": [None, None],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return folder
+
+
+def load_model_folder(folder: str | Path, device: str | torch.device = "cpu",
+                      dtype: torch.dtype = torch.float32) -> PriorModels:
+    """Load through the same calls as any Stable Diffusion checkpoint."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    folder = str(folder)
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype).to(device).eval()
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    return PriorModels(unet, text_encoder, tokenizer, scheduler)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampling
+
+
+@torch.no_grad()
+def sample(models: PriorModels | str | Path, prompts: Sequence[str], steps: int = 30, guidance_scale: float = 3.0,
+           generator: torch.Generator | None = None, device: str | torch.device | None = None,
+           batch_size: int = 512, negative_prompt: str = "", eta: float = 0.0) -> Tensor:
+    """DDIM (`DDIMScheduler.from_config` of the saved scheduler) with classifier-free guidance.
+
+    Returns `[len(prompts), 3, R, R]` in [0, 1] on CPU. Initial noise is drawn on CPU from `generator`, so a seed gives
+    the same images on any device (up to kernel differences)."""
+    from diffusers import DDIMScheduler
+
+    if isinstance(models, (str, Path)):
+        models = load_model_folder(models, device or "cpu")
+    unet, text_encoder, tokenizer = models.unet, models.text_encoder, models.tokenizer
+    device = torch.device(device) if device is not None else next(unet.parameters()).device
+    dtype = next(unet.parameters()).dtype
+    scheduler = DDIMScheduler.from_config(models.scheduler.config)
+    res = unet.config.sample_size
+    prompts = list(prompts)
+    was_training = unet.training, text_encoder.training
+    unet.eval()
+    text_encoder.eval()
+    out = []
+    uncond_ids = tokenize(tokenizer, [negative_prompt]).to(device)
+    uncond = text_encoder(uncond_ids)[0].to(dtype)
+    x_all = torch.randn(len(prompts), 3, res, res, generator=generator, dtype=torch.float32)
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        b = len(chunk)
+        cond = text_encoder(tokenize(tokenizer, chunk).to(device))[0].to(dtype)
+        emb = torch.cat([cond, uncond.expand(b, -1, -1)])
+        x = x_all[start:start + b].to(device)
+        scheduler.set_timesteps(steps, device=device)
+        for t in scheduler.timesteps:
+            eps = unet(torch.cat([x, x]).to(dtype), t, encoder_hidden_states=emb).sample.float()
+            eps_c, eps_u = eps.chunk(2)
+            eps = eps_u + guidance_scale * (eps_c - eps_u)
+            x = scheduler.step(eps, t, x, eta=eta, generator=generator if eta > 0 else None).prev_sample
+        out.append(((x.clamp(-1, 1) + 1) / 2).float().cpu())
+    unet.train(was_training[0])
+    text_encoder.train(was_training[1])
+    return torch.cat(out)
+
+
+def save_grid(images: Tensor, path: str | Path, nrow: int, scale: int = 2) -> None:
+    """Save `[N,3,H,W]` in [0,1] as a PNG grid with `nrow` images per row (nearest upscaling by `scale`)."""
+    from PIL import Image
+
+    n, _, h, w = images.shape
+    rows = math.ceil(n / nrow)
+    pad = 2
+    grid = torch.ones(3, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = images[i]
+    arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    img.save(path)
+
+
+def default_sample_prompts() -> list[str]:
+    """One prompt per shape (cycling colours), the held-out pairs and two two-object scenes."""
+    try:
+        from dreammapping.toyworld import grammar
+
+        shapes, colors = list(grammar.SHAPES), list(grammar.COLORS)
+        held = [tuple(p) for p in getattr(grammar, "HELD_OUT", [])]
+    except Exception:  # noqa: BLE001
+        shapes, colors, held = ["cube", "sphere", "cone", "cylinder", "torus"], ["red", "blue", "green", "yellow"], []
+    prompts = [_a(f"{colors[i % len(colors)]} {s}") for i, s in enumerate(shapes)]
+    prompts += [_a(f"{c} {s}") for c, s in held[:4]]
+    if len(shapes) >= 2 and len(colors) >= 2:
+        prompts += [f"{_a(f'{colors[0]} {shapes[0]}')} on top of {_a(f'{colors[1]} {shapes[1]}')}",
+                    f"{_a(f'{colors[2 % len(colors)]} {shapes[2 % len(shapes)]}')} next to "
+                    f"{_a(f'{colors[3 % len(colors)]} {shapes[3 % len(shapes)]}')}"]
+    return prompts
+
+
+def _a(phrase: str) -> str:
+    """"a red cube" / "an orange cube", as the dataset's captions write it."""
+    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class TrainPriorConfig:
+    """Train the embedded toy-world prior (pixel-space UNet2DConditionModel + small CLIPTextModel)."""
+
+    out: str = "runs/prior"
+    """Output folder: the diffusers model folder (EMA weights), MODEL_CARD.md, samples.png and checkpoint.safetensors."""
+    steps: int = 6000
+    """Optimiser steps (the run may stop earlier at `max_minutes`)."""
+    batch_size: int = 256
+    lr: float = 4e-4
+    """Peak learning rate (AdamW), reached after `warmup_steps`, then cosine decay to `lr * min_lr_ratio`."""
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    """Clip the global gradient norm (0 = off)."""
+    caption_dropout: float = 0.15
+    """Probability of training on the empty caption (the unconditional branch of classifier-free guidance)."""
+    view_dropout: float = 0.3
+    """Probability of removing the ", <tag> view" suffix, so plain prompts are in distribution too."""
+    ema_decay: float = 0.999
+    offset_noise: float = 0.05
+    """Std of a per-image, per-channel constant added to the noise (0 = off)."""
+    min_snr_gamma: float = 5.0
+    """Min-SNR-γ loss weighting min(SNR, γ)/SNR for ε-prediction (0 = plain MSE)."""
+    beta_schedule: Literal["linear", "scaled_linear"] = "linear"
+    preset: Literal["small", "tiny"] = "small"
+    resolution: int = 32
+    max_length: int = 24
+    """Tokenizer / text encoder length."""
+    seed: int = 0
+    device: str = "auto"
+    """"auto" (cuda if available), "cpu", "cuda", "cuda:1", ..."""
+    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
+    """"auto" = bf16 autocast on CUDA, fp32 on CPU."""
+    compile: bool = False
+    """torch.compile the UNet (CUDA only; compiles for ~1 min)."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (0 = only at the end)."""
+    sample_every: int = 0
+    """Steps between sample grids samples_<step>.png (0 = only the final samples.png)."""
+    log_every: int = 25
+    max_minutes: float = 0.0
+    """Wall-clock budget for the training loop (0 = none). With a budget the cosine schedule follows
+    max(step/steps, time/budget), and the run stops cleanly and saves when the budget is spent."""
+    stop_after: int = 0
+    """Stop (checkpoint and save) after this many steps in this invocation, schedule unchanged (0 = no limit)."""
+    resume: bool = False
+    """Continue from <out>/checkpoint.safetensors if it exists."""
+    sample_steps: int = 30
+    sample_guidance: float = 3.0
+    samples_per_prompt: int = 8
+    """Samples per prompt in samples.png (0 = no sample grid)."""
+    threads: int = 0
+    """torch CPU threads (0 = leave as is)."""
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _lr_at(cfg: TrainPriorConfig, step: int, progress: float) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    p = min(max(progress, 0.0), 1.0)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def augment_captions(captions: Sequence[str], generator: torch.Generator, caption_dropout: float,
+                     view_dropout: float) -> list[str]:
+    """Drop the view suffix with probability `view_dropout`, then the whole caption with `caption_dropout`."""
+    u = torch.rand(len(captions), 2, generator=generator)
+    out = []
+    for c, (a, b) in zip(captions, u.tolist()):
+        if a < view_dropout:
+            c = VIEW_SUFFIX.sub("", c)
+        out.append("" if b < caption_dropout else c)
+    return out
+
+
+class _TokenCache:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.cache: dict[str, Tensor] = {}
+
+    def __call__(self, captions: Sequence[str]) -> Tensor:
+        missing = sorted({c for c in captions if c not in self.cache})
+        if missing:
+            for c, ids in zip(missing, tokenize(self.tokenizer, missing)):
+                self.cache[c] = ids
+        return torch.stack([self.cache[c] for c in captions])
+
+
+def _data_generator(device: torch.device, seed: int) -> torch.Generator:
+    # sample_batch draws every random number on the CPU (same seed → same batch on any device), renders on `device`.
+    return torch.Generator().manual_seed(seed)
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, Tensor):
+                tensors[f"opt.{idx}.{k}"] = v.detach().cpu().contiguous().reshape(-1) if v.dim() == 0 else \
+                    v.detach().cpu().contiguous()
+                if v.dim() == 0:
+                    scalars[f"{idx}.{k}"] = True
+            else:
+                scalars[f"{idx}.{k}"] = v
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalar_keys": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, v in tensors.items():
+        if not name.startswith("opt."):
+            continue
+        _, idx, k = name.split(".", 2)
+        if meta["scalar_keys"].get(f"{idx}.{k}") is True:
+            v = v.reshape(())
+        state.setdefault(int(idx), {})[k] = v
+    for key, v in meta["scalar_keys"].items():
+        if v is not True:
+            idx, k = key.split(".", 1)
+            state.setdefault(int(idx), {})[k] = v
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(path: Path, tensors: dict[str, Tensor], meta: dict) -> None:
+    """One safetensors file (weights, EMA, optimiser, RNG states) with the json state in its metadata; written to a
+    temporary file and renamed, so a checkpoint on disk is always whole."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={"dreammapping": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["dreammapping"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001
+        raise RuntimeError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0]) from None
+    return tensors, meta
+
+
+def train(config: TrainPriorConfig, sample_fn: Callable | None = None, command: str | None = None) -> dict:
+    """Train (or resume) and write the EMA model folder, MODEL_CARD.md and samples.png into `config.out`.
+
+    `sample_fn(batch_size, resolution=, generator=, device=)` defaults to `toyworld.dataset.sample_batch`.
+    Returns a summary dict (steps, samples_seen, wall_s, final_loss, ...)."""
+    from tqdm.auto import tqdm
+
+    cfg = config
+    if sample_fn is None:
+        from dreammapping.toyworld.dataset import sample_batch as sample_fn
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = _resolve_device(cfg.device)
+    amp = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT_NAME
+    command = command or " ".join(shlex.quote(a) for a in sys.argv)
+
+    resume = cfg.resume and ckpt_path.exists()
+    ckpt_tensors, meta = (load_checkpoint(ckpt_path) if resume else ({}, {}))
+    if resume:
+        saved = meta["config"]
+        for key in ("preset", "resolution", "beta_schedule", "max_length"):
+            if saved[key] != getattr(cfg, key):
+                raise ValueError(f"--resume: checkpoint has {key}={saved[key]!r}, config says {getattr(cfg, key)!r}")
+        vocabulary = meta["vocabulary"]
+    else:
+        probe_gen = _data_generator(device, cfg.seed + 7919)
+        probe = []
+        for _ in range(2):
+            _, caps, _ = sample_fn(min(64, cfg.batch_size), resolution=cfg.resolution, generator=probe_gen,
+                                   device=device)
+            probe += list(caps)
+        vocabulary = build_vocabulary(captions=probe)
+
+    torch.manual_seed(cfg.seed)
+    models = build_models(cfg.preset, vocabulary, cfg.resolution, cfg.beta_schedule, cfg.max_length)
+    unet, text_encoder = models.unet.to(device).train(), models.text_encoder.to(device).train()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    named = [f"unet.{n}" for n, _ in unet.named_parameters()] + [f"text.{n}" for n, _ in text_encoder.named_parameters()]
+    ema = [p.detach().clone().float() for p in params]
+    opt_kwargs = dict(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8)
+    if device.type == "cuda":
+        opt_kwargs["fused"] = True
+    opt = torch.optim.AdamW(params, **opt_kwargs)
+
+    data_gen = _data_generator(device, cfg.seed)
+    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    cap_gen = torch.Generator().manual_seed(cfg.seed + 2)
+    step, train_seconds, samples_seen, loss_hist = 0, 0.0, 0, []
+    if resume:
+        with torch.no_grad():
+            for n, p, e in zip(named, params, ema):
+                p.copy_(ckpt_tensors[n])
+                e.copy_(ckpt_tensors["ema." + n])
+        opt.load_state_dict(_unflatten_optimizer(ckpt_tensors, meta["optimizer"]))
+        data_gen.set_state(ckpt_tensors["rng.data"])
+        noise_gen.set_state(ckpt_tensors["rng.noise"])
+        cap_gen.set_state(ckpt_tensors["rng.captions"])
+        torch.set_rng_state(ckpt_tensors["rng.torch"])
+        step, train_seconds = meta["step"], meta["train_seconds"]
+        samples_seen, loss_hist = meta["samples_seen"], meta["loss_history"]
+        print(f"resumed from {ckpt_path} at step {step}", flush=True)
+
+    sched = models.scheduler
+    T = sched.config.num_train_timesteps
+    ac = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
+    sqrt_ac, sqrt_1mac = ac.sqrt(), (1 - ac).sqrt()
+    snr = ac / (1 - ac)
+    loss_w = (snr.clamp(max=cfg.min_snr_gamma) / snr) if cfg.min_snr_gamma > 0 else torch.ones_like(snr)
+    tokens = _TokenCache(models.tokenizer)
+    unet_fwd = torch.compile(unet) if (cfg.compile and device.type == "cuda") else unet
+    budget = cfg.max_minutes * 60.0
+
+    def progress() -> float:
+        p = step / max(cfg.steps, 1)
+        return max(p, train_seconds / budget) if budget > 0 else p
+
+    def checkpoint() -> None:
+        tensors = {n: p for n, p in zip(named, params)}
+        tensors.update({"ema." + n: e for n, e in zip(named, ema)})
+        opt_tensors, opt_meta = _flatten_optimizer(opt)
+        tensors.update(opt_tensors)
+        tensors.update({"rng.data": data_gen.get_state(), "rng.noise": noise_gen.get_state(),
+                        "rng.captions": cap_gen.get_state(), "rng.torch": torch.get_rng_state()})
+        save_checkpoint(ckpt_path, tensors, {
+            "step": step, "train_seconds": train_seconds, "samples_seen": samples_seen, "loss_history": loss_hist,
+            "config": dataclasses.asdict(cfg), "vocabulary": vocabulary, "optimizer": opt_meta})
+
+    def ema_models() -> PriorModels:
+        import copy
+
+        u, te = copy.deepcopy(unet), copy.deepcopy(text_encoder)
+        with torch.no_grad():
+            for p, e in zip(list(u.parameters()) + list(te.parameters()), ema):
+                p.copy_(e)
+        return PriorModels(u.eval(), te.eval(), models.tokenizer, sched)
+
+    def sample_grid(path: Path) -> None:
+        prompts = default_sample_prompts()
+        n = cfg.samples_per_prompt
+        if n <= 0:
+            return
+        g = torch.Generator().manual_seed(1234)
+        imgs = sample(ema_models(), [p for p in prompts for _ in range(n)], steps=cfg.sample_steps,
+                      guidance_scale=cfg.sample_guidance, generator=g, device=device)
+        save_grid(imgs, path, nrow=n)
+
+    print(f"train-prior: {cfg.preset} UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, text "
+          f"encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f}M, vocabulary {len(vocabulary)}, "
+          f"device {device}{' bf16' if amp else ''}, batch {cfg.batch_size}", flush=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc="train-prior", dynamic_ncols=True, mininterval=1.0)
+    loss_acc = torch.zeros((), device=device)
+    n_acc, last_log, last_log_step, last_loss = 0, time.perf_counter(), step, float("nan")
+    stopped_by = "steps"
+    start_step = step
+    while step < cfg.steps:
+        if cfg.stop_after > 0 and step - start_step >= cfg.stop_after:
+            stopped_by = "stop_after"
+            break
+        if budget > 0 and train_seconds >= budget:
+            stopped_by = "max_minutes"
+            break
+        t0 = time.perf_counter()
+        lr = _lr_at(cfg, step, progress())
+        for g in opt.param_groups:
+            g["lr"] = lr
+        images, captions, _ = sample_fn(cfg.batch_size, resolution=cfg.resolution, generator=data_gen,
+                                        device=device)
+        b = images.shape[0]
+        ids = tokens(augment_captions(captions, cap_gen, cfg.caption_dropout, cfg.view_dropout)).to(
+            device, non_blocking=True)
+        x0 = images.to(device, torch.float32) * 2 - 1
+        noise = torch.randn(x0.shape, generator=noise_gen, device=device)
+        if cfg.offset_noise > 0:
+            noise = noise + cfg.offset_noise * torch.randn(b, x0.shape[1], 1, 1, generator=noise_gen, device=device)
+        t = torch.randint(0, T, (b,), generator=noise_gen, device=device)
+        x_t = sqrt_ac[t].view(b, 1, 1, 1) * x0 + sqrt_1mac[t].view(b, 1, 1, 1) * noise
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            emb = text_encoder(ids)[0]
+            pred = unet_fwd(x_t, t, encoder_hidden_states=emb).sample
+        per = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (per * loss_w[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            d = min(cfg.ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1 - d)
+        loss_acc += per.detach().mean()
+        n_acc += 1
+        step += 1
+        samples_seen += b
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            last_loss = float(loss_acc) / n_acc  # one sync per log interval
+            now = time.perf_counter()
+            loss_hist.append([step, round(last_loss, 6)])
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}",
+                            sps=f"{(step - last_log_step) * b / max(now - last_log, 1e-9):.0f}")
+            loss_acc.zero_()
+            n_acc, last_log, last_log_step = 0, now, step
+        if device.type == "cuda" and step % cfg.log_every == 0:
+            torch.cuda.synchronize(device)
+        train_seconds += time.perf_counter() - t0
+        if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            checkpoint()
+        if cfg.sample_every > 0 and step % cfg.sample_every == 0:
+            sample_grid(out / f"samples_{step:06d}.png")
+    bar.close()
+    if n_acc:
+        last_loss = float(loss_acc) / n_acc
+        loss_hist.append([step, round(last_loss, 6)])
+    checkpoint()
+    final = ema_models()
+    save_model_folder(final, out)
+    sample_grid(out / "samples.png")
+    summary = dict(steps=step, samples_seen=samples_seen, train_seconds=round(train_seconds, 1),
+                   final_loss=(loss_hist[-1][1] if loss_hist else float("nan")), device=str(device),
+                   stopped_by=stopped_by,
+                   unet_params=sum(p.numel() for p in unet.parameters()),
+                   text_params=sum(p.numel() for p in text_encoder.parameters()))
+    _write_model_card(out, cfg, summary, command, vocabulary, loss_hist)
+    print(f"train-prior: done, {step} steps, {samples_seen} samples, {train_seconds:.0f} s, "
+          f"final loss {summary['final_loss']:.4f} → {out}", flush=True)
+    return summary
+
+
+def _write_model_card(out: Path, cfg: TrainPriorConfig, s: dict, command: str, vocabulary: list[str],
+                      loss_hist: list) -> None:
+    try:
+        from dreammapping.toyworld import grammar
+
+        held = ", ".join(f"{c} {sh}" for c, sh in getattr(grammar, "HELD_OUT", []))
+    except Exception:  # noqa: BLE001
+        held = "(grammar not importable)"
+    n = 12
+    idx = sorted({round(i * (len(loss_hist) - 1) / (n - 1)) for i in range(n)}) if len(loss_hist) > n else \
+        range(len(loss_hist))
+    loss_curve = ", ".join(f"{loss_hist[i][0]}: {loss_hist[i][1]:.4f}" for i in idx)
+    text = f"""# DreamMapping embedded toy-world prior
+
+Pixel-space text-to-image diffusion model ({cfg.resolution}×{cfg.resolution}), trained by `dreammapping train-prior`
+on renders of the procedural toy world (`dreammapping.toyworld.dataset.sample_batch`, a fresh random batch every
+step; held-out colour–shape pairs never shown: {held or "none"}).
+
+| | |
+|---|---|
+| UNet2DConditionModel | {s['unet_params'] / 1e6:.2f}M parameters, preset `{cfg.preset}`, stored fp16 |
+| CLIPTextModel | {s['text_params'] / 1e6:.2f}M parameters, word-level vocabulary of {len(vocabulary)} tokens |
+| scheduler | DDPM, 1000 steps, {cfg.beta_schedule} betas, ε-prediction, clip_sample, trailing spacing |
+| steps | {s['steps']} × batch {cfg.batch_size} ({s['stopped_by']}) |
+| samples seen | {s['samples_seen']} |
+| training wall time | {s['train_seconds']:.0f} s on {s['device']} |
+| final loss | {s['final_loss']:.4f} (min-SNR-γ={cfg.min_snr_gamma} weighted ε-MSE) |
+| optimiser | AdamW lr {cfg.lr} (warm-up {cfg.warmup_steps}, cosine to ×{cfg.min_lr_ratio}), EMA {cfg.ema_decay} |
+| conditioning | caption dropout {cfg.caption_dropout}, view-suffix dropout {cfg.view_dropout}, offset noise {cfg.offset_noise} |
+| seed | {cfg.seed} |
+
+Command:
+
+```
+{command}
+```
+
+Loss (step: mean ε-MSE over the log interval): {loss_curve}
+
+![samples](samples.png)
+
+`samples.png`: rows = {', '.join(repr(p) for p in default_sample_prompts())}; DDIM {cfg.sample_steps} steps,
+CFG {cfg.sample_guidance}, {cfg.samples_per_prompt} samples per prompt, EMA weights.
+
+Full config: `{json.dumps(dataclasses.asdict(cfg))}`
+"""
+    (out / "MODEL_CARD.md").write_text(text)
+
+
+def accuracy_report(models: PriorModels | str | Path, classifier, n_per_prompt: int = 16,
+                    scales: Sequence[float] = (2.0, 5.0, 7.5), steps: int = 30, device: str | torch.device = "cpu",
+                    seed: int = 0, batch_size: int = 512, border: int = 2) -> tuple[str, dict]:
+    """Sample every colour–shape pair (plain prompt "a red cube") and the dataset's two-object eval prompts at each
+    CFG scale and judge them with the attribute classifier. Returns (markdown table, numbers).
+
+    Columns: colour / shape accuracy on trained and held-out pairs; for two-object prompts the fraction with both
+    colours / both shapes right (either order); bg err = mean |1 − pixel| over a `border`-pixel frame."""
+    from dreammapping.toyworld.classifier import match_pair
+    from dreammapping.toyworld.dataset import EVAL_PROMPTS
+    from dreammapping.toyworld.grammar import COLOR_NAMES, HELD_OUT, SHAPES, parse
+
+    if isinstance(models, (str, Path)):
+        models = load_model_folder(models, device)
+    held = set(HELD_OUT)
+    singles = [(c, s) for c in COLOR_NAMES for s in SHAPES]
+    pairs_prompts = [p for p in EVAL_PROMPTS if len(parse(p).objects) == 2]
+    pair_objs = [[(o.color, o.shape) for o in parse(p).objects] for p in pairs_prompts]
+    prompts = [_a(f"{c} {s}") for c, s in singles] + pairs_prompts
+    rows, numbers = [], {}
+    for scale in scales:
+        g = torch.Generator().manual_seed(seed)
+        imgs = sample(models, [p for p in prompts for _ in range(n_per_prompt)], steps=steps, guidance_scale=scale,
+                      generator=g, device=device, batch_size=batch_size)
+        pred = {k: v.cpu() for k, v in classifier.classify(imgs).items()}
+        n1 = len(singles) * n_per_prompt
+        col = torch.tensor([COLOR_NAMES.index(c) for c, _ in singles]).repeat_interleave(n_per_prompt)
+        shp = torch.tensor([SHAPES.index(s) for _, s in singles]).repeat_interleave(n_per_prompt)
+        is_held = torch.tensor([(c, s) in held for c, s in singles]).repeat_interleave(n_per_prompt)
+        col_ok, shp_ok = pred["color"][:n1] == col, pred["shape"][:n1] == shp
+        two = {k: v[n1:] for k, v in pred.items()}
+        ids = lambda i, j: torch.tensor([COLOR_NAMES.index(o[j][0]) if i == 0 else SHAPES.index(o[j][1])  # noqa: E731
+                                         for o in pair_objs]).repeat_interleave(n_per_prompt)
+        m = match_pair(two, ids(0, 0), ids(1, 0), ids(0, 1), ids(1, 1)) if pairs_prompts else None
+        frame = torch.ones_like(imgs[0, 0], dtype=torch.bool)
+        frame[border:-border, border:-border] = False
+        bg = (1 - imgs[:, :, frame]).abs().mean()
+        r = {
+            "color_trained": float(col_ok[~is_held].float().mean()), "shape_trained": float(shp_ok[~is_held].float().mean()),
+            "color_held_out": float(col_ok[is_held].float().mean()) if is_held.any() else float("nan"),
+            "shape_held_out": float(shp_ok[is_held].float().mean()) if is_held.any() else float("nan"),
+            "two_colors": float(m["colors_ok"].float().mean()) if m else float("nan"),
+            "two_shapes": float(m["shapes_ok"].float().mean()) if m else float("nan"),
+            "bg_error": float(bg), "bg_error_single": float((1 - imgs[:n1][:, :, frame]).abs().mean()),
+        }
+        numbers[str(scale)] = r
+        rows.append(f"| {scale:g} | {r['color_trained']:.1%} | {r['shape_trained']:.1%} | {r['color_held_out']:.1%} "
+                    f"| {r['shape_held_out']:.1%} | {r['two_colors']:.1%} | {r['two_shapes']:.1%} "
+                    f"| {r['bg_error']:.4f} |")
+    head = (f"DDIM {steps} steps, {n_per_prompt} samples per prompt, {len(singles)} colour–shape pairs "
+            f"({len(held)} held out), {len(pairs_prompts)} two-object prompts\n\n"
+            "| CFG | colour (trained) | shape (trained) | colour (held-out) | shape (held-out) | two-obj colours "
+            "| two-obj shapes | bg err |\n|---|---|---|---|---|---|---|---|")
+    return head + "\n" + "\n".join(rows), numbers
+
+
+def cli_train_prior(argv: Sequence[str] | None = None) -> int:
+    import tyro
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = tyro.cli(TrainPriorConfig, args=argv, prog="dreammapping train-prior")
+    command = "dreammapping train-prior " + " ".join(shlex.quote(a) for a in argv)
+    train(cfg, command=command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_train_prior())

@@ -1,0 +1,162 @@
+"""The embedded prior's trainer at tiny scale: loss goes down, the folder loads like SD, resume is exact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dreammapping.toyworld import train_prior as tp
+
+COLORS = {"red": (0.9, 0.1, 0.1), "blue": (0.1, 0.2, 0.9), "green": (0.1, 0.7, 0.2)}
+SHAPES = ("cube", "sphere")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """2 shared cores: one intra-op thread is far faster and steadier than two fighting other jobs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def standin_batch(batch_size, resolution=16, generator=None, device="cpu", include_held_out=False):
+    """Coloured squares ("cube") and disks ("sphere") on white, with toy-world-like captions."""
+    names = list(COLORS)
+    c = torch.randint(len(names), (batch_size,), generator=generator)
+    s = torch.randint(len(SHAPES), (batch_size,), generator=generator)
+    v = torch.randint(4, (batch_size,), generator=generator)
+    yy, xx = torch.meshgrid(torch.arange(resolution), torch.arange(resolution), indexing="ij")
+    r, mid = resolution / 4, (resolution - 1) / 2
+    square = ((yy - mid).abs() <= r) & ((xx - mid).abs() <= r)
+    disk = (yy - mid) ** 2 + (xx - mid) ** 2 <= r * r
+    imgs = torch.ones(batch_size, 3, resolution, resolution)
+    for i in range(batch_size):
+        mask = square if s[i] == 0 else disk
+        imgs[i][:, mask] = torch.tensor(COLORS[names[c[i]]])[:, None]
+    tags = ("front", "side", "back", "overhead")
+    caps = [f"a {names[c[i]]} {SHAPES[s[i]]}, {tags[v[i]]} view" for i in range(batch_size)]
+    labels = {"color": c, "shape": s, "second_color": torch.full_like(c, -1), "second_shape": torch.full_like(c, -1),
+              "relation": torch.full_like(c, -1)}
+    return imgs.to(device), caps, {k: x.to(device) for k, x in labels.items()}
+
+
+def tiny_config(tmp_path, **kw):
+    base = dict(out=str(tmp_path / "prior"), preset="tiny", resolution=16, steps=4, batch_size=4, warmup_steps=1,
+                checkpoint_every=2, log_every=1, samples_per_prompt=0, sample_steps=2, device="cpu", seed=3)
+    base.update(kw)
+    return tp.TrainPriorConfig(**base)
+
+
+def test_tokenizer_round_trip_and_unknown_words(tmp_path):
+    vocab = tp.build_vocabulary(captions=["a red cube, front view"])
+    tok = tp.build_tokenizer(vocab, max_length=12)
+    ids = tp.tokenize(tok, ["A Red cube, FRONT view", "a zebra cube", ""])
+    assert ids.shape == (3, 12)
+    assert tok.decode(ids[0], skip_special_tokens=True) == "a red cube , front view"
+    assert ids[0, 0] == 2 and 3 in ids[0].tolist() and ids[0, -1] == 0  # [BOS] … [EOS] [PAD]…
+    assert ids[1, 2] == tok.convert_tokens_to_ids("[UNK]") == 1
+    assert ids[2, :2].tolist() == [2, 3]
+    for w in ("front", "side", "back", "overhead", "view", "cube", "sphere", "torus"):
+        assert w in vocab
+    tok.save_pretrained(tmp_path / "tok")
+    from transformers import AutoTokenizer
+
+    again = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert torch.equal(tp.tokenize(again, ["A Red cube, FRONT view"]), ids[:1])
+
+
+def test_a_few_steps_lower_the_loss():
+    torch.manual_seed(0)
+    vocab = tp.build_vocabulary(captions=["a red cube"])
+    m = tp.build_models("tiny", vocab, resolution=16)
+    g = torch.Generator().manual_seed(0)
+    x0, caps, _ = standin_batch(8, 16, g)
+    x0 = x0 * 2 - 1
+    ids = tp.tokenize(m.tokenizer, caps)
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, 1000, (8,), generator=g)
+    ac = m.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    xt = ac.sqrt() * x0 + (1 - ac).sqrt() * noise
+    params = list(m.unet.parameters()) + list(m.text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=2e-3)
+
+    def loss_fn():
+        return (m.unet(xt, t, encoder_hidden_states=m.text_encoder(ids)[0]).sample - noise).pow(2).mean()
+
+    first = loss_fn()
+    for _ in range(6):
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert loss_fn().item() < 0.9 * first.item()
+
+
+def test_train_writes_a_folder_that_loads_like_stable_diffusion(tmp_path):
+    cfg = tiny_config(tmp_path, steps=2, samples_per_prompt=1)
+    summary = tp.train(cfg, sample_fn=standin_batch, command="pytest")
+    assert summary["steps"] == 2 and summary["samples_seen"] == 8
+    folder = tmp_path / "prior"
+    for f in ("model_index.json", "MODEL_CARD.md", "samples.png", "unet/config.json", "scheduler/scheduler_config.json",
+              "text_encoder/config.json", "tokenizer/tokenizer.json"):
+        assert (folder / f).exists(), f
+    assert not (folder / "vae").exists()
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from safetensors import safe_open
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    with safe_open(str(folder / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16  # stored fp16
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+    assert next(unet.parameters()).dtype == torch.float32 and unet.config.sample_size == 16
+    text = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    tok = AutoTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    sched = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    assert sched.config.num_train_timesteps == 1000 and sched.config.prediction_type == "epsilon"
+    emb = text(tp.tokenize(tok, ["a red cube"]))[0]
+    assert emb.shape == (1, tok.model_max_length, unet.config.cross_attention_dim)
+
+    imgs = tp.sample(folder, ["a red cube", "a blue sphere, side view"], steps=2, guidance_scale=5.0,
+                     generator=torch.Generator().manual_seed(0))
+    assert imgs.shape == (2, 3, 16, 16) and imgs.min() >= 0 and imgs.max() <= 1
+    assert "samples seen" in (folder / "MODEL_CARD.md").read_text()
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    straight = tiny_config(tmp_path / "a")
+    tp.train(straight, sample_fn=standin_batch, command="pytest")
+    staged = tiny_config(tmp_path / "b", stop_after=2)
+    s1 = tp.train(staged, sample_fn=standin_batch, command="pytest")
+    assert s1["steps"] == 2
+    s2 = tp.train(tiny_config(tmp_path / "b", resume=True), sample_fn=standin_batch, command="pytest")
+    assert s2["steps"] == 4 and s2["samples_seen"] == 16
+    a, meta_a = tp.load_checkpoint(tmp_path / "a" / "prior" / tp.CHECKPOINT_NAME)
+    b, meta_b = tp.load_checkpoint(tmp_path / "b" / "prior" / tp.CHECKPOINT_NAME)
+    assert meta_a["step"] == meta_b["step"] == 4
+    assert meta_a["loss_history"] == meta_b["loss_history"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_corrupt_checkpoint_gives_one_line_error(tmp_path):
+    bad = tmp_path / tp.CHECKPOINT_NAME
+    bad.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(RuntimeError) as e:
+        tp.load_checkpoint(bad)
+    assert str(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        tp.cli_train_prior(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--batch-size" in out and "--resume" in out and "--max-minutes" in out
