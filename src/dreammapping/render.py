@@ -278,63 +278,165 @@ def composite_sparse(proj: Projection, width: int, height: int, background: Tens
 
     1. visible (camera, Gaussian) pairs, in depth order per camera;
     2. without autograd, enumerate the pixels in each pair's bounding box and keep those passing the alpha test;
-    3. stable-sort the kept pairs by pixel (depth order survives inside each pixel);
-    4. with autograd, recompute their alphas; transmittance is exp of a segmented exclusive cumsum of log(1 − α)
-       (in float64: the running sum spans every pixel, its magnitude would eat float32's precision);
-    5. scatter-add the weighted colours and depths into the pixels.
+    3. stable-sort the kept pairs by pixel (depth order survives inside each pixel), so each pixel owns a run;
+    4. `_Composite` alpha-blends every run with a segmented scan, with a hand-written backward (see there).
     """
     B, N = proj.depths.shape
-    device, dtype = proj.means2d.device, proj.means2d.dtype
     P = height * width
     with torch.no_grad():
         sorted_visible = proj.visible.gather(1, proj.order)  # [B,N]
         cam, rank = sorted_visible.nonzero(as_tuple=True)  # visible pairs, by camera then depth
-        gid = proj.order[cam, rank]  # [V]
-        flat = cam * N + gid  # [V] index into [B*N]
-        pix_key, pair = _overlaps(proj, flat, width, height)  # [E] (camera*P + pixel), [E] into [V]
-        pix_key, perm = torch.sort(pix_key, stable=True)
-        pair = pair[perm]
-        ent = flat[pair]  # [E] into [B*N]
-        pixel = pix_key % P
-        centre = torch.stack([pixel % width, pixel // width], dim=-1).to(dtype) + 0.5  # [E,2]
+        flat = cam * N + proj.order[cam, rank]  # [V] into [B*N]
+        pix_key, pair = _overlaps(proj, flat, width, height)  # [E] camera·P + pixel, [E] into [V]
+        # int32 keys sort about twice as fast; B·H·W stays far below 2³¹.
+        perm = torch.sort(pix_key.int(), stable=True).indices
+        pix_key = pix_key[perm]
+        ent = flat[pair[perm]]  # [E] into [B*N]
+        chunks = _run_aligned_chunks(pix_key)
 
-    means2d = proj.means2d.reshape(B * N, 2)
-    conics = proj.conics.reshape(B * N, 3)
-    opac = proj.opacities[None].expand(B, N).reshape(B * N)
-    alpha, _ = pair_alpha(centre - means2d[ent], conics[ent], opac[ent])  # [E]
-
-    # Exclusive cumsum of log(1 − α) within each pixel's run of the sorted list.
-    log_t = torch.log1p(-alpha).double()
-    incl = torch.cumsum(log_t, 0)
-    excl = incl - log_t
-    with torch.no_grad():
-        is_start = torch.ones_like(pix_key, dtype=torch.bool)
-        is_start[1:] = pix_key[1:] != pix_key[:-1]
-        start_idx = torch.cummax(torch.where(is_start, torch.arange(len(pix_key), device=device), 0), 0).values
-    T = torch.exp(excl - excl[start_idx]).to(dtype)
-    w = alpha * T  # [E]
-
-    feats = torch.cat([proj.colors, proj.depths[..., None], torch.ones_like(proj.depths[..., None])], dim=-1)
-    acc = torch.zeros(B * P, 5, device=device, dtype=dtype).index_add(0, pix_key, w[:, None] * feats.reshape(B * N, 5)[ent])
-    acc = acc.reshape(B, height, width, 5)
+    feats = torch.cat([proj.colors, proj.depths[..., None]], dim=-1).reshape(B * N, 4)
+    acc = _Composite.apply(
+        proj.means2d.reshape(B * N, 2), proj.conics.reshape(B * N, 3),
+        proj.opacities[None].expand(B, N).reshape(B * N), feats,
+        ent, pix_key, chunks, (width, height, B * P),
+    ).reshape(B, height, width, 5)
     a = acc[..., 4:5]
     rgb = acc[..., :3] + (1 - a) * background[:, None, None, :]
     return rgb, a, acc[..., 3:4]
 
 
-def _overlaps(proj: Projection, flat: Tensor, width: int, height: int, chunk: int = 1 << 22) -> tuple[Tensor, Tensor]:
+# Entries per chunk of the sparse passes. Temporaries of a few MB are recycled by malloc; the ~100 MB ones a whole
+# batch would need are mmapped and page-faulted afresh for every op, which measured ~2× slower on CPU.
+CHUNK = 1 << 18
+
+
+def _run_aligned_chunks(pix_key: Tensor, chunk: int = CHUNK) -> list[tuple[int, int]]:
+    """[(lo, hi)] ranges of about `chunk` entries of the pixel-sorted list, cut only where a pixel's run starts, so
+    every chunk can be composited on its own."""
+    E = len(pix_key)
+    if E <= chunk:
+        return [(0, E)] if E else []
+    starts = torch.ones(E, dtype=torch.bool, device=pix_key.device)
+    starts[1:] = pix_key[1:] != pix_key[:-1]
+    starts = starts.nonzero().squeeze(1)  # [R] first entry of every run
+    cuts = torch.searchsorted(starts, torch.arange(chunk, E, chunk, device=pix_key.device))
+    cuts = torch.unique(starts[cuts.clamp_max(len(starts) - 1)]).tolist()
+    bounds = sorted({0, E, *cuts})
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _pixel_centres(pix_key: Tensor, width: int, height: int, dtype: torch.dtype) -> Tensor:
+    """[E,2] centres (x + 0.5, y + 0.5) of the pixels keyed camera·H·W + y·W + x. Integers are exact in floats, so
+    these are bit-identical to the dense reference's centres."""
+    pixel = pix_key % (width * height)
+    y = torch.div(pixel, width, rounding_mode="floor")
+    return torch.stack([pixel - y * width, y], dim=-1).to(dtype) + 0.5
+
+
+def _runs(key: Tensor) -> tuple[Tensor, Tensor]:
+    """For a sorted key [E]: the index of the first and of the last entry of each entry's run."""
+    _, counts = torch.unique_consecutive(key, return_counts=True)
+    ends = torch.cumsum(counts, 0)
+    return torch.repeat_interleave(ends - counts, counts), torch.repeat_interleave(ends - 1, counts)
+
+
+class _Composite(torch.autograd.Function):
+    """acc[p] = Σ_i w_i·(rgb_i, z_i, 1) over the run of entries i of pixel p, w_i = α_i·Π_{j<i}(1 − α_j).
+
+    Autograd through the same expression saves a dozen entry-sized tensors and walks each op back separately; this
+    saves only α and T per entry and runs the 3DGS backward as vectorised scans:
+        dL/dα_i = T_i·g_i − S_i / (1 − α_i),   g_i = (rgb_i, z_i, 1)·dL/dacc_p,   S_i = Σ_{k after i in p} w_k·g_k.
+    Running sums go through float64 (cheap, and no cancellation worries when subtracting a run's offset).
+    """
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, feats, ent, pix_key, chunks, size):
+        # means2d [M,2], conics [M,3], opacities [M], feats [M,4] (r,g,b,z) per (camera, Gaussian) pair;
+        # ent [E] into M and pix_key [E] (camera·H·W + pixel), sorted by pixel then depth; chunks: run-aligned ranges.
+        width, height, num_pixels = size
+        dtype = means2d.dtype
+        table = torch.cat([means2d, conics, opacities[:, None], feats], dim=1)  # [M,10]
+        alpha = torch.empty(len(ent), dtype=dtype, device=means2d.device)
+        T = torch.empty_like(alpha)
+        acc = torch.zeros(num_pixels, 5, dtype=dtype, device=means2d.device)
+        for lo, hi in chunks:
+            key = pix_key[lo:hi]
+            rows = table.index_select(0, ent[lo:hi])  # [c,10]
+            a, _ = pair_alpha(_pixel_centres(key, width, height, dtype) - rows[:, 0:2], rows[:, 2:5], rows[:, 5])
+            start, _ = _runs(key)
+            log_t = torch.log1p(-a).double()
+            excl = torch.cumsum(log_t, 0).sub_(log_t)
+            t = torch.exp(excl - excl[start]).to(dtype)  # transmittance in front of each entry
+            w = (a * t)[:, None]
+            acc.index_add_(0, key, torch.cat([rows[:, 6:10] * w, w], dim=1))
+            alpha[lo:hi], T[lo:hi] = a, t
+        ctx.save_for_backward(table, ent, pix_key, alpha, T)
+        ctx.chunks, ctx.size = chunks, size
+        return acc
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_acc):  # grad_acc [num_pixels,5]
+        table, ent, pix_key, alpha, T = ctx.saved_tensors
+        width, height, _ = ctx.size
+        dtype = table.dtype
+        grad_acc = grad_acc.contiguous()
+        out = torch.zeros(table.shape[0], 10, dtype=dtype, device=table.device)
+        for lo, hi in ctx.chunks:
+            key, a, t = pix_key[lo:hi], alpha[lo:hi], T[lo:hi]
+            rows = table.index_select(0, ent[lo:hi])
+            gp = grad_acc.index_select(0, key)  # [c,5]
+            g = (rows[:, 6:10] * gp[:, :4]).sum(1) + gp[:, 4]
+            w = a * t
+            cs = torch.cumsum((w * g).double(), 0)
+            _, last = _runs(key)
+            behind = (cs[last] - cs).to(dtype)  # S_i: what the entries behind i in its pixel contribute
+            d_alpha = t * g - behind / (1 - a)
+            # Through alpha = min(0.99, o·exp(−σ)): nothing flows where the clamp is active.
+            d = _pixel_centres(key, width, height, dtype) - rows[:, 0:2]
+            dx, dy = d[:, 0], d[:, 1]
+            ca, cb, cc, o = rows[:, 2], rows[:, 3], rows[:, 4], rows[:, 5]
+            gauss = torch.exp(-(0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy))
+            d_alpha = torch.where(o * gauss > ALPHA_MAX, 0.0, d_alpha)
+            d_o = gauss * d_alpha
+            d_sigma = -o * d_o
+            grads = torch.stack(
+                [
+                    -d_sigma * (ca * dx + cb * dy),  # means2d (d = centre − mean)
+                    -d_sigma * (cb * dx + cc * dy),
+                    0.5 * d_sigma * dx * dx,  # conic a, b, c
+                    d_sigma * dx * dy,
+                    0.5 * d_sigma * dy * dy,
+                    d_o,
+                    *(w[:, None] * gp[:, :4]).unbind(1),  # feats
+                ],
+                dim=1,
+            )
+            out.index_add_(0, ent[lo:hi], grads)
+        return out[:, 0:2], out[:, 2:5], out[:, 5], out[:, 6:10], None, None, None, None
+
+
+def _overlaps(proj: Projection, flat: Tensor, width: int, height: int, chunk: int = CHUNK) -> tuple[Tensor, Tensor]:
     """(camera·H·W + pixel, pair index) of every pixel in each pair's box that passes the alpha test.
 
     flat: [V] visible pairs as indices into [B*N]. Works in chunks of about `chunk` box pixels to bound memory."""
     B, N = proj.depths.shape
     P = width * height
+    dtype = proj.means2d.dtype
     boxes = proj.boxes.reshape(B * N, 4)[flat]  # [V,4]
     bw = boxes[:, 2] - boxes[:, 0] + 1
     counts = bw * (boxes[:, 3] - boxes[:, 1] + 1)  # [V] box areas
-    means2d = proj.means2d.detach().reshape(B * N, 2)[flat]
-    conics = proj.conics.detach().reshape(B * N, 3)[flat]
-    opac = proj.opacities.detach()[None].expand(B, N).reshape(B * N)[flat]
-    cam = flat // N
+    origin = (flat // N) * P + boxes[:, 1] * width + boxes[:, 0]  # [V] key of each box's top-left pixel
+    # One gather of packed rows per chunk instead of one per field.
+    rows = torch.cat(
+        [
+            boxes[:, :2].to(dtype),  # box origin; small integers are exact in floats
+            proj.means2d.detach().reshape(B * N, 2)[flat],
+            proj.conics.detach().reshape(B * N, 3)[flat],
+            proj.opacities.detach()[None].expand(B, N).reshape(B * N)[flat, None],
+        ],
+        dim=1,
+    )
     ends = torch.cumsum(counts, 0)
     keys, pairs = [], []
     lo = 0
@@ -344,13 +446,16 @@ def _overlaps(proj: Projection, flat: Tensor, width: int, height: int, chunk: in
         hi = max(lo + 1, int(torch.searchsorted(ends, budget, right=True)))
         c = counts[lo:hi]
         pair = torch.repeat_interleave(torch.arange(lo, hi, device=flat.device), c)
-        local = torch.arange(len(pair), device=flat.device) - (torch.cumsum(c, 0) - c).repeat_interleave(c)
-        px = boxes[pair, 0] + local % bw[pair]
-        py = boxes[pair, 1] + local // bw[pair]
-        centre = torch.stack([px, py], dim=-1).to(means2d.dtype) + 0.5
-        _, keep = pair_alpha(centre - means2d[pair], conics[pair], opac[pair])
-        pair = pair[keep]
-        keys.append(cam[pair] * P + py[keep] * width + px[keep])
+        local = torch.arange(len(pair), device=flat.device) - torch.repeat_interleave(torch.cumsum(c, 0) - c, c)
+        w = bw[pair]
+        ly = torch.div(local, w, rounding_mode="floor")
+        lx = local - ly * w
+        r = rows.index_select(0, pair)
+        # Exactly the centre − mean that `_Composite` and the dense reference compute, so the same pairs pass.
+        centre = (r[:, 0:2] + torch.stack([lx, ly], dim=-1).to(dtype)) + 0.5
+        _, keep = pair_alpha(centre - r[:, 2:4], r[:, 4:7], r[:, 7])
+        pair, lx, ly = pair[keep], lx[keep], ly[keep]
+        keys.append(origin[pair] + ly * width + lx)
         pairs.append(pair)
         lo = hi
     if not keys:
