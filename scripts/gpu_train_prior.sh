@@ -11,12 +11,13 @@
 #   PRIOR_MINUTES  wall-clock budget of the prior's training loop (default 5); PRIOR_STEPS caps steps (default 100000)
 #   PRIOR_BATCH    batch size (256)          PRIOR_PRESET  small | tiny (small)      PRIOR_LR  (4e-4)
 #   PRIOR_ARGS     extra train-prior flags, e.g. "--compile --offset-noise 0"
-#   CLS_STEPS      classifier steps (1500)   CLS_BATCH     (256)
+#   CLS_STEPS      classifier steps (800)   CLS_BATCH     (256)
 #   EVAL_N         samples per prompt for the accuracy table (16); EVAL_STEPS DDIM steps (30)
 #   DEVICE         cuda (default) | cpu      WORK          scratch folder (default: mktemp -d; keeps the checkpoint)
 # Tiny CPU dry run:
 #   OUT=/tmp/o DEVICE=cpu PRIOR_PRESET=tiny PRIOR_STEPS=4 PRIOR_BATCH=8 CLS_STEPS=3 CLS_BATCH=16 EVAL_N=1 EVAL_STEPS=2 \
-#     PYTHONPATH=src bash scripts/gpu_train_prior.sh
+#     PRIOR_ARGS="--sample-steps 2 --samples-per-prompt 1" PYTHONPATH=src bash scripts/gpu_train_prior.sh
+# (PRIOR_TAR_MAX, default 15500000 bytes, is the size above which prior.tar is split.)
 set -uo pipefail
 
 : "${OUT:?set OUT to the output folder}"
@@ -26,7 +27,7 @@ PRIOR_BATCH=${PRIOR_BATCH:-256}
 PRIOR_PRESET=${PRIOR_PRESET:-small}
 PRIOR_LR=${PRIOR_LR:-4e-4}
 PRIOR_ARGS=${PRIOR_ARGS:-}
-CLS_STEPS=${CLS_STEPS:-1500}
+CLS_STEPS=${CLS_STEPS:-800}
 CLS_BATCH=${CLS_BATCH:-256}
 EVAL_N=${EVAL_N:-16}
 EVAL_STEPS=${EVAL_STEPS:-30}
@@ -61,8 +62,8 @@ if [ $rc -ne 0 ]; then echo "!! prior training failed (rc=$rc)"; status=1; fi
 if [ -f "$WORK/prior/model_index.json" ]; then
   tar -C "$WORK/prior" --exclude=checkpoint.safetensors --exclude='*.tmp' -cf "$OUT/prior.tar" .
   size=$(stat -c %s "$OUT/prior.tar")
-  if [ "$size" -gt 15500000 ]; then
-    split -b 15000000 -d -a 1 "$OUT/prior.tar" "$OUT/prior.tar.part" && rm "$OUT/prior.tar"
+  if [ "$size" -gt "${PRIOR_TAR_MAX:-15500000}" ]; then
+    split -b $(( ${PRIOR_TAR_MAX:-15500000} < 15000000 ? ${PRIOR_TAR_MAX:-15500000} : 15000000 )) -d -a 1 "$OUT/prior.tar" "$OUT/prior.tar.part" && rm "$OUT/prior.tar"
     echo "   prior.tar was $size bytes: split into $(ls "$OUT" | grep -c 'prior.tar.part') parts (cat prior.tar.part* > prior.tar)"
   fi
   ls -l "$OUT"
