@@ -445,6 +445,9 @@ def train(cfg: GenerateConfig, run_dir: Path, resume: bool = False, progress: bo
     except PriorNotFoundError as e:
         raise PriorError(str(e).splitlines()[0]) from None
     resolution = cfg.resolution or prior.resolution
+    log(f"{'resuming' if resume else 'run'} {run_dir}: prior {cfg.prior} ({prior.resolution}², "
+        f"{'latent' if prior.is_latent else 'pixel'} space, {prior.device}), method {cfg.method}, "
+        f"{cfg.iterations} steps × {cfg.batch} views at {resolution}²")
     text = prior.encode_text(cfg.prompt, cfg.negative_prompt, view_dependent=True)
     method = method_cls(prior, guidance_config)
     method_params = list(method.parameters())
@@ -477,7 +480,7 @@ def train(cfg: GenerateConfig, run_dir: Path, resume: bool = False, progress: bo
         strategy.load_state_dict({k: (None if v is None else v.to(device)) for k, v in ckpt["strategy"].items()})
         start, train_seconds, window = int(ckpt["step"]), float(ckpt["train_seconds"]), dict(ckpt["window"])
         _set_rng_state(ckpt["rng"], generator)
-        log(f"resuming {run_dir} at step {start}/{cfg.iterations}")
+        log(f"continuing from the checkpoint at step {start}")
 
     def checkpoint(step: int) -> None:
         save_checkpoint(checkpoint_path, {
