@@ -185,6 +185,20 @@ def test_means2d_grad_and_resolution_override():
     torch.testing.assert_close(big.means2d, 2 * out.means2d)
 
 
+@pytest.mark.parametrize("n", [0, 3])
+def test_nothing_visible_renders_background(n):
+    cams = front_camera(8)
+    g = Gaussians(
+        means=torch.tensor([[6.0, 0.0, 0.0]]).repeat(n, 1), log_scales=torch.zeros(n, 3), quats=torch.randn(n, 4),
+        opacity_logits=torch.zeros(n), sh=torch.randn(n, 4, 3),
+    ).requires_grad_()
+    out = rasterize(g, cams, background=torch.tensor([0.1, 0.2, 0.3]), backend="torch")
+    torch.testing.assert_close(out.rgb, torch.tensor([0.1, 0.2, 0.3]).expand(1, 8, 8, 3))
+    assert (out.alpha == 0).all() and (out.radii == 0).all()
+    out.rgb.sum().backward()
+    assert all((p.grad == 0).all() for p in g.params().values())
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError):
         rasterize(random_scene(2), sample_orbit(1, 8, 8), backend="vulkan")

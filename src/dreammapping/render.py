@@ -72,6 +72,8 @@ def rasterize(
     if backend == "auto":
         backend = "gsplat" if device.type == "cuda" and _gsplat_available() else "torch"
     if backend == "gsplat":
+        if device.type != "cuda":
+            raise ValueError("the gsplat backend needs the Gaussians on a CUDA device")
         return _rasterize_gsplat(gaussians, viewmats, Ks, width, height, background)
     if backend not in ("torch", "dense"):
         raise ValueError(f"unknown backend {backend!r}; expected 'auto', 'torch', 'gsplat' or 'dense'")
@@ -335,9 +337,13 @@ def _pixel_centres(pix_key: Tensor, width: int, height: int, dtype: torch.dtype)
 
 def _runs(key: Tensor) -> tuple[Tensor, Tensor]:
     """For a sorted key [E]: the index of the first and of the last entry of each entry's run."""
-    _, counts = torch.unique_consecutive(key, return_counts=True)
-    ends = torch.cumsum(counts, 0)
-    return torch.repeat_interleave(ends - counts, counts), torch.repeat_interleave(ends - 1, counts)
+    is_start = torch.ones_like(key, dtype=torch.bool)
+    is_start[1:] = key[1:] != key[:-1]
+    starts = is_start.nonzero().squeeze(1)  # [R]
+    run = torch.cumsum(is_start, 0) - 1  # [E] run id
+    lasts = torch.cat([starts[1:], starts.new_tensor([len(key)])]) - 1
+    # Gathers, not repeat_interleave: that one wakes every OpenMP thread even for tiny inputs.
+    return starts[run], lasts[run]
 
 
 class _Composite(torch.autograd.Function):
@@ -445,8 +451,11 @@ def _overlaps(proj: Projection, flat: Tensor, width: int, height: int, chunk: in
         budget = (ends[lo - 1] if lo > 0 else 0) + chunk
         hi = max(lo + 1, int(torch.searchsorted(ends, budget, right=True)))
         c = counts[lo:hi]
-        pair = torch.repeat_interleave(torch.arange(lo, hi, device=flat.device), c)
-        local = torch.arange(len(pair), device=flat.device) - torch.repeat_interleave(torch.cumsum(c, 0) - c, c)
+        offsets = torch.cumsum(c, 0) - c  # [hi-lo] first entry of each pair's box; boxes are never empty
+        mark = torch.zeros(int(offsets[-1] + c[-1]), dtype=torch.long, device=flat.device)
+        mark[offsets[1:]] = 1
+        pair = torch.cumsum(mark, 0) + lo  # [e] which pair each box pixel belongs to
+        local = torch.arange(len(pair), device=flat.device) - offsets[pair - lo]
         w = bw[pair]
         ly = torch.div(local, w, rounding_mode="floor")
         lx = local - ly * w
@@ -500,7 +509,7 @@ def _rasterize_gsplat(
         eps2d=EPS2D,
         sh_degree=gaussians.sh_degree,
         packed=False,  # so that means2d and radii are dense [B,N,...]
-        backgrounds=background,
+        backgrounds=background.contiguous(),
         render_mode="RGB+D",  # accumulated (not alpha-normalised) depth, as the interface asks
         rasterize_mode="classic",
     )
