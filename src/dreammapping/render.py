@@ -4,7 +4,7 @@ Three backends share one projection (`project_gaussians`) and one alpha rule (`p
 
 - `"gsplat"`: CUDA kernels (`gsplat.rasterization`), used on the GPU;
 - `"torch"`: pure PyTorch, sparse (every Gaussian only meets the pixels inside its footprint), fast on CPU and
-  differentiable w.r.t. every parameter through autograd;
+  differentiable w.r.t. every parameter (autograd for the projection, a hand-written backward for the blending);
 - `"dense"`: every Gaussian against every pixel, the obviously-correct reference the tests compare with.
 
 The maths is 3DGS / gsplat "classic": EWA splatting with the Jacobian clamped to 1.3× the field of view, a 0.3 px²
