@@ -53,7 +53,8 @@ class OptimizerConfig:
         if not params:
             return None
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.name]
-        return cls(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        fused = all(p.is_cuda and p.dtype == torch.float32 for p in params)  # one kernel, not one per tensor
+        return cls(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay, fused=fused or None)
 
 
 @dataclass
