@@ -1,6 +1,6 @@
 """Compare the guidance methods at equal iterations on the embedded toy world, against known 3D ground truth.
 
-    python benchmarks/compare_methods.py            # the default comparison (9 variants × 4 prompts × 2 seeds)
+    python benchmarks/compare_methods.py            # the default comparison (9 variants × 3 prompts × 2 seeds)
     python benchmarks/compare_methods.py --quick    # smoke run: sds and vdm+DCA300, 1 prompt, 1 seed, 30 steps
     python benchmarks/compare_methods.py --plan     # print the runs and stop
 
@@ -66,17 +66,13 @@ METRICS: tuple[tuple[str, str, int], ...] = (
 
 
 def default_prompts() -> list[str]:
-    """Seen single object, held-out single object, two objects, two objects with a held-out pair."""
+    """A seen single object, a held-out single object, and two objects one of which is a held-out pair."""
     from dreammapping.toyworld.grammar import HELD_OUT
 
     (c1, s1), (c2, s2) = HELD_OUT[0], HELD_OUT[1]
     article = lambda word: "an" if word[0] in "aeiou" else "a"  # noqa: E731
-    return [
-        "a red cube",
-        f"{article(c1)} {c1} {s1}",
-        "a green sphere on top of a red cube",
-        f"{article(c2)} {c2} {s2} next to a blue sphere",
-    ]
+    other = "green sphere" if c2 != "green" else "blue sphere"
+    return ["a red cube", f"{article(c1)} {c1} {s1}", f"{article(c2)} {c2} {s2} next to a {other}"]
 
 
 def held_out_prompt(prompt: str) -> bool:
@@ -110,7 +106,8 @@ class Plan:
     command: str = "python benchmarks/compare_methods.py"  # how this comparison was started (for the report)
 
     def runs(self) -> list[tuple[str, str, int]]:
-        return [(p, v, s) for p in self.prompts for v in self.variants for s in self.seeds]
+        """Seed-major, so that a comparison stopped half-way has every variant on the same prompts and seeds."""
+        return [(p, v, s) for s in self.seeds for p in self.prompts for v in self.variants]
 
     def run_dir(self, prompt: str, variant: str, seed: int) -> Path:
         return self.root / slug(prompt) / variant / f"seed{seed}"
@@ -161,7 +158,7 @@ def evaluate_one(plan: Plan, run_dir: Path) -> dict:
 def run_all(plan: Plan, log=print) -> list[dict]:
     """Train and evaluate every run of the plan; one record per run."""
     records, runs = [], plan.runs()
-    started = time.perf_counter()
+    work_seconds, worked = 0.0, 0  # time of the runs actually trained here (reused ones cost ~nothing)
     for i, (prompt, variant, seed) in enumerate(runs, 1):
         log(f"[{i}/{len(runs)}] {variant:<11} seed {seed}  {prompt!r}")
         t0 = time.perf_counter()
@@ -177,9 +174,11 @@ def run_all(plan: Plan, log=print) -> list[dict]:
         records.append({"prompt": prompt, "variant": variant, "seed": seed, "sec_per_it": sec_per_it,
                         "metrics": dict(evaluation["metrics"]), "skipped": dict(evaluation["skipped"]),
                         "run_dir": str(plan.run_dir(prompt, variant, seed))})
-        elapsed = time.perf_counter() - started
-        log(f"  {sec_per_it * 1000:.0f} ms/it; run + eval {time.perf_counter() - t0:.0f} s; "
-            f"elapsed {elapsed / 60:.1f} min, ETA {elapsed / i * (len(runs) - i) / 60:.1f} min")
+        spent = time.perf_counter() - t0
+        if spent > 2.0:
+            work_seconds, worked = work_seconds + spent, worked + 1
+        eta = f"{work_seconds / worked * (len(runs) - i) / 60:.0f} min" if worked else "—"
+        log(f"  {sec_per_it * 1000:.0f} ms/it; run + eval {spent:.0f} s; ETA {eta}")
     add_relative_time(records)
     return records
 
@@ -213,8 +212,9 @@ def summarise(records: list[dict], variants: list[str]) -> dict[str, dict[str, t
     return table
 
 
-def winners(table: dict, metrics=METRICS) -> dict[str, str]:
-    """metric → the variant with the best mean (direction 0: smallest |mean|); metrics without a direction skipped."""
+def winners(table: dict, metrics=METRICS) -> dict[str, list[str]]:
+    """metric → the variants with the best mean (direction 0: smallest |mean|; several on a tie); metrics without
+    a direction, or with fewer than two variants measured, are left out."""
     out = {}
     for key, _, direction in metrics:
         if direction is None:
@@ -223,7 +223,8 @@ def winners(table: dict, metrics=METRICS) -> dict[str, str]:
         if len(cands) < 2:
             continue
         score = {+1: lambda x: -x, -1: lambda x: x, 0: abs}[direction]
-        out[key] = min(cands, key=lambda c: score(c[1]))[0]
+        top = min(score(m) for _, m in cands)
+        out[key] = [v for v, m in cands if score(m) <= top + 1e-12 * max(1.0, abs(top))]
     return out
 
 
@@ -245,7 +246,7 @@ def markdown_table(table: dict, keys: list[str], best: dict[str, str]) -> list[s
         cells = [f"`{v}`"]
         for k in keys:
             text = _fmt(stats.get(k), k)
-            cells.append(f"**{text}**" if best.get(k) == v else text)
+            cells.append(f"**{text}**" if v in best.get(k, ()) else text)
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -258,7 +259,8 @@ def closing_note(table: dict, best: dict[str, str]) -> list[str]:
     """Which variant won which metric, and where the paper's VDM + DCA did and did not beat SDS."""
     labels = {k: lab for k, lab, _ in METRICS}
     directions = {k: d for k, _, d in METRICS}
-    lines = ["**Winners.** " + "; ".join(f"{labels[k]}: `{v}`" for k, v in best.items()) + "."]
+    lines = ["**Winners.** " + "; ".join(f"{labels[k]}: " + " = ".join(f"`{v}`" for v in vs) + (" (tie)" if len(vs) > 1 else "")
+                                         for k, vs in best.items()) + "."]
     if MAIN_VDM in table and "sds" in table:
         better, worse, tie = [], [], []
         for k in present_keys(table):
@@ -280,7 +282,7 @@ def closing_note(table: dict, best: dict[str, str]) -> list[str]:
         lines.append(f"**`{MAIN_VDM}` against `sds`**{' (single runs: no spread, so no difference is tested)' if single else ''}. "
                      f"Better{'' if single else ' beyond one standard error'}: "
                      f"{'; '.join(better) or 'nothing'}. Worse: {'; '.join(worse) or 'nothing'}. "
-                     f"Within the noise: {'; '.join(tie) or 'nothing'}.")
+                     f"{'Equal' if single else 'Within the noise'}: {'; '.join(tie) or 'nothing'}.")
         if "sec_per_it_rel" in table[MAIN_VDM]:
             lines.append(f"It cost {table[MAIN_VDM]['sec_per_it_rel'][0]:.2f}× SDS's time per iteration.")
     return lines
@@ -389,7 +391,7 @@ def draw_chart(path: Path, table: dict) -> None:
             bx0, bx1 = left + j * bw + 3, left + (j + 1) * bw - 3
             ya, yb = sorted((y_of(0.0), y_of(mean)))
             d.rectangle([bx0, ya, bx1, max(yb, ya + 1)], fill=PALETTE[j % len(PALETTE)],
-                        outline="black" if best.get(key) == v else None, width=2)
+                        outline="black" if v in best.get(key, ()) else None, width=2)
             cx = (bx0 + bx1) / 2
             d.text((bx0 + 2, min(ya, yb) - 13 if mean >= 0 else max(ya, yb) + 2), f"{mean:.3g}", fill="black",
                    font=f_small)
@@ -466,7 +468,7 @@ def build_plan(args) -> Plan:
         raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     prompts = args.prompts or (default_prompts()[:1] if quick else default_prompts())
     seeds = args.seeds if args.seeds is not None else ([0] if quick else [0, 1])
-    iterations = args.iterations or (30 if quick else 150)
+    iterations = args.iterations or (30 if quick else 100)
     root = Path(args.root or (REPO / "runs" / ("compare_quick" if quick else "compare")))
     docs = Path(args.docs) if args.docs else (root if quick else REPO / "docs")
     # Small turntables: the comparison needs the .ply, not the videos; checkpoints make the runs resumable.
@@ -480,9 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: 2 variants, 1 prompt, 1 seed, 30 iterations")
     p.add_argument("--methods", nargs="+", help=f"variants (default all): {', '.join(VARIANTS)}")
-    p.add_argument("--prompts", nargs="+", help="prompts (default: seen, held-out, two two-object prompts)")
+    p.add_argument("--prompts", nargs="+", help="prompts (default: seen, held-out, two objects with a held-out pair)")
     p.add_argument("--seeds", nargs="+", type=int, help="seeds (default 0 1)")
-    p.add_argument("--iterations", type=int, help="iterations per run (default 150; --quick 30)")
+    p.add_argument("--iterations", type=int, help="iterations per run (default 100; --quick 30)")
     p.add_argument("--eval-views", type=int, help="random views per run for attribute accuracy / FID (default 16)")
     p.add_argument("--fid-reference", type=int, help="prior samples per prompt for 3D-FID (default 16)")
     p.add_argument("--root", help="where the run folders go (default runs/compare, --quick runs/compare_quick)")

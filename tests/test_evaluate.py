@@ -487,7 +487,10 @@ def test_compare_methods_summarises_ranks_and_draws(tmp_path):
     assert (mean, n) == (pytest.approx(0.55), 4) and sd == pytest.approx(statistics_stdev([0.5, 0.5, 0.6, 0.6]))
     assert table["vdm+dca300"]["sec_per_it_rel"][0] == pytest.approx(1.2)
     best = cm.winners(table)
-    assert best["iou"] == "sds" and best["saturation_error"] == "vdm+dca300" and best["color_error"] == "vdm+dca300"
+    assert best["iou"] == ["sds"] and best["saturation_error"] == ["vdm+dca300"]
+    assert best["color_error"] == ["vdm+dca300"]
+    tied = cm.winners({"a": {"attr_all": (0.5, 0.1, 2)}, "b": {"attr_all": (0.5, 0.0, 2)}})
+    assert tied["attr_all"] == ["a", "b"]
     note = "\n".join(cm.closing_note(table, best))
     assert "Worse: silhouette IoU" in note  # 0.05 apart, standard error of the difference 0.041
     assert "Better beyond one standard error: colour error" in note
