@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session (run by the lead through the device tool, from the repo root, with .whl carried):
-# train the embedded prior, pack it for the trip back, judge it, and check gsplat against the torch backend.
+# train the embedded prior, pack it for the trip back, judge it with the shipped classifier, and check gsplat
+# against the torch backend. This is the script that produced assets/prior (PRIOR_MINUTES=3.2).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
@@ -16,7 +17,7 @@ from dreammapping.toyworld.classifier import AttributeClassifier
 from dreammapping.toyworld.train_prior import accuracy_report, load_model_folder
 t = time.time()
 models = load_model_folder("/tmp/prior", "cuda")
-clf = AttributeClassifier.from_pretrained(".whl/classifier.safetensors", device="cuda")
+clf = AttributeClassifier.from_pretrained(device="cuda")  # the shipped classifier
 table, numbers = accuracy_report(models, clf, n_per_prompt=8, steps=30, device="cuda")
 print(table); print(f"(eval {time.time() - t:.0f} s)")
 json.dump(numbers, open(os.path.join(os.environ["OUT"], "eval.json"), "w"), indent=2)
