@@ -420,7 +420,7 @@ def test_cli_evaluate_prints_a_table_and_one_line_errors(monkeypatch, fake_gramm
                             "--resolution", "32", "--views", "2", "--no-fid", "--device", "cpu"])
     out, err = capsys.readouterr()
     assert code == 1
-    assert "| good | a red cube | 1.000 | 100.00 |" in out
+    assert "/good | a red cube | 1.000 | 100.00 |" in out
     assert (good / "eval.json").is_file()
     assert err.count("\n") == 2 and "no gaussians.ply" in err
 

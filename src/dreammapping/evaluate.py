@@ -757,7 +757,8 @@ def markdown_table(results: Sequence[dict]) -> str:
     head = ["run", "prompt"] + [h for _, h, _ in TABLE_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        cells = [Path(r["run"]).name, r["prompt"]]
+        parts = Path(r["run"]).parts
+        cells = ["/".join(parts[-3:]) if len(parts) > 3 else r["run"], r["prompt"]]
         for key, _, fmt in TABLE_COLUMNS:
             v = r["metrics"].get(key)
             cells.append("—" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v))
