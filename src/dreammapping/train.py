@@ -79,6 +79,7 @@ class GenerateConfig:
     turntable_size: int = 128  # side of the final turntable / view-grid frames (the splat is 3D: any size)
     turntable_frames: int = 48  # frames of the final turntable
     device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", …
+    threads: int = 0  # CPU threads for torch (0: torch's default; 1 is often faster on a busy machine)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # the prior's dtype; auto: fp16 on CUDA, fp32 on CPU
     render_backend: str = "auto"  # rasterizer: "auto" (gsplat on CUDA if installed, else torch), "torch", "gsplat"
 
@@ -90,6 +91,7 @@ def _cpu_preset() -> GenerateConfig:
         method="vdm",
         iterations=300,
         batch=4,
+        orbit=C.OrbitConfig(overhead_probability=0.15),  # as the prior's training views: some from above
         init="sphere",  # Shap-E on a CPU costs minutes and is not available offline; a sphere works for toys
         num_points=2000,
         init_options=InitOptions(radius=0.6),
@@ -438,6 +440,8 @@ def train(cfg: GenerateConfig, run_dir: Path, resume: bool = False, progress: bo
 
     # ---- set-up: seeds, prior, text, guidance method ----
     device = resolve_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)  # cameras, backgrounds and init draw from this one
     try:
