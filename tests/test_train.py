@@ -205,3 +205,10 @@ def test_python_api_and_presets(tmp_path):
         T.build_config("x", iterationz=3)
     with pytest.raises(T.UnknownPresetError):
         T.build_config("x", preset="nope")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_load(path):
+    cfg, _ = T.parse_args(["a red cube", "--config", str(path)])
+    assert cfg.prompt == "a red cube"
+    T.method_config(cfg)  # the method's options are valid fields of its config
