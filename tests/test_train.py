@@ -163,9 +163,15 @@ def test_existing_run_is_not_overwritten(tiny_pixel_folder, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("prompt: earlier\n")
+    (run / "checkpoint.pt").write_bytes(b"earlier")
     code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run)
     assert code == T.EXIT_RUN_EXISTS and "--resume" in err and "--overwrite" in err
     assert (run / "config.yaml").read_text() == "prompt: earlier\n"
+    assert (run / "checkpoint.pt").read_bytes() == b"earlier"
+    # a folder where a run failed before its first checkpoint (e.g. the prior was missing) is simply reused
+    (run / "checkpoint.pt").unlink()
+    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run, *TINY, "--iterations", "2")
+    assert code == 0, err
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_pixel_folder, tmp_path, capsys, monkeypatch):

@@ -336,7 +336,7 @@ def unknown_prompt_words(cfg: GenerateConfig) -> list[str]:
 
 def prepare_run_dir(run_dir: Path, fresh: bool, overwrite: bool) -> None:
     """Create the run folder and make sure it can be written; refuse to clobber a previous run."""
-    if fresh and (run_dir / "config.yaml").exists() and not overwrite:
+    if fresh and (run_dir / CHECKPOINT).exists() and not overwrite:
         raise RunExistsError(f"{run_dir} already holds a run; continue it with --resume {shlex.quote(str(run_dir))}, "
                              "choose another --out, or pass --overwrite")
     try:
