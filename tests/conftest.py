@@ -82,9 +82,10 @@ def tiny_latent_prior(tiny_latent_folder):
     return DiffusionPrior.from_pretrained(tiny_latent_folder, device="cpu")
 
 
-@pytest.fixture()
+@pytest.fixture(autouse=True)
 def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared machine (no OpenMP spin-waiting)."""
+    """Every test runs on one torch thread: tiny models run fastest so, above all on a shared 2-core machine
+    (no OpenMP spin-waiting; two threads fighting other jobs were measured 4–50× slower)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -11,15 +11,6 @@ COLORS = {"red": (0.9, 0.1, 0.1), "blue": (0.1, 0.2, 0.9), "green": (0.1, 0.7, 0
 SHAPES = ("cube", "sphere")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """2 shared cores: one intra-op thread is far faster and steadier than two fighting other jobs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def standin_batch(batch_size, resolution=16, generator=None, device="cpu", include_held_out=False):
     names = list(COLORS)
     c = torch.randint(len(names), (batch_size,), generator=generator)

@@ -15,7 +15,6 @@ from dreammapping.priors import PromptEmbeddings, embedded_prior_path
 
 SCALE = 4.0
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 B = 2
 
 

@@ -11,14 +11,6 @@ from dreammapping.export import save_ply
 from dreammapping.init import InitError, InitOptions, initialise, normalise
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build_tiny_shap_e(folder):
     """A randomly initialised ShapEPipeline small enough for a test (sizes as in diffusers' own Shap-E tests)."""
     from diffusers import HeunDiscreteScheduler, PriorTransformer, ShapEPipeline

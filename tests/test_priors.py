@@ -9,7 +9,6 @@ from dreammapping.priors import DiffusionPrior, PriorNotFoundError, embedded_pri
 
 from conftest import build_tiny_pipeline
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _manual_hidden(prior, text):

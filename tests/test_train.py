@@ -20,15 +20,6 @@ TINY = ["--iterations", "6", "--num-points", "200", "--init", "sphere", "--turnt
         "--density.max-gaussians", "260"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops on a shared 2-core machine: one intra-op thread is ~50× faster than two fighting for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_cli(capsys, *argv) -> tuple[int, str]:
     code = T.cli_generate([str(a) for a in argv])
     return code, capsys.readouterr().err
