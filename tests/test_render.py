@@ -78,6 +78,25 @@ def test_single_gaussian_matches_analytic_profile(backend):
     assert out.radii[0, 0] == math.ceil(3 * sigma_px)
 
 
+@pytest.mark.parametrize("backend", ["torch", "dense"])
+def test_radius_of_a_rotated_ellipse_uses_its_major_axis(backend):
+    # A needle along the image diagonal: its 3-sigma radius follows the largest eigenvalue of the 2D covariance,
+    # which the diagonal entries alone would underestimate by about √2.
+    size, radius = 33, 4.0
+    cams = front_camera(size, radius)
+    f = float(cams.Ks[0, 0, 0])
+    big, small = 0.3, 0.01
+    # Rotate local x onto world (0, 1, 1)/√2, which the front camera sees as the image diagonal.
+    quat = torch.tensor([[math.sqrt(0.5), 0.0, -0.5, 0.5]])
+    g = Gaussians(
+        means=torch.zeros(1, 3), log_scales=torch.tensor([[math.log(big), math.log(small), math.log(small)]]),
+        quats=quat, opacity_logits=torch.zeros(1), sh=rgb_to_sh(torch.full((1, 1, 3), 0.5)),
+    )
+    out = rasterize(g, cams, backend=backend)
+    lam_max = (big * f / radius) ** 2 + EPS2D
+    assert out.radii[0, 0] == math.ceil(3 * math.sqrt(lam_max))
+
+
 @pytest.mark.parametrize("sh_degree,seed,size", [(3, 0, (40, 32)), (0, 1, (32, 48)), (1, 2, (48, 48))])
 def test_torch_matches_dense(sh_degree, seed, size):
     gaussians = random_scene(300, sh_degree, seed)

@@ -221,7 +221,9 @@ def project_gaussians(
         y1 = torch.floor((my + ey - 0.5).clamp(-1, height)).long().clamp_max(height - 1)
         visible = in_front & det_ok & (op >= ALPHA_MIN) & (x0 <= x1) & (y0 <= y1)
         boxes = torch.stack([x0, y0, x1, y1], dim=-1)
-        sigma_max = torch.sqrt(torch.maximum(c00, c11).detach())
+        # Largest eigenvalue of the 2D covariance (as gsplat): the diagonal alone underestimates rotated ellipses.
+        half_trace, half_diff = 0.5 * (c00 + c11).detach(), 0.5 * (c00 - c11).detach()
+        sigma_max = torch.sqrt(half_trace + torch.sqrt(half_diff**2 + c01.detach() ** 2))
         radii = torch.where(visible, torch.ceil(3.0 * sigma_max), torch.zeros_like(sigma_max)).int()
         # Stable, so that equal depths fall back to index order in both backends alike.
         key = torch.where(visible, z.detach(), torch.full_like(z, math.inf))
