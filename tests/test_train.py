@@ -165,6 +165,21 @@ def test_existing_run_is_not_overwritten(tiny_pixel_folder, tmp_path, capsys):
     assert code == 0, err
 
 
+def test_overwrite_leaves_nothing_of_the_old_run_to_resume(tiny_pixel_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run, *TINY, "--iterations", "2")
+    assert code == 0, err
+    # A new run over the old folder that fails before its first checkpoint must not leave the old one resumable.
+    T.prepare_run_dir(run, fresh=True, overwrite=True)
+    assert not (run / "checkpoint.pt").exists() and not (run / "gaussians.ply").exists()
+    # And a checkpoint made with another method is refused on resume instead of being half loaded.
+    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run, *TINY, "--iterations", "2",
+                        "--overwrite")
+    assert code == 0, err
+    code, err = run_cli(capsys, "--resume", run, "--method", "sds", "--iterations", "4")
+    assert code != 0 and "checkpoint was made with method 'vdm'" in err, err
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_pixel_folder, tmp_path, capsys, monkeypatch):
     from dreammapping import guidance
 

@@ -342,6 +342,10 @@ def prepare_run_dir(run_dir: Path, fresh: bool, overwrite: bool) -> None:
     if fresh and (run_dir / CHECKPOINT).exists() and not overwrite:
         raise RunExistsError(f"{run_dir} already holds a run; continue it with --resume {shlex.quote(str(run_dir))}, "
                              "choose another --out, or pass --overwrite")
+    if fresh and overwrite:
+        # The old run's checkpoint must not be resumable under the new config, nor its outputs pass for the new ones.
+        for name in (CHECKPOINT, "gaussians.ply", "turntable.mp4", "turntable.gif", "views.png", "metrics.json"):
+            (run_dir / name).unlink(missing_ok=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -480,6 +484,8 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
     strategy = dataclasses.replace(cfg.density)  # a fresh copy: the strategy keeps running statistics
     if resume:
         ckpt = load_checkpoint(checkpoint_path)
+        if ckpt.get("method", cfg.method) != cfg.method:
+            raise ConfigError(f"--resume: the checkpoint was made with method {ckpt['method']!r}, not {cfg.method!r}")
         gaussians = Gaussians(**{k: v.to(device) for k, v in ckpt["gaussians"].items()}).requires_grad_(True)
         init_used, init_reason = ckpt["init_used"], ckpt["init_reason"]
     else:
@@ -502,6 +508,7 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
         save_checkpoint(checkpoint_path, {
             "step": step, "gaussians": {k: v.detach().cpu() for k, v in gaussians.params().items()},
             "optimizer": optimizer.state_dict(),
+            "method": cfg.method,
             "method_params": [p.detach().cpu() for p in method_params],
             "method_optimizer": method_optimizer.state_dict() if method_optimizer is not None else {},
             "strategy": {k: (None if v is None else v.cpu()) for k, v in strategy.state_dict().items()},
