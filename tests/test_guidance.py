@@ -356,3 +356,18 @@ def test_text2img_embedded_moves_towards_prompt():
     image = text2img("a red cube", method="vdm", prior="embedded", steps=300, seed=0)
     pred = AttributeClassifier.from_pretrained().classify(image)
     assert list(COLORS)[int(pred["color"][0])] == "red"
+
+
+def test_a_negative_prompt_leaves_the_unconditional_terms_alone(tiny_prior):
+    """CFG pairs the prompt with the negative prompt, but NFSD's δ_D/δ_C and ISM's inversion use ε_φ(·, ∅)."""
+    plain = tiny_prior.encode_text("abc").for_views(2)
+    negative = tiny_prior.encode_text("abc", negative_prompt="zzz").for_views(2)
+    torch.testing.assert_close(negative.null, plain.uncond)
+    assert not torch.equal(negative.uncond, plain.uncond)
+    torch.manual_seed(0)
+    z, noise, t = torch.rand(2, 3, 16, 16) * 2 - 1, torch.randn(2, 3, 16, 16), torch.tensor([100, 600])
+    nfsd = METHODS["nfsd"](tiny_prior)
+    torch.testing.assert_close(nfsd.gradient(z, t, noise, negative)[0], nfsd.gradient(z, t, noise, plain)[0])
+    ism = METHODS["ism"](tiny_prior)
+    for a, b in zip(ism.invert(z, noise, t, negative), ism.invert(z, noise, t, plain)):
+        torch.testing.assert_close(a, b)

@@ -44,10 +44,16 @@ class PromptEmbeddings:
     """Text conditioning for one batch of views."""
 
     cond: Tensor  # [B,L,D] prompt (+ view suffix) per view
-    uncond: Tensor  # [B,L,D] unconditional (empty) or negative prompt
+    uncond: Tensor  # [B,L,D] unconditional (empty) or negative prompt: the other side of CFG
+    null: Tensor | None = None  # [B,L,D] the empty prompt ∅, when `uncond` is a negative prompt (else None)
 
     def __len__(self) -> int:
         return self.cond.shape[0]
+
+    @property
+    def unconditional(self) -> Tensor:
+        """ε_φ(·, ∅)'s conditioning: the terms of NFSD and ISM that the maths defines with ∅, not the negative."""
+        return self.uncond if self.null is None else self.null
 
 
 @dataclass
@@ -58,13 +64,15 @@ class TextEmbeddings:
     plain: Tensor  # [1,L,D] the prompt as given
     uncond: Tensor  # [1,L,D] the negative prompt ("" = unconditional)
     views: dict[str, Tensor] = field(default_factory=dict)  # tag → [1,L,D]; empty when not view-dependent
+    null: Tensor | None = None  # [1,L,D] the empty prompt, kept apart when `uncond` is a negative prompt
 
     def for_views(self, tags: list[str] | tuple[str, ...] | int) -> PromptEmbeddings:
         """Embeddings for a batch of views (`tags` like cameras.view_tags, or just a batch size)."""
         if isinstance(tags, int):
             tags = [""] * tags
         cond = torch.cat([self.views.get(tag, self.plain) for tag in tags], dim=0)
-        return PromptEmbeddings(cond=cond, uncond=self.uncond.expand(len(tags), -1, -1))
+        null = None if self.null is None else self.null.expand(len(tags), -1, -1)
+        return PromptEmbeddings(cond=cond, uncond=self.uncond.expand(len(tags), -1, -1), null=null)
 
 
 def embedded_prior_path() -> Path:
@@ -230,7 +238,8 @@ class DiffusionPrior:
         views = {tag: self.text_embedding(prompt + suffix) for tag, suffix in VIEW_SUFFIXES.items()} \
             if view_dependent else {}
         return TextEmbeddings(prompt=prompt, plain=self.text_embedding(prompt),
-                              uncond=self.text_embedding(negative_prompt), views=views)
+                              uncond=self.text_embedding(negative_prompt), views=views,
+                              null=self.text_embedding("") if negative_prompt else None)
 
     # --------------------------------------------------------------------------------------------- noise
     def _timesteps(self, t, batch: int) -> Tensor:

@@ -149,5 +149,6 @@ def _match_batch(emb: PromptEmbeddings, batch: int) -> PromptEmbeddings:
     if len(emb) == batch:
         return emb
     if len(emb) == 1:
-        return PromptEmbeddings(cond=emb.cond.expand(batch, -1, -1), uncond=emb.uncond.expand(batch, -1, -1))
+        null = None if emb.null is None else emb.null.expand(batch, -1, -1)
+        return PromptEmbeddings(cond=emb.cond.expand(batch, -1, -1), uncond=emb.uncond.expand(batch, -1, -1), null=null)
     raise ValueError(f"{len(emb)} prompt embeddings for {batch} images")

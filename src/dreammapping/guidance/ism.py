@@ -54,9 +54,9 @@ class ISM(Guidance):
             if bool((cur >= s).all()):
                 break
             nxt = torch.minimum(cur + c.delta_s, s)
-            x = self.ddim_step(x, self.prior.eps(x, cur, emb.uncond), cur, nxt)
+            x = self.ddim_step(x, self.prior.eps(x, cur, emb.unconditional), cur, nxt)
             cur = nxt
-        eps_s = self.prior.eps(x, s, emb.uncond)
+        eps_s = self.prior.eps(x, s, emb.unconditional)
         return x, eps_s, self.ddim_step(x, eps_s, s, t)
 
     def gradient(self, z, t, noise, emb):

@@ -38,7 +38,9 @@ class NFSD(Guidance):
         x_t = self.prior.add_noise(z, noise, t)
         negative = self.prior.text_embedding(self.config.negative_prompt).expand_as(emb.cond)
         with torch.no_grad():
-            eps = self.prior.eps(torch.cat([x_t] * 3), torch.cat([t] * 3), torch.cat([emb.uncond, emb.cond, negative]))
+            # ∅, not a user's negative prompt: δ_D and δ_C are defined with the unconditional prediction.
+            hidden = torch.cat([emb.unconditional, emb.cond, negative])
+            eps = self.prior.eps(torch.cat([x_t] * 3), torch.cat([t] * 3), hidden)
         eps_uncond, eps_cond, eps_neg = eps.chunk(3)
         small = (t < self.config.small_t).view(-1, 1, 1, 1)
         delta_d = torch.where(small, eps_uncond, eps_uncond - eps_neg)
