@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .cameras import Cameras
-from .gaussians import SH_C0, Gaussians
+from .gaussians import SH_C0, Gaussians, quat_to_rotmat
 
 NEAR_PLANE = 0.01  # Gaussians whose centre is closer than this (camera z) are culled, as in gsplat
 EPS2D = 0.3  # px², added to the projected covariance's diagonal (3DGS's low-pass filter)
@@ -105,19 +105,6 @@ class Projection:
     boxes: Tensor  # [B,N,4] int64 (x0, y0, x1, y1), inclusive pixel range that can have alpha ≥ ALPHA_MIN
     radii: Tensor  # [B,N] int32 3-sigma radius in pixels, 0 where not visible
     order: Tensor  # [B,N] int64 Gaussian indices sorted front to back (invisible ones last)
-
-
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """Rotation matrices [N,3,3] from quaternions [N,4] (w, x, y, z), normalised here."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(quats.shape[:-1] + (3, 3))
 
 
 def eval_sh(sh: Tensor, dirs: Tensor) -> Tensor:
