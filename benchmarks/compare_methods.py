@@ -86,7 +86,9 @@ def two_object_prompt(prompt: str) -> bool:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
+    from dreammapping.train import slugify  # the run folders' own naming
+
+    return slugify(text, max_len=60)
 
 
 # ================================================================================================ running

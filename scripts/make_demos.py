@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,9 @@ METHODS = {"sds": "SDS", "vdm": "VDM + DCA"}
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    from dreammapping.train import slugify  # the run folders' own naming
+
+    return slugify(text)
 
 
 def label(frame: np.ndarray, text: str) -> np.ndarray:
