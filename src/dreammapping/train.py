@@ -764,9 +764,9 @@ def parse_args(argv: list[str]) -> tuple[GenerateConfig, str | None]:
                    resume=pre.resume)
     args = tyro.cli(Args, args=argv, default=default, prog="dreammapping generate",
                     description="Text → 3D Gaussian splat (DreamMapping, Algorithm 1). "
-                                f"Exit codes: 3 empty prompt, 4 unknown method, 5 unknown preset, 6 output folder "
-                                f"not writable, 7 run exists / nothing to resume, 8 prior missing, 9 diverged, "
-                                f"10 bad init, 130 interrupted.")
+                                "Exit codes: 3 empty prompt, 4 unknown method, 5 unknown preset, 6 output folder "
+                                "not writable, 7 run exists / nothing to resume, 8 prior missing, 9 diverged, "
+                                "10 bad init, 130 interrupted.")
     cfg = args.config
     if cfg.method != method:  # --method came from a config the pre-parser did not see; use that method's options
         return dataclasses.replace(cfg, method_options=base.method_options), args.resume

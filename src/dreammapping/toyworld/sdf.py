@@ -55,7 +55,7 @@ class PackedScenes:
 
 def pack_scenes(scenes: Sequence[Scene], device: torch.device | str = "cpu") -> PackedScenes:
     """Pad a list of scenes into tensors (built on the CPU, then moved in one copy per tensor)."""
-    B, K = len(scenes), max(1, max(len(s.objects) for s in scenes))
+    K = max(1, max(len(s.objects) for s in scenes))
     pad = [(-1, (0.0, 0.0, 0.0), 1.0, (1.0, 1.0, 1.0), 0.0)]
     rows = [
         [(_SHAPE_ID[o.shape], o.center, o.size, o.rgb, SHAPE_EXTENTS[o.shape][2] * o.size) for o in s.objects]
