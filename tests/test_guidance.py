@@ -203,6 +203,19 @@ def test_csd_negative_prompt_term(tiny_prior):
     torch.testing.assert_close(images.grad, 2 * g / B, atol=1e-4, rtol=1e-3)
 
 
+def test_grad_to_loss_gradient_and_non_finite_g():
+    from dreammapping.guidance.base import grad_to_loss
+
+    z = torch.randn(2, 3, 4, 4, requires_grad=True)
+    g = torch.randn(2, 3, 4, 4)
+    loss = grad_to_loss(z, g)
+    loss.backward()
+    torch.testing.assert_close(z.grad, g / 2)
+    torch.testing.assert_close(loss, 0.5 * g.pow(2).sum() / 2)
+    g[0, 0, 0, 0] = float("nan")  # must surface (the trainer then stops), not be zeroed away
+    assert not torch.isfinite(grad_to_loss(z, g))
+
+
 # -------------------------------------------------------------------------------------------------------- DCA
 def test_dca_lambda_values_and_limits():
     from diffusers import DDPMScheduler

@@ -76,9 +76,11 @@ def dca_lambda(t: Tensor | int, alphas_cumprod: Tensor, cutoff: int = 300) -> Te
 
 
 def grad_to_loss(z: Tensor, g: Tensor) -> Tensor:
-    """0.5·||z − sg(z − g)||² / B: its gradient w.r.t. z is g / B (g is NaN-guarded first)."""
-    g = torch.nan_to_num(g.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
-    target = (z.float() - g).detach()
+    """0.5·||z − sg(z − g)||² / B: its gradient w.r.t. z is g / B.
+
+    A non-finite g is not masked: the loss (0.5·||g||²/B) becomes non-finite too, so the trainer stops with its
+    one-line "diverged" error and keeps the last good checkpoint instead of silently skipping updates."""
+    target = (z.float() - g.detach().float()).detach()
     return 0.5 * ((z.float() - target) ** 2).sum() / z.shape[0]
 
 
