@@ -79,8 +79,15 @@ def test_interrupted_and_resumed_runs_end_identical(tiny_pixel_folder, tmp_path,
     assert "interrupted at step 3/6" in err and f"dreammapping generate --resume {interrupted}" in err
     assert final_state(interrupted)["step"] == 3 and not (interrupted / "gaussians.ply").exists()
     monkeypatch.setattr(T, "update_learning_rates", original)
+
+    def no_init(*args, **kwargs):
+        raise AssertionError("resume must not re-run the initialisation")
+
+    original_init = T.initialise
+    monkeypatch.setattr(T, "initialise", no_init)
     code, err = run_cli(capsys, "--resume", interrupted)
     assert code == 0, err
+    monkeypatch.setattr(T, "initialise", original_init)
 
     # a crash (not Ctrl-C) at step 5: resume from the periodic checkpoint written after step 4
     def crash(optimizer, step, lrs, max_steps):

@@ -474,21 +474,21 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
     method_optimizer = method.optimizer_config().build(method_params) if method_params else None
 
     # ---- θ₀ and its optimiser ----
-    try:
-        init = initialise(cfg.init, cfg.num_points, cfg.init_options, cfg.prompt, sh_degree=cfg.sh_degree,
-                          generator=generator, device=device)
-    except InitError as e:
-        raise InitFailedError(str(e)) from None
-    gaussians = init.gaussians.requires_grad_(True)
     start, train_seconds, window = 0, 0.0, {"loss": 0.0, "aux": 0.0, "n": 0}
     strategy = dataclasses.replace(cfg.density)  # a fresh copy: the strategy keeps running statistics
-    if resume:
+    if resume:  # no initialisation: the checkpoint holds θ and the generator's state (Shap-E would cost minutes)
         ckpt = load_checkpoint(checkpoint_path)
         if ckpt.get("method", cfg.method) != cfg.method:
             raise ConfigError(f"--resume: the checkpoint was made with method {ckpt['method']!r}, not {cfg.method!r}")
         gaussians = Gaussians(**{k: v.to(device) for k, v in ckpt["gaussians"].items()}).requires_grad_(True)
         init_used, init_reason = ckpt["init_used"], ckpt["init_reason"]
     else:
+        try:
+            init = initialise(cfg.init, cfg.num_points, cfg.init_options, cfg.prompt, sh_degree=cfg.sh_degree,
+                              generator=generator, device=device)
+        except InitError as e:
+            raise InitFailedError(str(e)) from None
+        gaussians = init.gaussians.requires_grad_(True)
         init_used, init_reason = init.used, init.reason
         log(f"init: {init.reason}")
     optimizer = make_optimizer(gaussians, cfg.lr)
