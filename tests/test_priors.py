@@ -122,3 +122,14 @@ def test_sample_ddim_and_dpm_solver(tiny_latent_prior):
     torch.testing.assert_close(images, again)
     dpm = tiny_latent_prior.sample(["a cube"], num_steps=3, scheduler=DPMSolverMultistepScheduler)
     assert dpm.shape == (1, 3, 16, 16) and torch.isfinite(dpm).all()
+
+
+def test_sample_default_eta_is_stochastic_for_pixel_priors_only(tiny_prior, tiny_latent_prior):
+    def run(prior, **kw):
+        return prior.sample(["a cube"], num_steps=4, guidance_scale=2.0, generator=torch.Generator().manual_seed(0),
+                            **kw)
+
+    torch.testing.assert_close(run(tiny_prior), run(tiny_prior, eta=1.0))
+    assert not torch.allclose(run(tiny_prior), run(tiny_prior, eta=0.0))
+    torch.testing.assert_close(run(tiny_latent_prior), run(tiny_latent_prior, eta=0.0))
+    assert not torch.allclose(run(tiny_latent_prior), run(tiny_latent_prior, eta=1.0))

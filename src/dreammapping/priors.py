@@ -278,10 +278,12 @@ class DiffusionPrior:
     # -------------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
     def sample(self, prompts: list[str], num_steps: int = 30, guidance_scale: float = 7.5, generator=None,
-               negative_prompt: str = "", scheduler=None) -> Tensor:
+               negative_prompt: str = "", scheduler=None, eta: float | None = None) -> Tensor:
         """Images [B,3,R,R] in [0,1] by DDIM (default) or any diffusers scheduler class/instance with CFG.
 
         `scheduler=DPMSolverMultistepScheduler` gives DPM-Solver++ (its default algorithm) from this prior's config.
+        `eta` is DDIM's stochasticity; `None` = 1 for a pixel-space prior (deterministic DDIM left visible noise with
+        the embedded prior) and 0 for a latent one (the usual choice for Stable Diffusion).
         """
         from diffusers import DDIMScheduler
 
@@ -290,6 +292,10 @@ class DiffusionPrior:
         elif isinstance(scheduler, type):
             scheduler = scheduler.from_config(self.scheduler.config)
         scheduler.set_timesteps(num_steps, device=self.device)
+        step_kwargs = {}
+        if isinstance(scheduler, DDIMScheduler):
+            eta = (0.0 if self.is_latent else 1.0) if eta is None else eta
+            step_kwargs = dict(eta=eta, generator=generator) if eta > 0 else {}
         cond = torch.cat([self.text_embedding(p) for p in prompts])
         uncond = self.text_embedding(negative_prompt).expand_as(cond)
         hidden = torch.cat([uncond, cond])
@@ -301,7 +307,7 @@ class DiffusionPrior:
             inp = scheduler.scale_model_input(torch.cat([z, z]), t)
             raw = self.unet(inp.to(self.dtype), t, encoder_hidden_states=hidden).sample.float()
             raw_uncond, raw_cond = raw.chunk(2)  # CFG is linear, so it holds for ε and v outputs alike
-            z = scheduler.step(raw_uncond + guidance_scale * (raw_cond - raw_uncond), t, z).prev_sample
+            z = scheduler.step(raw_uncond + guidance_scale * (raw_cond - raw_uncond), t, z, **step_kwargs).prev_sample
         return self.decode(z)
 
 
