@@ -151,3 +151,19 @@ def test_cli_help(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--batch-size" in out and "--resume" in out and "--max-minutes" in out
+
+
+def test_init_from_continues_from_a_saved_folder(tmp_path):
+    tp.train(tiny_config(tmp_path / "a", steps=2), sample_fn=standin_batch, command="pytest")
+    src = tmp_path / "a" / "prior"
+    # Zero steps: the saved EMA model is exactly the folder it started from (fp16 UNet round trip is exact).
+    tp.train(tiny_config(tmp_path / "b", steps=0, init_from=str(src), seed=9), sample_fn=standin_batch,
+             command="pytest")
+    a, b = tp.load_model_folder(src), tp.load_model_folder(tmp_path / "b" / "prior")
+    assert a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
+    for (n, p), q in zip(a.unet.state_dict().items(), b.unet.state_dict().values()):
+        assert torch.equal(p, q), n
+    for (n, p), q in zip(a.text_encoder.state_dict().items(), b.text_encoder.state_dict().values()):
+        assert torch.equal(p, q), n
+    with pytest.raises(ValueError, match="preset 'small'"):
+        tp.train(tiny_config(tmp_path / "c", preset="small", init_from=str(src)), sample_fn=standin_batch)
