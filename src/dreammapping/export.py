@@ -12,6 +12,7 @@ holding raw parameters (opacity logits, log-scales, quaternions w x y z) and the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import secrets
@@ -41,6 +42,24 @@ def ply_field_names(sh_degree: int) -> list[str]:
     return _LEAD + [f"f_rest_{i}" for i in range(n_rest)] + _TAIL
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a fresh temporary path beside `path`; on success it replaces `path` in one `os.replace`, on any error it
+    is removed. Every file the project writes goes through this, so a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A unique name created with O_EXCL (like mkstemp, but with the umask's permissions rather than 0600), so two
+    # writers of the same file never share a temporary.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def save_ply(path: str | os.PathLike, gaussians: Gaussians) -> Path:
     """Write `gaussians` as a binary 3DGS .ply; atomic (a temp file in the same folder, then `os.replace`)."""
     from plyfile import PlyData, PlyElement
@@ -57,17 +76,8 @@ def save_ply(path: str | os.PathLike, gaussians: Gaussians) -> Path:
     vertex = np.empty(n, dtype=[(name, "f4") for name in names])
     for i, name in enumerate(names):
         vertex[name] = columns[:, i]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name opened with O_EXCL, like mkstemp, but with the umask's permissions rather than 0600.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            PlyData([PlyElement.describe(vertex, "vertex")]).write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        PlyData([PlyElement.describe(vertex, "vertex")]).write(str(tmp))
     return path
 
 

@@ -42,6 +42,7 @@ import tyro
 import yaml
 
 from dreammapping import cameras as C
+from dreammapping.export import atomic_path
 from dreammapping.gaussians import Gaussians, LearningRates, make_optimizer, update_learning_rates
 from dreammapping.init import InitError, InitOptions, initialise
 from dreammapping.strategy import DensityStrategy
@@ -309,9 +310,8 @@ def background_colors(kind: str, batch: int, generator: torch.Generator) -> torc
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _check_config(cfg: GenerateConfig) -> None:
@@ -361,9 +361,8 @@ CHECKPOINT = "checkpoint.pt"
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save to a temporary file, then an atomic rename: a crash never leaves a half-written checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -111,12 +110,13 @@ class AttributeClassifier(nn.Module):
     def save(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
 
+        from dreammapping.export import atomic_path
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(tmp), metadata={"format": FORMAT, "config": json.dumps(self.config)})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata={"format": FORMAT, "config": json.dumps(self.config)})
         return path
 
     @classmethod

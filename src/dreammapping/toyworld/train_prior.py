@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import shlex
 import sys
@@ -477,10 +476,11 @@ def save_checkpoint(path: Path, tensors: dict[str, Tensor], meta: dict) -> None:
     temporary file and renamed, so a checkpoint on disk is always whole."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"dreammapping": json.dumps(meta)})
-    os.replace(tmp, path)
+    from dreammapping.export import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"dreammapping": json.dumps(meta)})
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict]:
