@@ -231,3 +231,12 @@ def test_example_configs_load(path):
     cfg, _ = T.parse_args(["a red cube", "--config", str(path)])
     assert cfg.prompt == "a red cube"
     T.method_config(cfg)  # the method's options are valid fields of its config
+
+
+def test_help_lists_every_exit_code(capsys):
+    codes = {cls.exit_code for cls in T.GenerateError.__subclasses__()}
+    assert codes - {T.EXIT_USAGE} == set(T.EXIT_CODE_HELP)  # a new error class must be documented in --help
+    assert T.cli_generate(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for code, why in T.EXIT_CODE_HELP.items():
+        assert f"{code} {why}" in out

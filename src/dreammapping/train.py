@@ -215,6 +215,10 @@ EXIT_PRIOR = 8  # the prior's weights are missing
 EXIT_DIVERGED = 9  # NaN or exploding loss
 EXIT_INIT = 10  # the requested initialisation cannot be used (e.g. a bad .ply)
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_CODE_HELP = {EXIT_EMPTY_PROMPT: "empty prompt", EXIT_UNKNOWN_METHOD: "unknown method",
+                  EXIT_UNKNOWN_PRESET: "unknown preset", EXIT_OUTPUT: "output folder not writable",
+                  EXIT_RUN_EXISTS: "run exists / nothing to resume", EXIT_PRIOR: "prior missing",
+                  EXIT_DIVERGED: "diverged", EXIT_INIT: "bad init", EXIT_INTERRUPTED: "interrupted"}
 
 
 class GenerateError(Exception):
@@ -763,9 +767,7 @@ def parse_args(argv: list[str]) -> tuple[GenerateConfig, str | None]:
                    resume=pre.resume)
     args = tyro.cli(Args, args=argv, default=default, prog="dreammapping generate",
                     description="Text → 3D Gaussian splat (DreamMapping, Algorithm 1). "
-                                "Exit codes: 3 empty prompt, 4 unknown method, 5 unknown preset, 6 output folder "
-                                "not writable, 7 run exists / nothing to resume, 8 prior missing, 9 diverged, "
-                                "10 bad init, 130 interrupted.")
+                                "Exit codes: " + ", ".join(f"{c} {why}" for c, why in EXIT_CODE_HELP.items()) + ".")
     cfg = args.config
     if cfg.method != method:  # --method came from a config the pre-parser did not see; use that method's options
         return dataclasses.replace(cfg, method_options=base.method_options), args.resume
