@@ -713,6 +713,8 @@ def _write_model_card(out: Path, cfg: TrainPriorConfig, s: dict, command: str, v
     n = 12
     idx = sorted({round(i * (len(loss_hist) - 1) / (n - 1)) for i in range(n)}) if len(loss_hist) > n else \
         range(len(loss_hist))
+    init_row = (f"\n| initialised from | `{cfg.init_from}` (continued training; steps, samples and time above count "
+                f"this run only) |" if cfg.init_from else "")
     loss_curve = ", ".join(f"{loss_hist[i][0]}: {loss_hist[i][1]:.4f}" for i in idx)
     text = f"""# DreamMapping embedded toy-world prior
 
@@ -728,10 +730,10 @@ step; held-out colour–shape pairs never shown: {held or "none"}).
 | steps | {s['steps']} × batch {cfg.batch_size} ({s['stopped_by']}) |
 | samples seen | {s['samples_seen']} |
 | training wall time | {s['train_seconds']:.0f} s on {s['device']} |
-| final loss | {s['final_loss']:.4f} (min-SNR-γ={cfg.min_snr_gamma} weighted ε-MSE) |
+| final loss | {s['final_loss']:.4f} (plain ε-MSE over t ~ U(0, 999); training weights it by min-SNR-γ={cfg.min_snr_gamma}) |
 | optimiser | AdamW lr {cfg.lr} (warm-up {cfg.warmup_steps}, cosine to ×{cfg.min_lr_ratio}), EMA {cfg.ema_decay} |
 | conditioning | caption dropout {cfg.caption_dropout}, view-suffix dropout {cfg.view_dropout}, offset noise {cfg.offset_noise} |
-| seed | {cfg.seed} |
+| seed | {cfg.seed} |{init_row}
 
 Command:
 
@@ -743,7 +745,7 @@ Loss (step: mean ε-MSE over the log interval): {loss_curve}
 
 ![samples](samples.png)
 
-`samples.png`: rows = {', '.join(repr(p) for p in default_sample_prompts())}; DDIM {cfg.sample_steps} steps,
+`samples.png`: rows = {', '.join(repr(p) for p in default_sample_prompts())}; DDIM {cfg.sample_steps} steps (eta 1),
 CFG {cfg.sample_guidance}, {cfg.samples_per_prompt} samples per prompt, EMA weights.
 
 Full config: `{json.dumps(dataclasses.asdict(cfg))}`
