@@ -278,15 +278,17 @@ def prior_reference_images(
     prior, prompt: str, n: int, num_steps: int = 50, generator: torch.Generator | None = None,
     guidance_scale: float = 7.5, batch_size: int = 16,
 ) -> Tensor:
-    """`n` images [n,H,W,3] sampled from the 2D prior for `prompt` with DPM-Solver++ (the paper's 3D-FID
-    reference set), in batches of `batch_size`."""
+    """`n` images [n,H,W,3] sampled from the 2D prior for `prompt` (the 3D-FID reference set), in batches of
+    `batch_size`: DPM-Solver++ for a latent prior (the paper's choice), stochastic DDIM (eta 1) for a pixel-space
+    one, whose deterministic samples keep visible noise (see `DiffusionPrior.sample`)."""
     from diffusers import DPMSolverMultistepScheduler
 
+    scheduler = DPMSolverMultistepScheduler if getattr(prior, "is_latent", True) else None
     chunks = []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         x = prior.sample([prompt] * b, num_steps=num_steps, guidance_scale=guidance_scale,
-                         scheduler=DPMSolverMultistepScheduler, generator=generator)
+                         scheduler=scheduler, generator=generator)
         chunks.append(to_channels_last(x.float().cpu().clamp(0, 1)))
     return torch.cat(chunks)
 
