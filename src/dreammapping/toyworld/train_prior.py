@@ -383,7 +383,7 @@ class TrainPriorConfig:
     """Start from the weights of a saved prior folder (e.g. the shipped one) instead of random weights: continued
     training with a fresh optimiser. Its vocabulary is kept; the architecture must match `preset`."""
     sample_steps: int = 30
-    sample_guidance: float = 3.0
+    sample_guidance: float = 2.0
     samples_per_prompt: int = 8
     """Samples per prompt in samples.png (0 = no sample grid)."""
     threads: int = 0
