@@ -64,7 +64,6 @@ class GuidanceConfig:
     # CFG scale s; None: 7.5 for latent (SD) priors, 2.0 for pixel priors — the embedded prior's own samples have the
     # right shape 95% of the time at CFG 2 but 79% at 3 and 48% at 5 (MODEL_CARD.md)
     guidance_scale: float | None = None
-    #                                      (the 32² toy prior's samples fall apart at CFG ≥ 5)
     t_min: float = 0.02  # t ~ U[t_min·T, t_max·T]
     t_max: float = 0.98
     t_max_end: float | None = None  # anneal t_max linearly to this by the last step (None: no annealing)

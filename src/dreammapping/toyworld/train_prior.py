@@ -240,7 +240,7 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu",
 
 
 @torch.no_grad()
-def sample(models: PriorModels | str | Path, prompts: Sequence[str], steps: int = 30, guidance_scale: float = 3.0,
+def sample(models: PriorModels | str | Path, prompts: Sequence[str], steps: int = 30, guidance_scale: float = 2.0,
            generator: torch.Generator | None = None, device: str | torch.device | None = None,
            batch_size: int = 512, negative_prompt: str = "", eta: float = 1.0) -> Tensor:
     """DDIM (`DDIMScheduler.from_config` of the saved scheduler) with classifier-free guidance.
