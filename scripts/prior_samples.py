@@ -17,7 +17,7 @@ import torch
 
 from dreammapping.priors import embedded_prior_path
 from dreammapping.toyworld.grammar import COLOR_NAMES, SHAPES
-from dreammapping.toyworld.train_prior import _a, default_sample_prompts, load_model_folder, sample, save_grid
+from dreammapping.toyworld.train_prior import default_sample_prompts, load_model_folder, sample, save_grid, with_article
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_copy:
         shutil.copyfile(out / "prior_samples.png", folder / "samples.png")
 
-    pairs = [_a(f"{c} {s}") for c in COLOR_NAMES for s in SHAPES]
+    pairs = [with_article(f"{c} {s}") for c in COLOR_NAMES for s in SHAPES]
     imgs = sample(models, [p for p in pairs for _ in range(2)], guidance_scale=args.cfg,
                   generator=torch.Generator().manual_seed(1234))
     save_grid(imgs, out / "prior_samples_pairs.png", nrow=2 * len(SHAPES))

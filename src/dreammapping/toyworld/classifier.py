@@ -112,12 +112,10 @@ class AttributeClassifier(nn.Module):
 
         from dreammapping.export import atomic_path
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:  # creates the parent folder too
             save_file(state, str(tmp), metadata={"format": FORMAT, "config": json.dumps(self.config)})
-        return path
+        return Path(path)
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu"

@@ -312,16 +312,16 @@ def default_sample_prompts() -> list[str]:
         held = [tuple(p) for p in getattr(grammar, "HELD_OUT", [])]
     except Exception:  # noqa: BLE001
         shapes, colors, held = ["cube", "sphere", "cone", "cylinder", "torus"], ["red", "blue", "green", "yellow"], []
-    prompts = [_a(f"{colors[i % len(colors)]} {s}") for i, s in enumerate(shapes)]
-    prompts += [_a(f"{c} {s}") for c, s in held[:4]]
+    prompts = [with_article(f"{colors[i % len(colors)]} {s}") for i, s in enumerate(shapes)]
+    prompts += [with_article(f"{c} {s}") for c, s in held[:4]]
     if len(shapes) >= 2 and len(colors) >= 2:
-        prompts += [f"{_a(f'{colors[0]} {shapes[0]}')} on top of {_a(f'{colors[1]} {shapes[1]}')}",
-                    f"{_a(f'{colors[2 % len(colors)]} {shapes[2 % len(shapes)]}')} next to "
-                    f"{_a(f'{colors[3 % len(colors)]} {shapes[3 % len(shapes)]}')}"]
+        prompts += [f"{with_article(f'{colors[0]} {shapes[0]}')} on top of {with_article(f'{colors[1]} {shapes[1]}')}",
+                    f"{with_article(f'{colors[2 % len(colors)]} {shapes[2 % len(shapes)]}')} next to "
+                    f"{with_article(f'{colors[3 % len(colors)]} {shapes[3 % len(shapes)]}')}"]
     return prompts
 
 
-def _a(phrase: str) -> str:
+def with_article(phrase: str) -> str:
     """"a red cube" / "an orange cube", as the dataset's captions write it."""
     return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
 
@@ -771,7 +771,7 @@ def accuracy_report(models: PriorModels | str | Path, classifier, n_per_prompt: 
     singles = [(c, s) for c in COLOR_NAMES for s in SHAPES]
     pairs_prompts = [p for p in EVAL_PROMPTS if len(parse(p).objects) == 2]
     pair_objs = [[(o.color, o.shape) for o in parse(p).objects] for p in pairs_prompts]
-    prompts = [_a(f"{c} {s}") for c, s in singles] + pairs_prompts
+    prompts = [with_article(f"{c} {s}") for c, s in singles] + pairs_prompts
     rows, numbers = [], {}
     for scale in scales:
         g = torch.Generator().manual_seed(seed)
