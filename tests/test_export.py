@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreammapping.export import PlyError, atomic_path, cli_render, load_ply, ply_field_names, save_ply
+from dreammapping.export import PlyError, cli_render, load_ply, ply_field_names, save_ply
 from dreammapping.gaussians import Gaussians, random_ball
 
 
@@ -25,20 +25,6 @@ def test_roundtrip_bitwise(tmp_path, degree):
     assert torch.equal(Gaussians.from_ply(path).sh, g.sh)
     assert [p.name for p in tmp_path.iterdir()] == ["scene.ply"]  # the temp file is gone
     assert path.stat().st_mode & 0o044  # readable by others (umask permitting), unlike mkstemp's 0600
-
-
-def test_atomic_path_replaces_whole_or_not_at_all(tmp_path):
-    target = tmp_path / "sub" / "file.txt"
-    with atomic_path(target) as tmp:
-        tmp.write_text("first")
-        assert not target.exists()  # nothing visible until the block succeeds
-    assert target.read_text() == "first"
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half-writ")
-            raise RuntimeError("crash mid-write")
-    assert target.read_text() == "first"  # the old file survives a failed write
-    assert [p.name for p in target.parent.iterdir()] == ["file.txt"]  # no temporary left behind
 
 
 def test_layout_matches_3dgs(tmp_path):

@@ -240,3 +240,18 @@ def test_help_lists_every_exit_code(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for code, why in T.EXIT_CODE_HELP.items():
         assert f"{code} {why}" in out
+
+
+def test_callback_sees_the_scene_and_can_stop_the_run(tiny_pixel_folder, tmp_path):
+    run, seen = tmp_path / "run", []
+
+    def callback(step, info):
+        seen.append((step, len(info["scene"]), info["iterations"], info["scene"].means.requires_grad))
+        return step == 3  # ask to stop after the third step
+
+    cfg, _ = T.parse_args(["a red cube", "--prior", str(tiny_pixel_folder), "--out", str(run), *TINY])
+    with pytest.raises(T.Interrupted):
+        T.train(cfg, run, progress=False, callback=callback)
+    assert [s[0] for s in seen] == [1, 2, 3] and all(s[2] == 6 for s in seen)
+    assert not any(s[3] for s in seen)  # the callback gets a detached scene
+    assert final_state(run)["step"] == 3  # stopped at a step boundary with a checkpoint, resumable

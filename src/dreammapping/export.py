@@ -12,10 +12,8 @@ holding raw parameters (opacity logits, log-scales, quaternions w x y z) and the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
-import secrets
 import sys
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dreammapping.files import atomic_path
 from dreammapping.gaussians import Gaussians, num_sh_bases
 
 _LEAD = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
@@ -40,24 +39,6 @@ def ply_field_names(sh_degree: int) -> list[str]:
     """The vertex fields, in file order, for SH degree `sh_degree`."""
     n_rest = 3 * (num_sh_bases(sh_degree) - 1)
     return _LEAD + [f"f_rest_{i}" for i in range(n_rest)] + _TAIL
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a fresh temporary path beside `path`; on success it replaces `path` in one `os.replace`, on any error it
-    is removed. Every file the project writes goes through this, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name created with O_EXCL (like mkstemp, but with the umask's permissions rather than 0600), so two
-    # writers of the same file never share a temporary.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_ply(path: str | os.PathLike, gaussians: Gaussians) -> Path:

@@ -42,7 +42,7 @@ import tyro
 import yaml
 
 from dreammapping import cameras as C
-from dreammapping.export import atomic_path
+from dreammapping.files import atomic_path, atomic_write_text
 from dreammapping.gaussians import Gaussians, LearningRates, make_optimizer, update_learning_rates
 from dreammapping.init import InitError, InitOptions, initialise
 from dreammapping.strategy import DensityStrategy
@@ -199,7 +199,7 @@ def load_yaml_config(path: str | os.PathLike, base: GenerateConfig) -> GenerateC
 
 
 def save_yaml_config(path: Path, cfg: GenerateConfig) -> None:
-    _atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))
 
 
 # ================================================================================================ errors
@@ -313,11 +313,6 @@ def background_colors(kind: str, batch: int, generator: torch.Generator) -> torc
     return torch.rand(batch, 3, generator=generator)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def _check_config(cfg: GenerateConfig) -> None:
     if not cfg.prompt or not cfg.prompt.strip():
         raise EmptyPromptError("the prompt is empty; say what to generate, e.g. dreammapping generate \"a red cube\"")
@@ -425,7 +420,7 @@ class _SigintFlag:
 
 
 def train(cfg: GenerateConfig, run_dir: Path, resume: bool = False, progress: bool = True,
-          callback: Callable[[int, dict], None] | None = None, log: Callable[[str], None] | None = None
+          callback: Callable[[int, dict], bool | None] | None = None, log: Callable[[str], None] | None = None
           ) -> GenerateResult:
     """Run (or continue) Algorithm 1 for `cfg` in `run_dir`; writes every output and returns them."""
     threads = torch.get_num_threads()
@@ -438,7 +433,7 @@ def train(cfg: GenerateConfig, run_dir: Path, resume: bool = False, progress: bo
 
 
 def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
-           callback: Callable[[int, dict], None] | None, log: Callable[[str], None] | None) -> GenerateResult:
+           callback: Callable[[int, dict], bool | None] | None, log: Callable[[str], None] | None) -> GenerateResult:
     from tqdm.auto import tqdm
 
     from dreammapping.priors import DiffusionPrior, PriorNotFoundError
@@ -583,8 +578,13 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
                 checkpoint(done)
                 last_good = done
-            if callback is not None:
-                callback(done, {"loss": loss_value, "gaussians": len(gaussians), "logs": out.logs})
+            # a callback (live viewer, app, benchmark snapshots) sees the detached scene; returning True asks the
+            # run to stop as Ctrl-C does: a checkpoint at the next step boundary, then Interrupted
+            if callback is not None and callback(done, {"loss": loss_value, "gaussians": len(gaussians),
+                                                        "logs": out.logs, "iterations": cfg.iterations,
+                                                        "scene": gaussians.detach(),
+                                                        "train_seconds": train_seconds}):
+                interrupted.set = True
     bar.close()
     loss_log.close()
     if math.isnan(last_loss) and start >= cfg.iterations:  # resumed a finished run: report its last logged loss
@@ -670,7 +670,7 @@ def write_outputs(run_dir: Path, gaussians: Gaussians, cfg: GenerateConfig, metr
         mp4 = None
     views = save_view_grid(run_dir / "views.png", gaussians, size=size)
     metrics = {**metrics, "wall_seconds": round(time.perf_counter() - wall_start, 3)}
-    _atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return GenerateResult(run_dir=run_dir, ply=Path(ply), turntable_mp4=mp4 and Path(mp4), turntable_gif=Path(gif),
                           views=Path(views), config=run_dir / "config.yaml", metrics=metrics, gaussians=gaussians)
 
@@ -693,7 +693,7 @@ def build_config(prompt: str | None = None, preset: str = DEFAULT_PRESET, config
 
 def generate(prompt: str | None = None, *, preset: str = DEFAULT_PRESET, config: str | os.PathLike | None = None,
              resume: str | os.PathLike | None = None, progress: bool = True,
-             callback: Callable[[int, dict], None] | None = None, **options) -> GenerateResult:
+             callback: Callable[[int, dict], bool | None] | None = None, **options) -> GenerateResult:
     """Text → 3D Gaussians. `options` are GenerateConfig fields (`iterations=200`, `method="sds"`, `seed=1`, …).
 
     `resume=RUN` continues the run in that folder from its checkpoint (its config.yaml, updated by `options`).

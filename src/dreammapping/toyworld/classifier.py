@@ -110,7 +110,7 @@ class AttributeClassifier(nn.Module):
     def save(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
 
-        from dreammapping.export import atomic_path
+        from dreammapping.files import atomic_path
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         with atomic_path(path) as tmp:  # creates the parent folder too

@@ -476,7 +476,7 @@ def save_checkpoint(path: Path, tensors: dict[str, Tensor], meta: dict) -> None:
     temporary file and renamed, so a checkpoint on disk is always whole."""
     from safetensors.torch import save_file
 
-    from dreammapping.export import atomic_path
+    from dreammapping.files import atomic_path
 
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
