@@ -360,15 +360,17 @@ def test_cli_text2img_errors_and_output(tmp_path, tiny_pixel_folder, capsys):
 
 
 @pytest.mark.skipif(not (embedded_prior_path() / "unet").is_dir(), reason="the embedded prior is not shipped yet")
-@pytest.mark.slow
-def test_text2img_embedded_moves_towards_prompt():
+def test_text2img_embedded_follows_the_prompt():
+    """The shipped prior + VDM, text-to-2D: two prompts, two colours (an update that ignored y would give one)."""
     from dreammapping.guidance.text2img import text2img
+    from dreammapping.priors import DiffusionPrior
     from dreammapping.toyworld.classifier import AttributeClassifier
     from dreammapping.toyworld.grammar import COLORS
 
-    image = text2img("a red cube", method="vdm", prior="embedded", steps=300, seed=0)
-    pred = AttributeClassifier.from_pretrained().classify(image)
-    assert list(COLORS)[int(pred["color"][0])] == "red"
+    prior, classifier = DiffusionPrior.from_pretrained("embedded", device="cpu"), AttributeClassifier.from_pretrained()
+    for prompt, colour in (("a red cube", "red"), ("a blue sphere", "blue")):
+        image = text2img(prompt, method="vdm", prior=prior, steps=60, seed=0)
+        assert list(COLORS)[int(classifier.classify(image)["color"][0])] == colour, prompt
 
 
 def test_a_negative_prompt_leaves_the_unconditional_terms_alone(tiny_prior):

@@ -167,3 +167,59 @@ def test_init_from_continues_from_a_saved_folder(tmp_path):
         assert torch.equal(p, q), n
     with pytest.raises(ValueError, match="preset 'small'"):
         tp.train(tiny_config(tmp_path / "c", preset="small", init_from=str(src)), sample_fn=standin_batch)
+
+
+class _ZeroUNet(torch.nn.Module):
+    """Predicts ε̂ = 0 whatever it sees, so the loss is a known function of the drawn ε and t."""
+
+    def forward(self, x, t, encoder_hidden_states=None):
+        self.seen = (x, t)
+        return type("Out", (), {"sample": torch.zeros_like(x)})()
+
+
+def _text_encoder(ids):
+    return (torch.zeros(ids.shape[0], ids.shape[1], 4),)
+
+
+def test_min_snr_weights_known_values():
+    ac = torch.tensor([0.99, 0.9, 0.5, 0.1])  # SNR 99, 9, 1, 0.111
+    w = tp.min_snr_weights(ac, 5.0)
+    torch.testing.assert_close(w, torch.tensor([5 / 99, 5 / 9, 1.0, 1.0]))
+    assert torch.equal(tp.min_snr_weights(ac, 0.0), torch.ones(4))
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.3])
+def test_denoising_loss_is_min_snr_weighted_eps_mse(offset):
+    """Target ε (not x0), min-SNR weights indexed by the drawn t, offset noise a per-image per-channel constant."""
+    x0 = torch.full((3, 3, 4, 4), 0.5)
+    ac = torch.linspace(0.999, 0.01, 10)
+    w = tp.min_snr_weights(ac, 5.0)
+    unet = _ZeroUNet()
+    loss, per = tp.denoising_loss(unet, _text_encoder, x0, torch.zeros(3, 5, dtype=torch.long),
+                                  torch.Generator().manual_seed(7), ac.sqrt(), (1 - ac).sqrt(), w, offset)
+    g = torch.Generator().manual_seed(7)  # replay the draws in the documented order: ε, offset, t
+    eps = torch.randn(x0.shape, generator=g)
+    if offset > 0:
+        eps = eps + offset * torch.randn(3, 3, 1, 1, generator=g)
+    t = torch.randint(0, 10, (3,), generator=g)
+    ref_per = eps.pow(2).mean(dim=(1, 2, 3))  # ε̂ = 0, so the per-sample MSE is mean ε²
+    torch.testing.assert_close(per, ref_per)
+    torch.testing.assert_close(loss, (ref_per * w[t]).mean())
+    x_t, t_seen = unet.seen
+    assert torch.equal(t_seen, t)
+    torch.testing.assert_close(x_t, ac[t].sqrt().view(-1, 1, 1, 1) * x0 + (1 - ac[t]).sqrt().view(-1, 1, 1, 1) * eps)
+
+
+def test_train_uses_the_denoising_loss_and_logs_its_unweighted_mse(tmp_path, monkeypatch):
+    calls = []
+    real = tp.denoising_loss
+
+    def spy(*args, **kwargs):
+        loss, per = real(*args, **kwargs)
+        calls.append((float(loss.detach()), float(per.detach().mean())))
+        return loss, per
+
+    monkeypatch.setattr(tp, "denoising_loss", spy)
+    summary = tp.train(tiny_config(tmp_path, steps=3, log_every=3), sample_fn=standin_batch, command="test")
+    assert len(calls) == 3
+    assert summary["final_loss"] == pytest.approx(sum(c[1] for c in calls) / 3, rel=1e-5)

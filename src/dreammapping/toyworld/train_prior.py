@@ -390,6 +390,33 @@ class TrainPriorConfig:
     """torch CPU threads (0 = leave as is)."""
 
 
+def min_snr_weights(alphas_cumprod: Tensor, gamma: float) -> Tensor:
+    """[T] loss weight per timestep: min(SNR_t, γ) / SNR_t for ε-prediction (Hang et al. 2023); ones when γ ≤ 0."""
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    return (snr.clamp(max=gamma) / snr) if gamma > 0 else torch.ones_like(snr)
+
+
+def denoising_loss(unet, text_encoder, x0: Tensor, ids: Tensor, noise_gen: torch.Generator, sqrt_ac: Tensor,
+                   sqrt_1mac: Tensor, loss_w: Tensor, offset_noise: float = 0.0, amp: bool = False
+                   ) -> tuple[Tensor, Tensor]:
+    """The prior's training loss on one batch: ε-prediction MSE, min-SNR weighted.
+
+    x0 [B,C,R,R] in [-1,1], ids [B,L] token ids. Draws, in this order from `noise_gen`: ε ~ N(0, I) (plus a
+    per-image, per-channel constant of std `offset_noise` when > 0), then t ~ U{0..T−1}. Returns (the weighted
+    loss to back-propagate, the unweighted per-sample MSE [B] that the logs report)."""
+    b, device = x0.shape[0], x0.device
+    noise = torch.randn(x0.shape, generator=noise_gen, device=device)
+    if offset_noise > 0:
+        noise = noise + offset_noise * torch.randn(b, x0.shape[1], 1, 1, generator=noise_gen, device=device)
+    t = torch.randint(0, len(sqrt_ac), (b,), generator=noise_gen, device=device)
+    x_t = sqrt_ac[t].view(b, 1, 1, 1) * x0 + sqrt_1mac[t].view(b, 1, 1, 1) * noise
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        emb = text_encoder(ids)[0]
+        pred = unet(x_t, t, encoder_hidden_states=emb).sample
+    per = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+    return (per * loss_w[t]).mean(), per
+
+
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -577,11 +604,9 @@ def train(config: TrainPriorConfig, sample_fn: Callable | None = None, command: 
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
 
     sched = models.scheduler
-    T = sched.config.num_train_timesteps
     ac = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
     sqrt_ac, sqrt_1mac = ac.sqrt(), (1 - ac).sqrt()
-    snr = ac / (1 - ac)
-    loss_w = (snr.clamp(max=cfg.min_snr_gamma) / snr) if cfg.min_snr_gamma > 0 else torch.ones_like(snr)
+    loss_w = min_snr_weights(ac, cfg.min_snr_gamma)
     tokens = _TokenCache(models.tokenizer)
     unet_fwd = torch.compile(unet) if (cfg.compile and device.type == "cuda") else unet
     budget = cfg.max_minutes * 60.0
@@ -645,16 +670,8 @@ def train(config: TrainPriorConfig, sample_fn: Callable | None = None, command: 
         ids = tokens(augment_captions(captions, cap_gen, cfg.caption_dropout, cfg.view_dropout)).to(
             device, non_blocking=True)
         x0 = images.to(device, torch.float32) * 2 - 1
-        noise = torch.randn(x0.shape, generator=noise_gen, device=device)
-        if cfg.offset_noise > 0:
-            noise = noise + cfg.offset_noise * torch.randn(b, x0.shape[1], 1, 1, generator=noise_gen, device=device)
-        t = torch.randint(0, T, (b,), generator=noise_gen, device=device)
-        x_t = sqrt_ac[t].view(b, 1, 1, 1) * x0 + sqrt_1mac[t].view(b, 1, 1, 1) * noise
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            emb = text_encoder(ids)[0]
-            pred = unet_fwd(x_t, t, encoder_hidden_states=emb).sample
-        per = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
-        loss = (per * loss_w[t]).mean()
+        loss, per = denoising_loss(unet_fwd, text_encoder, x0, ids, noise_gen, sqrt_ac, sqrt_1mac, loss_w,
+                                   cfg.offset_noise, amp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
