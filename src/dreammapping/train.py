@@ -533,7 +533,7 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
 
             # sample a batch of cameras and the prompt for each one's view
             cams = C.sample_orbit(cfg.batch, resolution, resolution, cfg.orbit, generator).to(device)
-            emb = text.for_views(cams.view_tags)
+            emb = text.for_views(cams.view_tags, azimuth=cams.azimuth)  # azimuths: blended / Perp-Neg prompts
             background = background_colors(cfg.background, cfg.batch, generator).to(device)
 
             # render, score with the prior, back-propagate
