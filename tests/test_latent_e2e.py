@@ -182,19 +182,19 @@ def test_paper_preset_latent_resume(method, straight_runs, tiny_sd, tiny_shap_e,
 
 
 def test_paper_preset_cli_on_latent_folder(tiny_sd, tiny_shap_e, tmp_path, capsys):
-    """The command line a user types, with the paper preset and small overrides."""
+    """The command line a user types, with the paper preset, small overrides and Perp-Neg view prompts."""
     out = tmp_path / "cli"
     code = T.cli_generate([
         "a red cube", "--preset", "paper", "--prior", str(tiny_sd), "--out", str(out), "--iterations", "2",
         "--batch", "1", "--resolution", str(RESOLUTION), "--num-points", "800", "--device", "cpu",
         "--threads", "1", "--turntable-size", "32", "--turntable-frames", "2",
         "--init-options.shap-e-model", str(tiny_shap_e), "--init-options.shap-e-steps", "2",
-        "--init-options.shap-e-grid", "16", "--guidance.dca-cutoff", "500"])
+        "--init-options.shap-e-grid", "16", "--guidance.dca-cutoff", "500", "--guidance.view-prompt", "perp-neg"])
     assert code == T.EXIT_OK, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["init_used"] == "shap-e" and metrics["gaussians"] >= 800
     config = (out / "config.yaml").read_text()
-    assert "dca_cutoff: 500" in config and f"prior: {tiny_sd}" in config
+    assert "dca_cutoff: 500" in config and "view_prompt: perp-neg" in config and f"prior: {tiny_sd}" in config
 
 
 @pytest.mark.parametrize("method", ["vdm", "sds"])
