@@ -79,3 +79,18 @@ def test_float32_prior_is_not_checked(tiny_latent_prior, monkeypatch):
     monkeypatch.setattr(type(unet), "forward", inf_forward)
     hidden = tiny_latent_prior.text_embedding("a").expand(1, -1, -1)
     assert torch.isinf(tiny_latent_prior.eps(torch.randn(1, 4, 8, 8), 500, hidden)).all()
+
+
+def test_trainer_names_a_non_finite_prior_output(tiny_latent_folder, tmp_path, monkeypatch):
+    """A UNet output that stays non-finite in float32 stops the run with the diverged error, which names it."""
+    from dreammapping import train as T
+
+    def boom(self, *args, **kwargs):
+        raise NonFiniteOutputError("the UNet's float16 output has 3 non-finite values, and the float32 fallback "
+                                   "is not finite either")
+
+    monkeypatch.setattr(DiffusionPrior, "predict_noise", boom)
+    with pytest.raises(T.DivergedError, match="stopped at step 0: the UNet's float16 output"):
+        T.generate("a red cube", prior=str(tiny_latent_folder), out=str(tmp_path / "run"), iterations=2, batch=1,
+                   resolution=16, num_points=50, init="sphere", progress=False, turntable_frames=2,
+                   turntable_size=16)

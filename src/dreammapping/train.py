@@ -453,7 +453,7 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
            callback: Callable[[int, dict], bool | None] | None, log: Callable[[str], None] | None) -> GenerateResult:
     from tqdm.auto import tqdm
 
-    from dreammapping.priors import DiffusionPrior, PriorNotFoundError
+    from dreammapping.priors import DiffusionPrior, NonFiniteOutputError, PriorNotFoundError
     from dreammapping.render import rasterize
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -556,7 +556,11 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
             # render, score with the prior, back-propagate
             render = rasterize(gaussians, cams, background=background, backend=cfg.render_backend)
             images = render.rgb.permute(0, 3, 1, 2)  # [B,H,W,3] → [B,3,H,W]
-            out = method(images, emb, step, cfg.iterations)
+            try:
+                out = method(images, emb, step, cfg.iterations)
+            except NonFiniteOutputError as e:  # not finite even in float32 (or fallback off): name it, keep θ
+                bar.close()
+                raise DivergedError(f"stopped at step {step}: {e}; resume with: {resume_command}") from None
             loss = out.loss + out.aux_loss
             loss.backward()
 
