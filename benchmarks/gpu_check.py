@@ -199,7 +199,8 @@ def render_parity(sizes: Sizes, device: str) -> dict:
 
     g = torch.Generator().manual_seed(0)
     n = sizes.render_n
-    means = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1) * torch.rand(n, 1, generator=g) ** (1 / 3) * 0.5
+    radius = 0.5 * torch.rand(n, 1, generator=g) ** (1 / 3)  # uniform in a ball of the preset's object radius
+    means = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1) * radius
     spacing = 0.5 * (4 / 3 * math.pi / n) ** (1 / 3)
     scene = Gaussians(
         means=means, log_scales=torch.log(spacing * (0.3 + 0.7 * torch.rand(n, 3, generator=g))),
@@ -216,7 +217,7 @@ def render_parity(sizes: Sizes, device: str) -> dict:
         (out.rgb * weights.to(device)).sum().backward()
         outs[backend] = (out.rgb.detach().float().cpu(), out.alpha.detach().float().cpu(),
                          {k: p.grad.detach().float().cpu().flatten() for k, p in live.params().items()})
-    (rgb_a, alpha_a, grads_a), (rgb_b, alpha_b, grads_b) = outs[sizes.render_backends[0]], outs[sizes.render_backends[1]]
+    (rgb_a, alpha_a, grads_a), (rgb_b, alpha_b, grads_b) = (outs[b] for b in sizes.render_backends)
     cos = {k: float(torch.nn.functional.cosine_similarity(grads_a[k], grads_b[k], dim=0)) for k in grads_a}
     return {"backends": "{} vs {}".format(*sizes.render_backends), "gaussians": n, "size": sizes.render_size,
             "opacity_range": opacity_range,
@@ -322,13 +323,15 @@ def compile_checks(sd: Path, sizes: Sizes, device: str) -> list[dict]:
 
 # ================================================================================================ report
 def report(info: dict) -> str:
-    lines = [f"# gpu_check — {info['device']} ({'dry run: tiny models, CPU' if info['dry_run'] else 'SD 2.1-base architecture, random weights'})", ""]
+    what = "dry run: tiny models, CPU" if info["dry_run"] else "SD 2.1-base architecture, random weights"
+    lines = [f"# gpu_check — {info['device']} ({what})", ""]
     r = info.get("preset")
     if r:
         goal = "dry run: not a measurement" if info["dry_run"] else \
             ("meets" if r["projected_minutes_5000"] <= GOAL_MINUTES else "misses") + f" the {GOAL_MINUTES:.0f}-min goal"
         lines += ["## paper preset", "",
-                  "| steps | it/s | peak GPU memory | set-up + outputs | projected 5000 steps | init | Gaussians | render |",
+                  "| steps | it/s | peak GPU memory | set-up + outputs | projected 5000 steps | init | Gaussians "
+                  "| render |",
                   "|---|---|---|---|---|---|---|---|",
                   f"| {r['iterations']} | {r['it_per_s']:.2f} | "
                   f"{'–' if r['peak_gpu_gb'] is None else str(r['peak_gpu_gb']) + ' GB'} | "
@@ -341,7 +344,8 @@ def report(info: dict) -> str:
     if p:
         cos = ", ".join(f"{k} {v:.4f}" for k, v in p["grad_cosine"].items())
         lines += ["## render parity, full-range opacities", "",
-                  "| backends | Gaussians | size | opacities | rgb max / mean abs diff | alpha max abs diff | gradient cosine |",
+                  "| backends | Gaussians | size | opacities | rgb max / mean abs diff | alpha max abs diff "
+                  "| gradient cosine |",
                   "|---|---|---|---|---|---|---|",
                   f"| {p['backends']} | {p['gaussians']} | {p['size']}² | {p['opacity_range'][0]:.4f}–"
                   f"{p['opacity_range'][1]:.4f} | {p['rgb_max_abs']:.2e} / {p['rgb_mean_abs']:.2e} | "
@@ -349,7 +353,8 @@ def report(info: dict) -> str:
     c = info.get("compile")
     if c:
         lines += [f"## eager vs torch.compile (backend {info['compile_backend']})", "",
-                  "| module | mode | eager (ms) | compiled (ms) | speed-up | compile time (s) | max abs diff / max abs |",
+                  "| module | mode | eager (ms) | compiled (ms) | speed-up | compile time (s) "
+                  "| max abs diff / max abs |",
                   "|---|---|---|---|---|---|---|"]
         for row in c:
             if "error" in row:

@@ -105,7 +105,8 @@ class Guidance:
         if self.config.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.config.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
         if self.config.view_prompt not in VIEW_PROMPTS:
-            raise ValueError(f"unknown view_prompt {self.config.view_prompt!r}; choose one of {', '.join(VIEW_PROMPTS)}")
+            raise ValueError(f"unknown view_prompt {self.config.view_prompt!r}; "
+                             f"choose one of {', '.join(VIEW_PROMPTS)}")
         scale = self.config.guidance_scale
         self.progress = 0.0
         self.guidance_scale = float(scale if scale is not None else (7.5 if prior.is_latent else 2.0))
