@@ -241,14 +241,14 @@ def _time(fn, repeats: int, sync) -> float:
 def compare_compile(name: str, make_call, module, sizes: Sizes, device: str, mode: str | None = None) -> dict:
     """Eager vs torch.compile(module) on the same inputs: seconds per call, speed-up, compile time, max |Δ|."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    eager_out = make_call(module)()
+    eager_out = make_call(module)().detach().clone()
     eager = _time(make_call(module), sizes.repeats, sync)
     if sizes.compile_backend != "inductor":
         mode = None  # modes belong to inductor
     try:
         compiled_module = torch.compile(module, backend=sizes.compile_backend, mode=mode)
         start = time.perf_counter()
-        compiled_out = make_call(compiled_module)()
+        compiled_out = make_call(compiled_module)().detach().clone()  # CUDA graphs reuse their output memory
         sync()
         compile_seconds = time.perf_counter() - start
         compiled = _time(make_call(compiled_module), sizes.repeats, sync)
@@ -303,6 +303,8 @@ def compile_checks(sd: Path, sizes: Sizes, device: str) -> list[dict]:
 
     def operator_call(op):
         def call():
+            if device == "cuda":  # one CUDA-graph step per call (forward and backward), as in a training loop
+                torch.compiler.cudagraph_mark_step_begin()
             for p in op.parameters():
                 p.grad = None
             out = op(eps)
