@@ -16,11 +16,12 @@ then whatever the method draws itself (VSD's LoRA step). `draw()` reproduces the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from dreammapping.priors import DiffusionPrior, PromptEmbeddings
+from dreammapping.priors import VIEW_PROMPTS, DiffusionPrior, PromptEmbeddings, view_embeddings
 
 # ω(t) as a function of ᾱ_t
 WEIGHTINGS = {
@@ -66,8 +67,16 @@ class GuidanceConfig:
     guidance_scale: float | None = None
     t_min: float = 0.02  # t ~ U[t_min·T, t_max·T]
     t_max: float = 0.98
-    t_max_end: float | None = None  # anneal t_max linearly to this by the last step (None: no annealing)
+    t_max_end: float | None = None  # anneal t_max linearly to this (None: no annealing) …
+    t_anneal_steps: int | None = None  # … over this many steps, then hold it (None: over the whole run)
     weighting: str = "sds"  # ω(t): one of WEIGHTINGS
+    # View-dependent prompts (priors.view_embeddings): "tag" (DreamFusion's suffix per view), "interpolate"
+    # (LucidDreamer: front/side/back embeddings blended by azimuth) or "perp-neg" (Armandpour et al. 2023: the blend
+    # plus perpendicular negative views; 2 more UNet evaluations per view). The last two need cameras (text-to-3D).
+    view_prompt: Literal["tag", "interpolate", "perp-neg"] = "tag"
+    perp_neg_weight: float = -2.0  # Perp-Neg's negative weight w (LucidDreamer's negative_w)
+    perp_neg_front_decay: float = 2.0  # decay of the front negative with the blend ratio r (front_decay_factor)
+    perp_neg_side_decay: float = 10.0  # decay of the side negative (side_decay_factor)
 
 
 def dca_lambda(t: Tensor | int, alphas_cumprod: Tensor, cutoff: int = 300) -> Tensor:
@@ -95,6 +104,9 @@ class Guidance:
         self.config = config if config is not None else self.Config()
         if self.config.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.config.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+        if self.config.view_prompt not in VIEW_PROMPTS:
+            raise ValueError(f"unknown view_prompt {self.config.view_prompt!r}; "
+                             f"choose one of {', '.join(VIEW_PROMPTS)}")
         scale = self.config.guidance_scale
         self.progress = 0.0
         self.guidance_scale = float(scale if scale is not None else (7.5 if prior.is_latent else 2.0))
@@ -113,7 +125,9 @@ class Guidance:
 
     def distill(self, z: Tensor, emb: PromptEmbeddings, step: int = 0, max_steps: int = 1) -> GuidanceOutput:
         """The same on model-space images z [B,C,h,w] (text-to-2D optimises latents directly)."""
-        emb = _match_batch(emb, z.shape[0])
+        c = self.config
+        emb = view_embeddings(emb.expand(z.shape[0]), c.view_prompt, c.perp_neg_weight, c.perp_neg_front_decay,
+                              c.perp_neg_side_decay)
         self.progress = min(max(step / max(max_steps, 1), 0.0), 1.0)  # fraction of training done, for schedules
         t, noise = self.draw(z, step, max_steps)
         g, aux, logs = self.gradient(z.detach().float(), t, noise, emb)
@@ -127,7 +141,8 @@ class Guidance:
         c, T = self.config, self.prior.num_train_timesteps
         t_max = c.t_max
         if c.t_max_end is not None:
-            t_max = c.t_max + (c.t_max_end - c.t_max) * min(max(step / max(max_steps, 1), 0.0), 1.0)
+            span = max(c.t_anneal_steps if c.t_anneal_steps is not None else max_steps, 1)
+            t_max = c.t_max + (c.t_max_end - c.t_max) * min(max(step / span, 0.0), 1.0)
         lo = int(round(c.t_min * T))
         hi = max(lo, min(T - 1, int(round(t_max * T))))
         return lo, hi
@@ -146,12 +161,3 @@ class Guidance:
     def gradient(self, z: Tensor, t: Tensor, noise: Tensor, emb: PromptEmbeddings
                  ) -> tuple[Tensor, Tensor | None, dict[str, float]]:
         raise NotImplementedError
-
-
-def _match_batch(emb: PromptEmbeddings, batch: int) -> PromptEmbeddings:
-    if len(emb) == batch:
-        return emb
-    if len(emb) == 1:
-        null = None if emb.null is None else emb.null.expand(batch, -1, -1)
-        return PromptEmbeddings(cond=emb.cond.expand(batch, -1, -1), uncond=emb.uncond.expand(batch, -1, -1), null=null)
-    raise ValueError(f"{len(emb)} prompt embeddings for {batch} images")

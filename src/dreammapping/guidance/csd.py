@@ -32,8 +32,8 @@ class CSD(Guidance):
 
     def gradient(self, z, t, noise, emb):
         x_t = self.prior.add_noise(z, noise, t)
-        _, eps_cond, eps_uncond = self.prior.predict_noise(x_t, t, emb, self.guidance_scale)
-        g = self.guidance_scale * (eps_cond - eps_uncond)
+        eps_cfg, _, eps_uncond = self.prior.predict_noise(x_t, t, emb, self.guidance_scale)
+        g = eps_cfg - eps_uncond  # s·(ε_cond − ε_uncond); with Perp-Neg also its perpendicular negatives
         c = self.config
         s_neg = c.negative_scale if c.negative_scale_end is None else \
             c.negative_scale + (c.negative_scale_end - c.negative_scale) * self.progress

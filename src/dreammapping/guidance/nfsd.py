@@ -34,6 +34,11 @@ class NFSD(Guidance):
 
     Config = NFSDConfig
 
+    def __init__(self, prior, config: NFSDConfig | None = None):
+        super().__init__(prior, config)
+        if self.config.view_prompt == "perp-neg":  # δ_C is NFSD's own UNet batch, not the prior's CFG prediction
+            raise ValueError("nfsd does not support view_prompt 'perp-neg'; use 'tag' or 'interpolate'")
+
     def gradient(self, z, t, noise, emb):
         x_t = self.prior.add_noise(z, noise, t)
         negative = self.prior.text_embedding(self.config.negative_prompt).expand_as(emb.cond)
