@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dreammapping.files import atomic_write_text
+
 PSNR_CAP = 100.0  # dB; the PSNR of two identical images
 
 # Paper protocol: CLIP ViT-L/14 and ViT-bigG-14 through open_clip, (model name, pretrained tag).
@@ -731,7 +733,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **over
         "settings": {k: getattr(opt, k) for k in EvalOptions.__dataclass_fields__},
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    (run_dir / "eval.json").write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+    atomic_write_text(run_dir / "eval.json", json.dumps(_jsonable(result), indent=2) + "\n")
     return result
 
 
