@@ -49,7 +49,7 @@ def save_ply(path: str | os.PathLike, gaussians: Gaussians) -> Path:
     path = Path(path)
     g = gaussians.detach().to("cpu", torch.float32)
     n = len(g)
-    rest = g.sh[:, 1:].transpose(1, 2).reshape(n, -1)  # [N, 3, K-1] → channel-major, as 3DGS writes it
+    rest = g.sh[:, 1:].transpose(1, 2).reshape(n, 3 * (g.sh.shape[1] - 1))  # [N,3,K-1] → channel-major, as 3DGS
     columns = torch.cat([
         g.means, torch.zeros(n, 3), g.sh[:, 0], rest,
         g.opacity_logits[:, None], g.log_scales, g.quats,
@@ -152,8 +152,9 @@ def save_turntable(path: str | os.PathLike, gaussians: Gaussians, n_frames: int 
     frames = _render_frames(gaussians, turntable(n_frames, size, size, elevation=elevation), background=background)
     # the temporary's name ends in .tmp, so the format is named explicitly for both writers
     with atomic_path(path) as tmp:
-        if suffix == ".gif":
-            iio.imwrite(tmp, frames, extension=".gif", duration=1000 / fps, loop=0)  # loop=0: forever
+        if suffix == ".gif":  # encoded in memory: a failed write is then one OSError, not one more at exit
+            tmp.write_bytes(iio.imwrite("<bytes>", frames, extension=".gif", duration=1000 / fps,
+                                        loop=0))  # loop=0: forever
         else:
             import imageio_ffmpeg  # imageio's FFMPEG plugin, called directly: it would pick the format by extension
 
@@ -182,7 +183,7 @@ def save_view_grid(path: str | os.PathLike, gaussians: Gaussians, size: int = 25
     frames = _render_frames(gaussians, canonical_views(size, size), background=background)
     path = Path(path)
     with atomic_path(path) as tmp:
-        iio.imwrite(tmp, np.concatenate(list(frames), axis=1), extension=".png")
+        tmp.write_bytes(iio.imwrite("<bytes>", np.concatenate(list(frames), axis=1), extension=".png"))
     return path
 
 
@@ -201,7 +202,7 @@ def cli_render(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse has printed its message; hand back its code instead of exiting
         return int(e.code or 0)
-    from dreammapping.files import describe_write_error
+    from dreammapping.files import check_writable_folder, describe_write_error
     from dreammapping.train import EXIT_OUTPUT, EXIT_USAGE
 
     def fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -225,6 +226,10 @@ def cli_render(argv: list[str] | None = None) -> int:
         return fail(f"{ply}: no Gaussians to render (the file has 0 vertices)")
     out = Path(args.out) if args.out else ply.parent
     video_path = out / ("turntable.gif" if args.gif else "turntable.mp4")
+    try:
+        check_writable_folder(out)  # before rendering, not after
+    except OSError as e:
+        return fail(f"cannot write to {out}: {e.strerror or e}", EXIT_OUTPUT)
     try:  # each file is replaced whole or not at all; a failure (disk full, read-only folder) keeps the old one
         video = save_turntable(video_path, gaussians, n_frames=args.frames, size=args.size, fps=args.fps)
         grid = save_view_grid(out / "views.png", gaussians, size=args.size)

@@ -32,8 +32,10 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write() names no file: name the target
+            e.filename = str(path)
         raise
 
 
@@ -65,6 +67,17 @@ def atomic_dir(path: str | os.PathLike):
             old.rename(path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_writable_folder(folder: str | os.PathLike) -> Path:
+    """Create `folder` if needed and write (then delete) a probe file in it: an OSError now, before minutes of work,
+    rather than when the result is saved."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-test.{os.getpid()}.{secrets.token_hex(4)}"
+    probe.write_bytes(b"")
+    probe.unlink()
+    return folder
 
 
 def _alive(pid: int) -> bool:

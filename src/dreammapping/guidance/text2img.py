@@ -92,7 +92,7 @@ def cli_text2img(argv: list[str]) -> int:
     except SystemExit as e:  # argparse has printed its one-line message; hand back its code instead of exiting
         return int(e.code or 0)
 
-    from dreammapping.files import describe_write_error
+    from dreammapping.files import check_writable_folder, describe_write_error
     from dreammapping.guidance import METHODS
     from dreammapping.priors import DiffusionPrior, PriorNotFoundError
     from dreammapping.train import EXIT_OUTPUT, EXIT_USAGE, ConfigError, check_device
@@ -119,7 +119,7 @@ def cli_text2img(argv: list[str]) -> int:
             return fail(str(err))
     try:
         image_format(args.out)
-        check_writable(args.out)
+        check_writable_folder(Path(args.out).parent)
     except ValueError as err:
         return fail(str(err))
     except OSError as err:
@@ -152,17 +152,8 @@ def image_format(path: str | Path) -> str:
     return formats[suffix]
 
 
-def check_writable(path: str | Path) -> None:
-    """Create the file's folder and write (then delete) a probe there: OSError now rather than after the work."""
-    folder = Path(path).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    probe = folder / f".{Path(path).name}.probe"
-    probe.write_bytes(b"")
-    probe.unlink()
-
-
 def save_image_grid(images: Tensor, path: str | Path) -> None:
-    """[B,3,H,W] in [0,1] → one PNG, images side by side."""
+    """[B,3,H,W] in [0,1] → one image file (format from the extension), images side by side; atomic."""
     from PIL import Image
 
     row = torch.cat(list(images.detach().float().cpu().clamp(0, 1)), dim=2)  # [3,H,B·W]
