@@ -3,13 +3,13 @@ code, values are checked before anything is loaded or written. Each test is a ca
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -79,13 +79,21 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(run_copy
     assert final_state(run_copy)["step"] == 6
 
 
-def test_overwrite_killed_before_its_first_checkpoint_gives_the_old_run_back(run_copy):
+def test_overwrite_killed_before_its_first_checkpoint_gives_the_old_run_back(run_copy, capsys):
     before = snapshot(run_copy)
-    # what a SIGKILL between "old run set aside" and "first checkpoint" leaves: the new config.yaml, the old run aside
-    T._set_previous_run_aside(run_copy, [n for n in T.RUN_FILES if (run_copy / n).exists()])
-    (run_copy / "config.yaml").write_text("prompt: the new run\n")
+
+    def killed_overwrite(run):
+        # what a SIGKILL between "old run set aside" and "first checkpoint" leaves: a new config.yaml, the old aside
+        T._set_previous_run_aside(run, [n for n in T.RUN_FILES if (run / n).exists()])
+        (run / "config.yaml").write_text("prompt: the new run\n")
+
+    killed_overwrite(run_copy)
     T.prepare_run_dir(run_copy, fresh=True, overwrite=True)  # the next start puts it back before anything else
     assert snapshot(run_copy) == before and not (run_copy / T.PREVIOUS_RUN).exists()
+    killed_overwrite(run_copy)
+    code, err = run_cli(capsys, "--resume", run_copy)  # and --resume reads the old run's config, not the new one's
+    assert code == 0, err
+    assert "a red cube" in (run_copy / "config.yaml").read_text() and final_state(run_copy)["step"] == 2
 
 
 def test_a_finished_run_without_checkpoint_still_counts_as_a_run(run_copy, tiny_pixel_folder, capsys):
@@ -154,29 +162,31 @@ def test_every_run_file_survives_a_failed_write(run_copy, capsys, monkeypatch, t
     assert not [p.name for p in run_copy.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_disk_full_during_generate_is_one_line_that_says_so(finished_run, tiny_pixel_folder, tmp_path):
-    """A real file-size limit (what a full disk does to write()): the checkpoint does not fit."""
-    run = tmp_path / "run"
-    shutil.copytree(finished_run, run)
-    before = snapshot(run)
-    code = textwrap.dedent(f"""
-        import sys
-        from dreammapping.train import cli_generate
-        sys.exit(cli_generate(["--resume", {str(run)!r}, "--iterations", "4"]))
-    """)
-    limit = max(len((run / name).read_bytes()) for name in ("config.yaml", "loss.csv")) + 2000
+@contextlib.contextmanager
+def file_size_limit(limit: int):
+    """What a full disk does to write(): EFBIG past `limit` bytes (Python ignores SIGXFSZ), in this process only."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
-    def small_disk():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", code], preexec_fn=small_disk, capture_output=True, text=True,
-                            env=env, timeout=300)
-    assert result.returncode == T.EXIT_OUTPUT, result.stderr
-    line = one_line(result.stderr)
-    assert "disk is full" in line and "--resume" in line  # the last checkpoint is kept; the message says how to go on
-    assert (run / "checkpoint.pt").read_bytes() == before["checkpoint.pt"]
-    assert (run / "gaussians.ply").read_bytes() == before["gaussians.ply"]
+def test_disk_full_during_generate_is_one_line_that_says_so(run_copy, capsys):
+    """A real file-size limit: config.yaml and loss.csv fit, the checkpoint does not."""
+    before = snapshot(run_copy)
+    limit = max(len(before["config.yaml"]), len(before["loss.csv"])) + 2000
+    assert len(before["checkpoint.pt"]) > limit
+    with file_size_limit(limit):
+        code, err = run_cli(capsys, "--resume", run_copy, "--iterations", "4")
+    assert code == T.EXIT_OUTPUT, err
+    line = one_line(err)
+    assert "disk is full" in line and "checkpoint.pt" in line
+    assert "--resume" in line  # the last checkpoint is kept and the message says how to go on
+    assert (run_copy / "checkpoint.pt").read_bytes() == before["checkpoint.pt"]
+    assert (run_copy / "gaussians.ply").read_bytes() == before["gaussians.ply"]
+    assert not [p.name for p in run_copy.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_temporaries_of_killed_writers_are_removed_on_the_next_start(run_copy, capsys):

@@ -882,6 +882,7 @@ def _resume_config_path(run_dir: str | os.PathLike) -> Path:
     """RUN/config.yaml of a run to resume; RunExistsError when there is none (or the name cannot be a folder)."""
     path = Path(run_dir) / "config.yaml"
     try:
+        _recover_previous_run(Path(run_dir))  # an --overwrite killed before its first checkpoint: the old run's config
         found = path.is_file()
     except OSError as e:  # e.g. a name longer than the file system allows
         raise RunExistsError(f"nothing to resume: {run_dir} ({e.strerror or e})") from None

@@ -33,7 +33,8 @@ def text2img(prompt: str, method: str = "vdm", prior="embedded", steps: int = 50
     from dreammapping.priors import DiffusionPrior
 
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("the prompt is empty" if isinstance(prompt, str) else f"the prompt must be a string, got {prompt!r}")
+        raise ValueError("the prompt is empty" if isinstance(prompt, str) else
+                         f"the prompt must be a string, got {prompt!r}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     scale = config.guidance_scale if config is not None else guidance_scale
