@@ -209,7 +209,7 @@ def test_render_gif_on_a_full_disk_keeps_the_old_gif(tmp_path, capsys):
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (8000, hard))  # "8 kB free"
     try:
-        code = cli_render([str(tmp_path), "--frames", "24", "--size", "96", "--gif"])
+        code = cli_render([str(tmp_path), "--frames", "12", "--size", "64", "--gif"])  # ~16 kB
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     err = capsys.readouterr().err.strip()
