@@ -531,3 +531,11 @@ def test_eval_json_survives_a_failed_write(monkeypatch, fake_grammar, tmp_path):
         ev.evaluate_run(run, resolution=32, num_views=3, fid=False)
     assert (run / "eval.json").read_bytes() == old
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "eval.json", "gaussians.ply"]
+
+
+def test_cli_evaluate_checks_its_values_once_up_front(tmp_path, capsys):
+    for flags in (["--views", "0"], ["--resolution", "0"], ["--device", "tpu"], ["--fid-reference", "0"]):
+        assert ev.cli_evaluate([str(tmp_path), *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith("dreammapping evaluate:") and flags[0].lstrip("-")[:4] in err, err
+    assert ev.cli_evaluate([str(tmp_path), "--views", "x"]) == 2  # argparse's own error, returned not raised

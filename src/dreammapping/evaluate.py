@@ -783,7 +783,23 @@ def cli_evaluate(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fid-reference", type=int, default=EvalOptions.fid_reference)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--classifier", default=None, help="attribute classifier folder (default: shipped)")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as e:  # argparse has printed its message; hand back its code instead of exiting
+        return int(e.code or 0)
+    # checked once, up front, rather than failing every run the same way
+    problems = [f"--{name} must be ≥ {low}, got {value}" for name, value, low in
+                (("resolution", args.resolution, 8), ("views", args.views, 1), ("fid-reference", args.fid_reference, 1))
+                if value < low]
+    try:
+        from dreammapping.train import ConfigError, check_device
+
+        check_device(args.device)
+    except ConfigError as error:
+        problems.append(str(error))
+    if problems:
+        print(f"dreammapping evaluate: {problems[0]}", file=sys.stderr)
+        return 2
     opt = EvalOptions(resolution=args.resolution, num_views=args.views, seed=args.seed, clip=not args.no_clip,
                       fid=not args.no_fid, fid_reference=args.fid_reference, device=args.device,
                       classifier_path=args.classifier)
