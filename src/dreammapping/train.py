@@ -279,8 +279,8 @@ EXIT_PRIOR = 8  # the prior's weights are missing
 EXIT_DIVERGED = 9  # NaN or exploding loss
 EXIT_INIT = 10  # the requested initialisation cannot be used (e.g. a bad .ply)
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
-EXIT_CODE_HELP = {EXIT_EMPTY_PROMPT: "empty prompt", EXIT_UNKNOWN_METHOD: "unknown method",
-                  EXIT_UNKNOWN_PRESET: "unknown preset", EXIT_OUTPUT: "output not writable or disk full",
+EXIT_CODE_HELP = {EXIT_USAGE: "bad option or value", EXIT_EMPTY_PROMPT: "empty prompt",
+                  EXIT_UNKNOWN_METHOD: "unknown method", EXIT_UNKNOWN_PRESET: "unknown preset", EXIT_OUTPUT: "output not writable or disk full",
                   EXIT_RUN_EXISTS: "run exists / nothing to resume", EXIT_PRIOR: "prior missing",
                   EXIT_DIVERGED: "diverged", EXIT_INIT: "bad init", EXIT_INTERRUPTED: "interrupted"}
 
