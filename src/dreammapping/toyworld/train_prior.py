@@ -41,7 +41,7 @@ from typing import Callable, Literal, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from dreammapping.files import atomic_dir, atomic_path, atomic_write_text
+from dreammapping.files import atomic_dir, atomic_path, atomic_write_text, remove_stale_temporaries
 
 MODEL_CLASS_NAME = "DreamMappingToyPrior"
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -520,6 +520,7 @@ def train(config: TrainPriorConfig, sample_fn: Callable | None = None, command: 
         torch.backends.cudnn.benchmark = True
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # a SIGKILL during an atomic write leaves its temporary behind
     ckpt_path = out / CHECKPOINT_NAME
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
 
