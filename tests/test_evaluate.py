@@ -508,3 +508,34 @@ def statistics_stdev(values):
     import statistics
 
     return statistics.stdev(values)
+
+
+def test_eval_json_survives_a_failed_write(monkeypatch, fake_grammar, tmp_path):
+    """eval.json goes through the atomic writer at its call site: a failed final rename (a full disk) keeps the old."""
+    import errno
+    import os
+
+    _fake_world(monkeypatch, fake_grammar, result_rgb=(0.9, 0.1, 0.1), truth_rgb=(0.8, 0.4, 0.4), shift=2)
+    run = _write_run(tmp_path / "run", "a red cube")
+    ev.evaluate_run(run, resolution=32, num_views=2, fid=False)
+    old = (run / "eval.json").read_bytes()
+    real_replace = os.replace
+
+    def full(src, dst, *args, **kwargs):
+        if os.path.basename(dst) == "eval.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError):
+        ev.evaluate_run(run, resolution=32, num_views=3, fid=False)
+    assert (run / "eval.json").read_bytes() == old
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "eval.json", "gaussians.ply"]
+
+
+def test_cli_evaluate_checks_its_values_once_up_front(tmp_path, capsys):
+    for flags in (["--views", "0"], ["--resolution", "0"], ["--device", "tpu"], ["--fid-reference", "0"]):
+        assert ev.cli_evaluate([str(tmp_path), *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith("dreammapping evaluate:") and flags[0].lstrip("-")[:4] in err, err
+    assert ev.cli_evaluate([str(tmp_path), "--views", "x"]) == 2  # argparse's own error, returned not raised

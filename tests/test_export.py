@@ -128,3 +128,91 @@ def test_turntable_grid_and_cli(tmp_path):
     save_ply(run / "gaussians.ply", g)
     assert cli_render([str(run), "--frames", "3", "--size", "24", "--gif"]) == 0
     assert (run / "turntable.gif").exists() and (run / "views.png").exists()
+
+
+# ---- faults (issue 11): one line, an exit code, and no old file lost ---------------------------------------------
+def test_empty_ply_with_sh_bands_round_trips_and_render_refuses_it(tmp_path, capsys):
+    empty = scene(degree=1).map(lambda t: t[:0])
+    g = load_ply(save_ply(tmp_path / "empty.ply", empty))
+    assert len(g) == 0 and g.sh.shape == (0, 4, 3)
+    assert cli_render([str(tmp_path / "empty.ply")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no Gaussians" in err
+
+
+def test_render_refuses_non_finite_scenes_and_bad_rates(tmp_path, capsys):
+    save_ply(tmp_path / "nan.ply", scene().map(lambda t: t * float("nan")))
+    assert cli_render([str(tmp_path / "nan.ply"), "--out", str(tmp_path / "out")]) == 2
+    assert "64 of 64 Gaussians have NaN" in capsys.readouterr().err
+    save_ply(tmp_path / "ok.ply", scene())
+    for fps in ("0", "-5"):
+        assert cli_render([str(tmp_path / "ok.ply"), "--gif", "--fps", fps, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "--fps" in err
+    assert not (tmp_path / "out").exists()  # nothing written for any of them
+
+
+def test_render_to_an_unwritable_folder_fails_before_rendering(tmp_path, capsys, monkeypatch):
+    from dreammapping import export
+
+    save_ply(tmp_path / "ok.ply", scene())
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setattr(export, "_render_frames", lambda *a, **k: pytest.fail("rendered before checking the output"))
+    assert cli_render([str(tmp_path / "ok.ply"), "--out", str(tmp_path / "a-file" / "out")]) == 6
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cannot write" in err
+
+
+@needs_render
+@pytest.mark.parametrize("target", ["turntable.gif", "turntable.mp4", "views.png"])
+def test_each_render_output_survives_a_failed_write(tmp_path, capsys, monkeypatch, target):
+    """The writers go through the atomic writer at their own call sites: when the final rename fails (a full disk),
+    the old file is still there, whole."""
+    import errno
+    import os
+
+    from dreammapping.gaussians import sphere
+
+    save_ply(tmp_path / "gaussians.ply", sphere(100, radius=0.6, opacity=0.9))
+    argv = [str(tmp_path), "--frames", "2", "--size", "16"] + (["--gif"] if target.endswith(".gif") else [])
+    assert cli_render(argv) == 0
+    old = (tmp_path / target).read_bytes()
+    save_ply(tmp_path / "gaussians.ply", sphere(100, radius=0.3, color=(0.1, 0.9, 0.1), opacity=0.9))
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if os.path.basename(dst) == target:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    capsys.readouterr()
+    assert cli_render(argv) == 6
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "disk is full" in err and target in err
+    assert (tmp_path / target).read_bytes() == old
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@needs_render
+def test_render_gif_on_a_full_disk_keeps_the_old_gif(tmp_path, capsys):
+    """A real file-size limit (what a full disk does to write(); Python ignores SIGXFSZ): the old gif stays whole."""
+    import resource
+
+    import imageio.v3 as iio
+
+    from dreammapping.gaussians import sphere
+
+    save_ply(tmp_path / "gaussians.ply", sphere(300, radius=0.6, opacity=0.9))
+    assert cli_render([str(tmp_path), "--frames", "2", "--size", "16", "--gif"]) == 0
+    old = (tmp_path / "turntable.gif").read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8000, hard))  # "8 kB free"
+    try:
+        code = cli_render([str(tmp_path), "--frames", "12", "--size", "64", "--gif"])  # ~16 kB
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    err = capsys.readouterr().err.strip()
+    assert code == 6 and "\n" not in err and "disk is full" in err and "turntable.gif" in err
+    assert (tmp_path / "turntable.gif").read_bytes() == old
+    assert iio.imread(tmp_path / "turntable.gif", index=None).shape[0] == 2

@@ -386,3 +386,44 @@ def test_a_negative_prompt_leaves_the_unconditional_terms_alone(tiny_prior):
     ism = METHODS["ism"](tiny_prior)
     for a, b in zip(ism.invert(z, noise, t, negative), ism.invert(z, noise, t, plain)):
         torch.testing.assert_close(a, b)
+
+
+def test_cli_text2img_checks_values_and_the_output_before_any_work(tmp_path, tiny_pixel_folder, capsys, monkeypatch):
+    import errno
+    import os
+
+    from dreammapping.guidance import text2img as t2i
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("optimised before the arguments were checked")
+
+    monkeypatch.setattr(t2i, "text2img", no_work)
+    (tmp_path / "a-file").write_text("not a folder")
+    prior = ["--prior", str(tiny_pixel_folder)]
+    cases = [(["--out", str(tmp_path / "a-file" / "x.png")], 6, "cannot write"),
+             (["--guidance-scale", "nan"], 2, "--guidance-scale"), (["--guidance-scale", "0"], 2, "--guidance-scale"),
+             (["--lr", "nan"], 2, "--lr"), (["--out", str(tmp_path / "x.unknown")], 2, "extension"),
+             (["--device", "tpu"], 2, "tpu"), (["--steps", "ten"], 2, "--steps")]
+    for flags, code, named in cases:
+        assert t2i.cli_text2img(["a red cube", *prior, *flags]) == code, flags
+        err = capsys.readouterr().err.strip().splitlines()  # argparse's own errors come after its usage lines
+        assert err[-1].startswith("dreammapping text2img: error:") and named in err[-1], (flags, err)
+        assert len(err) == 1 or err[0].startswith("usage:")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="guidance scale"):
+        t2i.text2img("a red cube", prior=str(tiny_pixel_folder), steps=1, guidance_scale=float("nan"))
+    # the image is written through the atomic writer: a failed final rename keeps the old image
+    out = tmp_path / "img.png"
+    assert t2i.cli_text2img(["a red cube", *prior, "--steps", "1", "--out", str(out)]) == 0
+    old = out.read_bytes()
+    real_replace = os.replace
+
+    def full(src, dst, *args, **kwargs):
+        if os.path.basename(dst) == "img.png":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full)
+    capsys.readouterr()
+    assert t2i.cli_text2img(["a red cube", *prior, "--steps", "1", "--seed", "5", "--out", str(out)]) == 6
+    assert "disk is full" in capsys.readouterr().err and out.read_bytes() == old

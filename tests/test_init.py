@@ -105,3 +105,14 @@ def test_normalise_fits_the_radius():
     q = normalise(p, 0.5)
     assert q.norm(dim=-1).max() == pytest.approx(0.5)
     torch.testing.assert_close((q.amax(0) + q.amin(0)) / 2, torch.zeros(3))
+
+
+def test_user_ply_with_nan_or_no_points_is_refused(tmp_path):
+    g = G.sphere(40)
+    g.means[3] = float("nan")
+    save_ply(tmp_path / "nan.ply", g)
+    with pytest.raises(InitError, match="1 of 40 Gaussians have NaN"):
+        initialise(str(tmp_path / "nan.ply"), 10)
+    save_ply(tmp_path / "empty.ply", G.sphere(40).map(lambda t: t[:0]))
+    with pytest.raises(InitError, match="no Gaussians"):
+        initialise(str(tmp_path / "empty.ply"), 10)

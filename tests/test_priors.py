@@ -133,3 +133,19 @@ def test_sample_default_eta_is_stochastic_for_pixel_priors_only(tiny_prior, tiny
     assert not torch.allclose(run(tiny_prior), run(tiny_prior, eta=0.0))
     torch.testing.assert_close(run(tiny_latent_prior), run(tiny_latent_prior, eta=0.0))
     assert not torch.allclose(run(tiny_latent_prior), run(tiny_latent_prior, eta=1.0))
+
+
+def test_prompt_overflow_says_from_which_word_the_prompt_is_cut(tiny_prior):
+    # the tiny tokenizer spells letters: 24 tokens are a few short words
+    assert tiny_prior.prompt_overflow("a cube", view_dependent=False) == ""
+    words = "a red cube on top of a blue sphere".split()
+    ids = tiny_prior.tokenizer(" ".join(words), truncation=False, verbose=False).input_ids
+    assert len(ids) > tiny_prior.max_length == 24
+    message = tiny_prior.prompt_overflow(" ".join(words), view_dependent=False)
+    # the first word that does not fit, by counting tokens of growing prefixes (start + letters + end)
+    fits = max(k for k in range(len(words) + 1)
+               if len(tiny_prior.tokenizer(" ".join(words[:k]), verbose=False).input_ids) <= 24)
+    assert f"from word {fits + 1} ({words[fits]!r}) on is cut off" in message and f"{len(ids)} tokens" in message
+    # the view tag comes after the prompt: a prompt that fits alone may lose its tag
+    assert tiny_prior.prompt_overflow("a red cube cone", view_dependent=False) == ""
+    assert "the view tag ('overhead view' and the like) is cut off" in tiny_prior.prompt_overflow("a red cube cone")

@@ -207,3 +207,13 @@ def test_cuda_matches_cpu():
     gpu, caps_gpu, labels = sample_batch(8, generator=g(), device="cuda")
     assert gpu.device.type == "cuda" and labels["color"].device.type == "cuda" and caps_cpu == caps_gpu
     assert (gpu.cpu() - cpu).abs().mean() < 1e-3
+
+
+def test_unknown_words_see_non_ascii_words_whole():
+    from dreammapping.toyworld.grammar import content_words
+
+    assert unknown_words("a café cube") == ["café"]  # once reported as 'caf'
+    assert unknown_words("🍎🍎") == ["🍎🍎"]  # once no word at all
+    assert unknown_words("a red cube — front view") == []  # punctuation alone is not a word
+    assert unknown_words("a red-cube, front view!") == []
+    assert content_words("🍎🍎") == [] and content_words("a big red ball") == ["big", "red", "ball"]

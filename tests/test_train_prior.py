@@ -223,3 +223,69 @@ def test_train_uses_the_denoising_loss_and_logs_its_unweighted_mse(tmp_path, mon
     summary = tp.train(tiny_config(tmp_path, steps=3, log_every=3), sample_fn=standin_batch, command="test")
     assert len(calls) == 3
     assert summary["final_loss"] == pytest.approx(sum(c[1] for c in calls) / 3, rel=1e-5)
+
+
+# ---- every writer through the atomic writer (issue 11) -------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_folder(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("atomic")
+    tp.train(tiny_config(tmp, steps=2, samples_per_prompt=1), sample_fn=standin_batch, command="pytest")
+    return tmp / "prior"
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _failing(monkeypatch, name, target):
+    """os.replace / os.rename fail (disk full) when they would put something at `target`."""
+    import errno
+    import os
+
+    real = getattr(os, name)
+
+    def fail(src, dst, *args, **kwargs):
+        if os.path.basename(dst) == target and ".tmp" in os.path.basename(src):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, name, fail)
+
+
+@pytest.mark.parametrize("target", ["unet", "text_encoder", "tokenizer", "scheduler", "model_index.json"])
+def test_save_model_folder_keeps_the_old_folder_when_a_write_fails(trained_folder, tmp_path, monkeypatch, target):
+    import shutil
+
+    folder = tmp_path / "prior"
+    shutil.copytree(trained_folder, folder)
+    before = _tree(folder)
+    models = tp.load_model_folder(folder)
+    torch.nn.init.zeros_(next(models.unet.parameters()))  # new weights that must not half-replace the old
+    _failing(monkeypatch, "rename" if target != "model_index.json" else "replace", target)
+    with pytest.raises(OSError):
+        tp.save_model_folder(models, folder)
+    after = _tree(folder)
+    assert {k: v for k, v in after.items() if k.startswith(target)} == \
+        {k: v for k, v in before.items() if k.startswith(target)}
+    assert not [p for p in folder.iterdir() if ".tmp" in p.name or p.name.endswith(".old")]
+
+
+def test_samples_and_model_card_keep_the_old_file_when_a_write_fails(trained_folder, tmp_path, monkeypatch):
+    old = (trained_folder / "samples.png").read_bytes()
+    _failing(monkeypatch, "replace", "samples.png")
+    with pytest.raises(OSError):
+        tp.save_grid(torch.zeros(2, 3, 16, 16), trained_folder / "samples.png", nrow=2)
+    assert (trained_folder / "samples.png").read_bytes() == old
+    monkeypatch.undo()
+    import shutil
+
+    folder = tmp_path / "prior"
+    shutil.copytree(trained_folder, folder)
+    card = (folder / "MODEL_CARD.md").read_bytes()
+    stale = folder / ".checkpoint.safetensors.999999999.0123abcd.tmp"  # from a writer killed long ago
+    stale.write_bytes(b"half")
+    _failing(monkeypatch, "replace", "MODEL_CARD.md")
+    with pytest.raises(OSError):  # a second training into the same folder whose last write fails
+        tp.train(tiny_config(tmp_path, steps=2, samples_per_prompt=0, seed=4), sample_fn=standin_batch,
+                 command="pytest")
+    assert (folder / "MODEL_CARD.md").read_bytes() == card and not stale.exists()

@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dreammapping.files import atomic_write_text
+
 PSNR_CAP = 100.0  # dB; the PSNR of two identical images
 
 # Paper protocol: CLIP ViT-L/14 and ViT-bigG-14 through open_clip, (model name, pretrained tag).
@@ -731,7 +733,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **over
         "settings": {k: getattr(opt, k) for k in EvalOptions.__dataclass_fields__},
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    (run_dir / "eval.json").write_text(json.dumps(_jsonable(result), indent=2) + "\n")
+    atomic_write_text(run_dir / "eval.json", json.dumps(_jsonable(result), indent=2) + "\n")
     return result
 
 
@@ -781,7 +783,23 @@ def cli_evaluate(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fid-reference", type=int, default=EvalOptions.fid_reference)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--classifier", default=None, help="attribute classifier folder (default: shipped)")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as e:  # argparse has printed its message; hand back its code instead of exiting
+        return int(e.code or 0)
+    # checked once, up front, rather than failing every run the same way
+    problems = [f"--{name} must be ≥ {low}, got {value}" for name, value, low in
+                (("resolution", args.resolution, 8), ("views", args.views, 1), ("fid-reference", args.fid_reference, 1))
+                if value < low]
+    try:
+        from dreammapping.train import ConfigError, check_device
+
+        check_device(args.device)
+    except ConfigError as error:
+        problems.append(str(error))
+    if problems:
+        print(f"dreammapping evaluate: {problems[0]}", file=sys.stderr)
+        return 2
     opt = EvalOptions(resolution=args.resolution, num_views=args.views, seed=args.seed, clip=not args.no_clip,
                       fid=not args.no_fid, fid_reference=args.fid_reference, device=args.device,
                       classifier_path=args.classifier)

@@ -12,6 +12,7 @@ holding raw parameters (opacity logits, log-scales, quaternions w x y z) and the
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -48,7 +49,7 @@ def save_ply(path: str | os.PathLike, gaussians: Gaussians) -> Path:
     path = Path(path)
     g = gaussians.detach().to("cpu", torch.float32)
     n = len(g)
-    rest = g.sh[:, 1:].transpose(1, 2).reshape(n, -1)  # [N, 3, K-1] → channel-major, as 3DGS writes it
+    rest = g.sh[:, 1:].transpose(1, 2).reshape(n, 3 * (g.sh.shape[1] - 1))  # [N,3,K-1] → channel-major, as 3DGS
     columns = torch.cat([
         g.means, torch.zeros(n, 3), g.sh[:, 0], rest,
         g.opacity_logits[:, None], g.log_scales, g.quats,
@@ -98,7 +99,8 @@ def load_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> Gau
         return torch.from_numpy(np.stack([np.asarray(vertex[f], dtype=np.float32) for f in names], axis=1))
 
     n = len(vertex)
-    sh_rest = cols(rest_names).reshape(n, 3, -1).transpose(1, 2) if n_rest else torch.zeros(n, 0, 3)
+    # explicit sizes: reshape(n, 3, -1) is ambiguous (an error) when the file has no vertices
+    sh_rest = cols(rest_names).reshape(n, 3, n_rest // 3).transpose(1, 2) if n_rest else torch.zeros(n, 0, 3)
     g = Gaussians(
         means=cols(["x", "y", "z"]),
         log_scales=cols(["scale_0", "scale_1", "scale_2"]),
@@ -107,6 +109,16 @@ def load_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> Gau
         sh=torch.cat([cols(["f_dc_0", "f_dc_1", "f_dc_2"])[:, None], sh_rest], dim=1),
     )
     return g.map(lambda t: t.contiguous().to(device))
+
+
+def check_finite(gaussians: Gaussians, path) -> None:
+    """Raise `PlyError` when some Gaussian has a NaN or infinite parameter (it would render as nothing, silently)."""
+    bad = torch.zeros(len(gaussians), dtype=torch.bool)
+    for t in gaussians.params().values():
+        finite = torch.isfinite(t.detach().cpu())
+        bad |= ~(finite.flatten(1).all(dim=1) if finite.ndim > 1 else finite)
+    if bool(bad.any()):
+        raise PlyError(path, f"{int(bad.sum())} of {len(gaussians)} Gaussians have NaN or infinite values")
 
 
 # ---- pictures ----------------------------------------------------------------------------------------------------
@@ -132,23 +144,33 @@ def save_turntable(path: str | os.PathLike, gaussians: Gaussians, n_frames: int 
     import imageio.v3 as iio
 
     path = Path(path)
-    frames = _render_frames(gaussians, turntable(n_frames, size, size, elevation=elevation), background=background)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
-    if suffix == ".gif":
-        iio.imwrite(path, frames, extension=".gif", duration=1000 / fps, loop=0)  # loop=0: forever
-    elif suffix == ".mp4":
-        import imageio.v2 as iio2
-
-        # yuv420p (what every player accepts) needs even sides; macro_block_size=1 stops imageio resizing to 16s
-        if size % 2:
-            frames = np.pad(frames, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
-        with iio2.get_writer(path, format="FFMPEG", fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                             pixelformat="yuv420p", ffmpeg_log_level="error") as writer:
-            for frame in frames:
-                writer.append_data(frame)
-    else:
+    if suffix not in (".gif", ".mp4"):
         raise ValueError(f"{path}: turntable must be .mp4 or .gif")
+    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    frames = _render_frames(gaussians, turntable(n_frames, size, size, elevation=elevation), background=background)
+    # the temporary's name ends in .tmp, so the format is named explicitly for both writers
+    with atomic_path(path) as tmp:
+        if suffix == ".gif":  # encoded in memory: a failed write is then one OSError, not one more at exit
+            tmp.write_bytes(iio.imwrite("<bytes>", frames, extension=".gif", duration=1000 / fps,
+                                        loop=0))  # loop=0: forever
+        else:
+            import imageio_ffmpeg  # imageio's FFMPEG plugin, called directly: it would pick the format by extension
+
+            # yuv420p (what every player accepts) needs even sides; macro_block_size=1 stops resizing to 16s
+            if size % 2:
+                frames = np.pad(frames, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge")
+            writer = imageio_ffmpeg.write_frames(str(tmp), (frames.shape[2], frames.shape[1]), fps=fps,
+                                                 codec="libx264", quality=8, macro_block_size=1,
+                                                 pix_fmt_out="yuv420p", ffmpeg_log_level="error",
+                                                 output_params=["-f", "mp4"])
+            writer.send(None)  # start ffmpeg
+            try:
+                for frame in frames:
+                    writer.send(np.ascontiguousarray(frame))
+            finally:
+                writer.close()
     return path
 
 
@@ -160,8 +182,8 @@ def save_view_grid(path: str | os.PathLike, gaussians: Gaussians, size: int = 25
 
     frames = _render_frames(gaussians, canonical_views(size, size), background=background)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, np.concatenate(list(frames), axis=1), extension=".png")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(iio.imwrite("<bytes>", np.concatenate(list(frames), axis=1), extension=".png"))
     return path
 
 
@@ -180,22 +202,38 @@ def cli_render(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse has printed its message; hand back its code instead of exiting
         return int(e.code or 0)
+    from dreammapping.files import check_writable_folder, describe_write_error
+    from dreammapping.train import EXIT_OUTPUT, EXIT_USAGE
+
+    def fail(message: str, code: int = EXIT_USAGE) -> int:
+        print(f"dreammapping render: {message}", file=sys.stderr)
+        return code
+
     if args.frames < 1 or args.size < 8:
-        print("dreammapping render: --frames must be ≥ 1 and --size ≥ 8", file=sys.stderr)
-        return 2
+        return fail("--frames must be ≥ 1 and --size ≥ 8")
+    if args.fps < 1:  # 0 divides by zero in the gif's frame time; a negative rate makes an mp4 of nothing
+        return fail(f"--fps must be ≥ 1, got {args.fps}")
     source = Path(args.source)
     ply = source / "gaussians.ply" if source.is_dir() else source
     if source.is_dir() and not ply.is_file():
-        print(f"dreammapping render: {source}: no gaussians.ply in this folder", file=sys.stderr)
-        return 2
+        return fail(f"{source}: no gaussians.ply in this folder")
     try:
         gaussians = load_ply(ply)
+        check_finite(gaussians, ply)
     except PlyError as e:
-        print(f"dreammapping render: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
+    if len(gaussians) == 0:
+        return fail(f"{ply}: no Gaussians to render (the file has 0 vertices)")
     out = Path(args.out) if args.out else ply.parent
-    video = save_turntable(out / ("turntable.gif" if args.gif else "turntable.mp4"), gaussians,
-                           n_frames=args.frames, size=args.size, fps=args.fps)
-    grid = save_view_grid(out / "views.png", gaussians, size=args.size)
+    video_path = out / ("turntable.gif" if args.gif else "turntable.mp4")
+    try:
+        check_writable_folder(out)  # before rendering, not after
+    except OSError as e:
+        return fail(f"cannot write to {out}: {e.strerror or e}", EXIT_OUTPUT)
+    try:  # each file is replaced whole or not at all; a failure (disk full, read-only folder) keeps the old one
+        video = save_turntable(video_path, gaussians, n_frames=args.frames, size=args.size, fps=args.fps)
+        grid = save_view_grid(out / "views.png", gaussians, size=args.size)
+    except OSError as e:
+        return fail(describe_write_error(e, e.filename or out) + "; existing files are unchanged", EXIT_OUTPUT)
     print(f"wrote {video} and {grid} ({len(gaussians)} Gaussians, SH degree {gaussians.sh_degree})")
     return 0

@@ -94,14 +94,17 @@ def _simple(kind: str, n: int, cfg: InitOptions, sh_degree: int, generator: torc
 
 def load_user_ply(path: str | os.PathLike, sh_degree: int) -> G.Gaussians:
     """A user's .ply (standard 3DGS layout) with its SH bands padded or truncated to `sh_degree`."""
-    from dreammapping.export import load_ply
+    from dreammapping.export import check_finite, load_ply
 
     if not Path(path).is_file():
         raise InitError(f"init .ply not found: {path}")
     try:
         g = load_ply(path)
+        check_finite(g, path)  # NaN positions would only show up later as a "diverged" loss
     except Exception as e:  # export raises one-line errors naming the file; keep them one line
         raise InitError(str(e).splitlines()[0] if str(e) else f"cannot read {path}") from None
+    if len(g) == 0:
+        raise InitError(f"{path}: no Gaussians to start from (the file has 0 vertices)")
     g = g.map(lambda t: t.detach().float())
     k = G.num_sh_bases(sh_degree)
     if g.sh.shape[1] != k:

@@ -360,6 +360,28 @@ class DiffusionPrior:
             self._text_cache[text] = hidden.to(self.device, self.dtype)
         return self._text_cache[text]
 
+    def prompt_overflow(self, prompt: str, view_dependent: bool = True) -> str:
+        """'' when `prompt` (with its longest view suffix when `view_dependent`) fits the text encoder's window of
+        `max_length` tokens; else one line saying what the encoder never sees: the words from the first one that
+        does not fit, or (the suffix comes last) the view tag."""
+        suffix = max(VIEW_SUFFIXES.values(), key=len) if view_dependent else ""
+
+        def n_tokens(text: str) -> int:
+            return len(self.tokenizer(text, truncation=False, verbose=False).input_ids)
+
+        total = n_tokens(prompt + suffix)
+        if total <= self.max_length:
+            return ""
+        head = f"the prompt is {total} tokens{' with its view tag' if suffix else ''} but the text encoder reads " \
+               f"{self.max_length}"
+        words = prompt.split()
+        if n_tokens(prompt) <= self.max_length:
+            return f"{head}: the view tag ({suffix.strip(', ')!r} and the like) is cut off"
+        fits = 0  # the longest prefix of words that fits
+        while fits < len(words) and n_tokens(" ".join(words[:fits + 1])) <= self.max_length:
+            fits += 1
+        return f"{head}: from word {fits + 1} ({words[fits]!r}) on is cut off"
+
     def encode_text(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> TextEmbeddings:
         """Embeddings of `prompt` (per view tag when `view_dependent`) and of the negative / empty prompt."""
         views = {tag: self.text_embedding(prompt + suffix) for tag, suffix in VIEW_SUFFIXES.items()} \

@@ -21,17 +21,21 @@ Python: `dreammapping.generate("a red cube", iterations=200)`; command line: `dr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 import threading
 import time
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +46,8 @@ import tyro
 import yaml
 
 from dreammapping import cameras as C
-from dreammapping.files import atomic_path, atomic_write_text
+from dreammapping.files import (atomic_path, atomic_write_text, describe_write_error, is_disk_full,
+                                remove_stale_temporaries)
 from dreammapping.gaussians import Gaussians, LearningRates, make_optimizer, update_learning_rates
 from dreammapping.init import InitError, InitOptions, initialise
 from dreammapping.strategy import DensityStrategy
@@ -197,12 +202,71 @@ def _coerce(value, hint, where: str):
         return tuple(_coerce(v, args[0] if args else None, where) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and float in args \
+    if origin in (typing.Union, types.UnionType) and float in args \
             and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if origin is Literal and value not in args:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+    if not _matches(value, hint):
+        raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
     return value
+
+
+def _matches(value, hint) -> bool:
+    """Whether `value` has the declared type `hint` (a bool is not an int; an int is a float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is None or hint is Any:
+        return True
+    if origin is Annotated:
+        return _matches(value, args[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return isinstance(value, hint)
+    return True
+
+
+def _type_name(hint) -> str:
+    if typing.get_origin(hint) is Annotated:
+        return _type_name(typing.get_args(hint)[0])
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _check_values(obj, where: str) -> None:
+    """Every field of dataclass `obj` (recursively) has its declared type and no float is NaN: what `merge_config`
+    checks for YAML and keyword options, for configs built by hand (`train(GenerateConfig(iterations="ten"))`)."""
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
+        value, name = getattr(obj, f.name), f"{where}.{f.name}" if where else f.name
+        if not _matches(value, hints.get(f.name)):
+            raise ConfigError(f"{name}: expected {_type_name(hints.get(f.name))}, got {value!r}")
+        if dataclasses.is_dataclass(value):
+            _check_values(value, name)
+        for v in (value if isinstance(value, tuple) else (value,)):
+            if isinstance(v, float) and math.isnan(v):
+                raise ConfigError(f"{name} is NaN; give a number")
 
 
 def load_yaml_config(path: str | os.PathLike, base: GenerateConfig) -> GenerateConfig:
@@ -226,14 +290,14 @@ EXIT_USAGE = 2  # bad command-line syntax or a bad config value / file
 EXIT_EMPTY_PROMPT = 3
 EXIT_UNKNOWN_METHOD = 4
 EXIT_UNKNOWN_PRESET = 5
-EXIT_OUTPUT = 6  # the output folder cannot be written
+EXIT_OUTPUT = 6  # the output folder cannot be written, or the disk filled up while writing
 EXIT_RUN_EXISTS = 7  # a fresh run would overwrite an existing one, or --resume has nothing to resume
 EXIT_PRIOR = 8  # the prior's weights are missing
 EXIT_DIVERGED = 9  # NaN or exploding loss
 EXIT_INIT = 10  # the requested initialisation cannot be used (e.g. a bad .ply)
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
-EXIT_CODE_HELP = {EXIT_EMPTY_PROMPT: "empty prompt", EXIT_UNKNOWN_METHOD: "unknown method",
-                  EXIT_UNKNOWN_PRESET: "unknown preset", EXIT_OUTPUT: "output folder not writable",
+EXIT_CODE_HELP = {EXIT_USAGE: "bad option or value", EXIT_EMPTY_PROMPT: "empty prompt",
+                  EXIT_UNKNOWN_METHOD: "unknown method", EXIT_UNKNOWN_PRESET: "unknown preset", EXIT_OUTPUT: "output not writable or disk full",
                   EXIT_RUN_EXISTS: "run exists / nothing to resume", EXIT_PRIOR: "prior missing",
                   EXIT_DIVERGED: "diverged", EXIT_INIT: "bad init", EXIT_INTERRUPTED: "interrupted"}
 
@@ -331,6 +395,10 @@ def background_colors(kind: str, batch: int, generator: torch.Generator) -> torc
 
 
 def _check_config(cfg: GenerateConfig) -> None:
+    """Every value a run depends on, checked before anything is loaded or written (one-line ConfigError else)."""
+    if not isinstance(cfg, GenerateConfig):
+        raise ConfigError(f"expected a GenerateConfig, got {type(cfg).__name__}")
+    _check_values(cfg, "")
     if not cfg.prompt or not cfg.prompt.strip():
         raise EmptyPromptError("the prompt is empty; say what to generate, e.g. dreammapping generate \"a red cube\"")
     for name in ("iterations", "batch", "num_points", "turntable_size", "turntable_frames", "log_every"):
@@ -342,6 +410,45 @@ def _check_config(cfg: GenerateConfig) -> None:
         raise ConfigError(f"resolution must be ≥ 8 (or None for the prior's), got {cfg.resolution}")
     if not 0 <= cfg.sh_degree <= 3:
         raise ConfigError(f"sh_degree must be 0..3, got {cfg.sh_degree}")
+    if not -2**63 <= cfg.seed < 2**64:  # what torch's generators accept
+        raise ConfigError(f"seed must be an integer in [-2**63, 2**64), got {cfg.seed}")
+    if not cfg.max_loss > 0:  # NaN compares false with everything: it would switch the explosion check off
+        raise ConfigError(f"max_loss must be > 0 (inf switches the explosion check off), got {cfg.max_loss}")
+    if cfg.threads < 0:
+        raise ConfigError(f"threads must be ≥ 0, got {cfg.threads}")
+    check_device(cfg.device)
+    guidance = method_config(cfg)
+    _check_values(guidance, f"guidance.{cfg.method}")
+    scale = getattr(guidance, "guidance_scale", None)
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise ConfigError(f"guidance_scale must be a finite number > 0, got {scale}")
+    if cfg.prior == "embedded":
+        from dreammapping.toyworld.grammar import content_words
+
+        if not content_words(cfg.prompt):  # it would run with no prompt at all
+            raise EmptyPromptError(f"the embedded prior knows no word of {cfg.prompt!r}: it draws toy shapes "
+                                   "(cube, sphere, cone, cylinder, torus) in colours, e.g. \"a red cube\"")
+
+
+def check_device(name: str) -> None:
+    """Raise ConfigError unless `name` is "auto" or a torch device this machine has."""
+    if name == "auto":
+        return
+    hint = "use auto, cpu, cuda or cuda:N"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {name!r} is not a torch device; {hint}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r}: torch sees no CUDA GPU here; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA GPU(s) here")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device {name!r}: MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise ConfigError(f"device {name!r} is not supported; {hint}")
 
 
 def unknown_prompt_words(cfg: GenerateConfig) -> list[str]:
@@ -353,22 +460,58 @@ def unknown_prompt_words(cfg: GenerateConfig) -> list[str]:
     return unknown_words(cfg.prompt)
 
 
-def prepare_run_dir(run_dir: Path, fresh: bool, overwrite: bool) -> None:
-    """Create the run folder and make sure it can be written; refuse to clobber a previous run."""
-    if fresh and (run_dir / CHECKPOINT).exists() and not overwrite:
-        raise RunExistsError(f"{run_dir} already holds a run; continue it with --resume {shlex.quote(str(run_dir))}, "
-                             "choose another --out, or pass --overwrite")
-    if fresh and overwrite:
-        # The old run's checkpoint must not be resumable under the new config, nor its outputs pass for the new ones.
-        for name in (CHECKPOINT, "gaussians.ply", "turntable.mp4", "turntable.gif", "views.png", "metrics.json"):
-            (run_dir / name).unlink(missing_ok=True)
+# What a run writes: any of them in a folder means the folder holds a run (not only checkpoint.pt).
+RUN_FILES = ("config.yaml", "loss.csv", "checkpoint.pt", "gaussians.ply", "turntable.mp4", "turntable.gif",
+             "views.png", "metrics.json", "eval.json")
+PREVIOUS_RUN = ".previous-run"  # where --overwrite keeps the old run until the new one has a checkpoint
+
+
+def prepare_run_dir(run_dir: Path, fresh: bool, overwrite: bool) -> list[str]:
+    """Create the run folder and make sure it can be written; refuse to clobber a previous run. Deletes nothing but
+    the temporaries of killed writers; returns the names of the old run's files a fresh --overwrite run will
+    replace (see `_set_previous_run_aside`)."""
     try:
+        _recover_previous_run(run_dir)
+        existing = [name for name in RUN_FILES if (run_dir / name).exists()] if fresh else []
+        if existing and not overwrite:
+            raise RunExistsError(f"{run_dir} already holds a run ({', '.join(existing)}); continue it with --resume "
+                                 f"{shlex.quote(str(run_dir))}, choose another --out, or pass --overwrite")
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
         probe.write_text("ok")
         probe.unlink()
+        remove_stale_temporaries(run_dir)  # a SIGKILL during an atomic write leaves its temporary behind
     except OSError as e:
         raise OutputError(f"cannot write to the output folder {run_dir}: {e.strerror or e}") from None
+    return existing
+
+
+def _set_previous_run_aside(run_dir: Path, names: list[str]) -> None:
+    """--overwrite without losing anything: the old run's files wait in RUN/.previous-run until the new run writes its
+    first checkpoint (`_discard_previous_run`); if the new run fails before that — divergence, a full disk, a crash,
+    a second Ctrl-C — `_recover_previous_run` puts them back (at once, or on the next start after a kill)."""
+    if names:
+        (run_dir / PREVIOUS_RUN).mkdir()
+        for name in names:
+            (run_dir / name).rename(run_dir / PREVIOUS_RUN / name)
+
+
+def _discard_previous_run(run_dir: Path) -> None:
+    shutil.rmtree(run_dir / PREVIOUS_RUN, ignore_errors=True)
+
+
+def _recover_previous_run(run_dir: Path) -> None:
+    aside = run_dir / PREVIOUS_RUN
+    if not aside.is_dir():
+        return
+    if (run_dir / CHECKPOINT).exists():  # the new run got as far as a checkpoint (then was killed): it replaced the old
+        _discard_previous_run(run_dir)
+        return
+    for name in RUN_FILES:  # the new run's config.yaml and loss.csv go; the old run's files come back
+        (run_dir / name).unlink(missing_ok=True)
+    for entry in aside.iterdir():
+        entry.rename(run_dir / entry.name)
+    aside.rmdir()
 
 
 # ================================================================================================ checkpoints
@@ -377,12 +520,30 @@ CHECKPOINT = "checkpoint.pt"
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save to a temporary file, then an atomic rename: a crash never leaves a half-written checkpoint."""
+    # Serialised in memory first: torch's own file writer turns a full disk into an unexplained RuntimeError
+    # ("unexpected pos …"), Python's write raises the OSError (ENOSPC) that says what happened.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getbuffer())
+
+
+CHECKPOINT_KEYS = ("step", "gaussians", "optimizer", "method_params", "strategy", "rng", "train_seconds", "window",
+                   "init_used", "init_reason")
 
 
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The checkpoint's state (tensors only, never pickled code); RunExistsError when it is damaged."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, random bytes, a foreign pickle: torch's message suggests unsafe loading
+        raise RunExistsError(f"cannot resume: {path} is damaged or not a checkpoint of this program "
+                             f"({type(e).__name__}); nothing was changed — start again with --overwrite") from None
+    missing = [k for k in CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else ["all"]
+    if missing:
+        raise RunExistsError(f"cannot resume: {path} is not a checkpoint of this program (missing "
+                             f"{', '.join(missing)}); nothing was changed — start again with --overwrite")
+    return state
 
 
 def _rng_state(generator: torch.Generator) -> dict:
@@ -443,10 +604,26 @@ def train(cfg: GenerateConfig, run_dir: Path, resume: bool = False, progress: bo
     threads = torch.get_num_threads()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    run_dir = Path(run_dir)
     try:
         return _train(cfg, run_dir, resume, progress, callback, log)
+    except BaseException as e:
+        with contextlib.suppress(OSError):  # --overwrite: the old run comes back if the new one has no checkpoint
+            _recover_previous_run(run_dir)
+        if isinstance(e, OSError):  # a full disk, a folder made read-only mid-run: one line, and what is kept
+            raise OutputError(_io_failure(e, run_dir)) from None
+        raise
     finally:
         torch.set_num_threads(threads)  # a library call leaves the caller's setting as it found it
+
+
+def _io_failure(error: OSError, run_dir: Path) -> str:
+    kept = ""
+    with contextlib.suppress(OSError):
+        if (run_dir / CHECKPOINT).is_file():
+            kept = (f"; the last checkpoint is kept, resume with: dreammapping generate --resume "
+                    f"{shlex.quote(str(run_dir))}")
+    return describe_write_error(error, error.filename or run_dir) + kept
 
 
 def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
@@ -466,10 +643,21 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
         log(f"warning: the embedded prior does not know {', '.join(map(repr, words))}; it will ignore "
             f"{'it' if len(words) == 1 else 'them'} (it knows toy shapes, colours and 'on top of' / 'next to')")
     checkpoint_path = run_dir / CHECKPOINT
-    if resume and not checkpoint_path.is_file():
+    try:
+        no_checkpoint = resume and not checkpoint_path.is_file()
+    except OSError as e:  # e.g. a name too long for the file system
+        raise OutputError(f"cannot use the run folder {run_dir}: {e.strerror or e}") from None
+    if no_checkpoint:
         raise RunExistsError(f"nothing to resume: {checkpoint_path} does not exist")
-    prepare_run_dir(run_dir, fresh=not resume, overwrite=cfg.overwrite)
-    save_yaml_config(run_dir / "config.yaml", resolved(cfg))
+    # Nothing of an old run is touched until everything below (prior, init, checkpoint) is known to work.
+    previous_run = prepare_run_dir(run_dir, fresh=not resume, overwrite=cfg.overwrite)
+    if resume:
+        ckpt = load_checkpoint(checkpoint_path)
+        if ckpt.get("method", cfg.method) != cfg.method:
+            raise ConfigError(f"--resume: the checkpoint was made with method {ckpt['method']!r}, not {cfg.method!r}")
+        if int(ckpt["step"]) > cfg.iterations:
+            raise ConfigError(f"--resume: the checkpoint is at step {int(ckpt['step'])}, past --iterations "
+                              f"{cfg.iterations}; pass --iterations {int(ckpt['step'])} or more (nothing was changed)")
 
     # ---- set-up: seeds, prior, text, guidance method ----
     device = resolve_device(cfg.device)
@@ -483,6 +671,9 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
     log(f"{'resuming' if resume else 'run'} {run_dir}: prior {cfg.prior} ({prior.resolution}², "
         f"{'latent' if prior.is_latent else 'pixel'} space, {prior.device}), method {cfg.method}, "
         f"{cfg.iterations} steps × {cfg.batch} views at {resolution}²")
+    cut = prior.prompt_overflow(cfg.prompt)
+    if cut:
+        log(f"warning: {cut}")
     text = prior.encode_text(cfg.prompt, cfg.negative_prompt, view_dependent=True)
     method = method_cls(prior, guidance_config)
     method_params = list(method.parameters())
@@ -492,9 +683,6 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
     start, train_seconds, window = 0, 0.0, {"loss": 0.0, "aux": 0.0, "n": 0}
     strategy = dataclasses.replace(cfg.density)  # a fresh copy: the strategy keeps running statistics
     if resume:  # no initialisation: the checkpoint holds θ and the generator's state (Shap-E would cost minutes)
-        ckpt = load_checkpoint(checkpoint_path)
-        if ckpt.get("method", cfg.method) != cfg.method:
-            raise ConfigError(f"--resume: the checkpoint was made with method {ckpt['method']!r}, not {cfg.method!r}")
         gaussians = Gaussians(**{k: v.to(device) for k, v in ckpt["gaussians"].items()}).requires_grad_(True)
         init_used, init_reason = ckpt["init_used"], ckpt["init_reason"]
     else:
@@ -508,16 +696,24 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
         log(f"init: {init.reason}")
     optimizer = make_optimizer(gaussians, cfg.lr)
     if resume:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        with torch.no_grad():
-            for p, saved in zip(method_params, ckpt["method_params"]):
-                p.copy_(saved)
-        if method_optimizer is not None:
-            method_optimizer.load_state_dict(ckpt["method_optimizer"])
-        strategy.load_state_dict({k: (None if v is None else v.to(device)) for k, v in ckpt["strategy"].items()})
-        start, train_seconds, window = int(ckpt["step"]), float(ckpt["train_seconds"]), dict(ckpt["window"])
-        _set_rng_state(ckpt["rng"], generator)
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            with torch.no_grad():
+                for p, saved in zip(method_params, ckpt["method_params"], strict=True):
+                    p.copy_(saved)
+            if method_optimizer is not None:
+                method_optimizer.load_state_dict(ckpt["method_optimizer"])
+            strategy.load_state_dict({k: (None if v is None else v.to(device)) for k, v in ckpt["strategy"].items()})
+            start, train_seconds, window = int(ckpt["step"]), float(ckpt["train_seconds"]), dict(ckpt["window"])
+            _set_rng_state(ckpt["rng"], generator)
+        except (ValueError, RuntimeError, KeyError, TypeError) as e:  # options changed the shapes of the state
+            raise ConfigError(f"--resume: the checkpoint does not fit this config ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160]}); nothing was changed") from None
         log(f"continuing from the checkpoint at step {start}")
+
+    # Everything is loaded: only now does the run write (config.yaml first) and an old run make way for it.
+    _set_previous_run_aside(run_dir, previous_run)
+    save_yaml_config(run_dir / "config.yaml", resolved(cfg))
 
     def checkpoint(step: int) -> None:
         save_checkpoint(checkpoint_path, {
@@ -530,6 +726,7 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
             "rng": _rng_state(generator), "train_seconds": train_seconds, "window": dict(window),
             "init_used": init_used, "init_reason": init_reason, "version": 1,
         })
+        _discard_previous_run(run_dir)  # --overwrite: the new run now has something to replace the old one with
 
     loss_log = _LossLog(run_dir / "loss.csv", keep_before=start if resume else 0)
     bar = tqdm(total=cfg.iterations, initial=start, desc="generate", unit="it", dynamic_ncols=True,
@@ -653,15 +850,18 @@ class _LossLog:
                 reader = csv.DictReader(f)
                 self.columns = reader.fieldnames
                 rows = [r for r in reader if int(r["step"]) <= keep_before]
-        self.file = path.open("w", newline="")
         self.writer = None
-        if self.columns:
-            self.writer = csv.DictWriter(self.file, self.columns, extrasaction="ignore")
-            self.writer.writeheader()
-            self.writer.writerows(rows)
+        if self.columns:  # the kept rows replace the file whole (a crash here must not lose the log), then append
+            with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
             if rows:
                 self.last_loss = float(rows[-1]["loss"])
-        self.file.flush()
+            self.file = path.open("a", newline="")
+            self.writer = csv.DictWriter(self.file, self.columns, extrasaction="ignore")
+        else:
+            self.file = path.open("w", newline="")
 
     def write(self, row: dict) -> None:
         if self.writer is None:
@@ -686,7 +886,9 @@ def write_outputs(run_dir: Path, gaussians: Gaussians, cfg: GenerateConfig, metr
     gif = save_turntable(run_dir / "turntable.gif", gaussians, n_frames=frames, size=size)
     try:
         mp4 = save_turntable(run_dir / "turntable.mp4", gaussians, n_frames=frames, size=size)
-    except Exception as e:  # no ffmpeg: the gif is enough, say so
+    except Exception as e:  # no ffmpeg: the gif is enough, say so (but a full disk is a fault of the run)
+        if is_disk_full(e):
+            raise
         log(f"warning: could not write turntable.mp4 ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
         mp4 = None
     views = save_view_grid(run_dir / "views.png", gaussians, size=size)
@@ -697,6 +899,19 @@ def write_outputs(run_dir: Path, gaussians: Gaussians, cfg: GenerateConfig, metr
 
 
 # ================================================================================================ Python API
+def _resume_config_path(run_dir: str | os.PathLike) -> Path:
+    """RUN/config.yaml of a run to resume; RunExistsError when there is none (or the name cannot be a folder)."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        _recover_previous_run(Path(run_dir))  # an --overwrite killed before its first checkpoint: the old run's config
+        found = path.is_file()
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise RunExistsError(f"nothing to resume: {run_dir} ({e.strerror or e})") from None
+    if not found:
+        raise RunExistsError(f"nothing to resume: {run_dir} has no config.yaml")
+    return path
+
+
 def build_config(prompt: str | None = None, preset: str = DEFAULT_PRESET, config_file: str | os.PathLike | None = None,
                  **options) -> GenerateConfig:
     """Preset → YAML file → keyword options (nested ones as dicts, e.g. lr={"sh_dc": 0.01}) → prompt."""
@@ -708,8 +923,14 @@ def build_config(prompt: str | None = None, preset: str = DEFAULT_PRESET, config
     options = {k: config_to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in options.items()}
     cfg = merge_config(cfg, options, where="options")
     if prompt is not None:
+        _check_prompt_type(prompt)
         cfg = dataclasses.replace(cfg, prompt=prompt)
     return cfg
+
+
+def _check_prompt_type(prompt) -> None:
+    if not isinstance(prompt, str):
+        raise ConfigError(f"the prompt must be a string, got {type(prompt).__name__} {prompt!r}")
 
 
 def generate(prompt: str | None = None, *, preset: str = DEFAULT_PRESET, config: str | os.PathLike | None = None,
@@ -722,14 +943,15 @@ def generate(prompt: str | None = None, *, preset: str = DEFAULT_PRESET, config:
     """
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise RunExistsError(f"nothing to resume: {run_dir} has no config.yaml")
-        cfg = load_yaml_config(run_dir / "config.yaml", GenerateConfig())
+        cfg = load_yaml_config(_resume_config_path(run_dir), GenerateConfig())
         cfg = merge_config(cfg, options, where="options")
+        if prompt is not None:
+            _check_prompt_type(prompt)
         if prompt is not None and prompt != cfg.prompt:
             raise ConfigError(f"--resume continues {cfg.prompt!r}; leave out the prompt (or start a new run)")
     else:
         cfg = build_config(prompt, preset=preset, config_file=config, **options)
+        _check_values(cfg, "")  # before the run folder's name is made from it
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     return train(cfg, run_dir, resume=resume is not None, progress=progress, callback=callback)
 
@@ -748,10 +970,7 @@ def _preparse(argv: list[str]) -> argparse.Namespace:
 
 def _cli_defaults(pre: argparse.Namespace) -> GenerateConfig:
     if pre.resume is not None:
-        path = Path(pre.resume) / "config.yaml"
-        if not path.is_file():
-            raise RunExistsError(f"nothing to resume: {pre.resume} has no config.yaml")
-        return load_yaml_config(path, GenerateConfig())
+        return load_yaml_config(_resume_config_path(pre.resume), GenerateConfig())
     if pre.preset not in PRESETS:
         raise UnknownPresetError(f"unknown preset {pre.preset!r}; choose one of: {', '.join(PRESETS)}")
     cfg = PRESETS[pre.preset]()
@@ -796,15 +1015,34 @@ def parse_args(argv: list[str]) -> tuple[GenerateConfig, str | None]:
     return dataclasses.replace(cfg, method_options=options), args.resume
 
 
+def _one_line_usage_error(box: str) -> str:
+    """The message of tyro's boxed usage error (its lines up to the first rule, joined), plus where help is."""
+    lines = [line.strip().strip("│").strip() for line in box.strip().splitlines()[1:]]
+    message = []
+    for line in lines:
+        if not line or set(line) <= set("─╰╯ "):
+            break
+        message.append(line)
+    return f"{' '.join(message)} (see dreammapping generate --help)" if message else ""
+
+
 def cli_generate(argv: list[str] | None = None) -> int:
     """`dreammapping generate "a red cube on top of a blue sphere" [--preset cpu|paper] [--method vdm] …`."""
     argv = sys.argv[1:] if argv is None else list(argv)
     run_dir = None
     try:
+        captured = io.StringIO()
         try:
-            cfg, resume = parse_args(argv)
-        except SystemExit as e:  # tyro printed help or a usage error
-            return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+            with contextlib.redirect_stderr(captured):
+                cfg, resume = parse_args(argv)
+        except SystemExit as e:  # tyro printed help (to stdout) or a usage error (a box, captured here)
+            code = int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+            if captured.getvalue():
+                message = _one_line_usage_error(captured.getvalue())
+                print(f"dreammapping generate: error: {message}" if message else captured.getvalue(),
+                      file=sys.stderr, end="" if not message else "\n")
+            return code
+        sys.stderr.write(captured.getvalue())  # warnings, if any
         if resume is not None:
             run_dir = Path(resume)
         else:

@@ -11,11 +11,14 @@ on text-to-2D as well.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from dreammapping.files import atomic_path
 
 
 def text2img(prompt: str, method: str = "vdm", prior="embedded", steps: int = 500, lr: float = 0.03, seed: int = 0,
@@ -29,10 +32,18 @@ def text2img(prompt: str, method: str = "vdm", prior="embedded", steps: int = 50
     from dreammapping.guidance import METHODS
     from dreammapping.priors import DiffusionPrior
 
-    if not prompt or not prompt.strip():
-        raise ValueError("the prompt is empty")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("the prompt is empty" if isinstance(prompt, str) else
+                         f"the prompt must be a string, got {prompt!r}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    scale = config.guidance_scale if config is not None else guidance_scale
+    if scale is not None and not (math.isfinite(scale) and scale > 0):  # NaN would give a black image, silently
+        raise ValueError(f"guidance scale must be a finite number > 0, got {scale}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr}")
+    if steps < 0 or batch_size < 1:
+        raise ValueError(f"steps must be ≥ 0 and batch_size ≥ 1, got {steps} and {batch_size}")
     if not isinstance(prior, DiffusionPrior):
         prior = DiffusionPrior.from_pretrained(prior, device=device)
     cls = METHODS[method]
@@ -77,34 +88,76 @@ def cli_text2img(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default="text2img.png")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse has printed its one-line message; hand back its code instead of exiting
+        return int(e.code or 0)
 
+    from dreammapping.files import check_writable_folder, describe_write_error
     from dreammapping.guidance import METHODS
-    from dreammapping.priors import PriorNotFoundError
+    from dreammapping.priors import DiffusionPrior, PriorNotFoundError
+    from dreammapping.train import EXIT_OUTPUT, EXIT_USAGE, ConfigError, check_device
 
-    def fail(message: str) -> int:
+    def fail(message: str, code: int = EXIT_USAGE) -> int:
         print(f"dreammapping text2img: error: {message}", file=sys.stderr)
-        return 2
+        return code
 
+    # every value and the output path are checked before minutes of optimisation, not after
     if not args.prompt.strip():
         return fail("the prompt is empty")
     if args.method not in METHODS:
         return fail(f"unknown method {args.method!r}; choose one of: {', '.join(METHODS)}")
+    if args.guidance_scale is not None and not (math.isfinite(args.guidance_scale) and args.guidance_scale > 0):
+        return fail(f"--guidance-scale must be a finite number > 0, got {args.guidance_scale}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        return fail(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.steps < 0 or args.batch_size < 1:
+        return fail("--steps must be ≥ 0 and --batch-size ≥ 1")
+    if args.device is not None:
+        try:
+            check_device(args.device)
+        except ConfigError as err:
+            return fail(str(err))
     try:
-        images = text2img(args.prompt, args.method, args.prior, args.steps, args.lr, args.seed, args.batch_size,
+        image_format(args.out)
+        check_writable_folder(Path(args.out).parent)
+    except ValueError as err:
+        return fail(str(err))
+    except OSError as err:
+        return fail(describe_write_error(err, args.out), EXIT_OUTPUT)
+    try:
+        prior = DiffusionPrior.from_pretrained(args.prior, device=args.device)
+        cut = prior.prompt_overflow(args.prompt, view_dependent=False)
+        if cut:
+            print(f"dreammapping text2img: warning: {cut}", file=sys.stderr)
+        images = text2img(args.prompt, args.method, prior, args.steps, args.lr, args.seed, args.batch_size,
                           args.guidance_scale, device=args.device)
     except PriorNotFoundError as err:
         return fail(str(err))
-    save_image_grid(images, args.out)
+    try:
+        save_image_grid(images, args.out)
+    except OSError as err:
+        return fail(describe_write_error(err, args.out), EXIT_OUTPUT)
     print(f"wrote {args.out}")
     return 0
 
 
+def image_format(path: str | Path) -> str:
+    """PIL's format name for the file's extension (the atomic writer's temporary has none); ValueError if unknown."""
+    from PIL import Image
+
+    suffix = Path(path).suffix.lower()
+    formats = Image.registered_extensions()
+    if suffix not in formats:
+        raise ValueError(f"{path}: unknown image extension {suffix!r}; use .png or .jpg")
+    return formats[suffix]
+
+
 def save_image_grid(images: Tensor, path: str | Path) -> None:
-    """[B,3,H,W] in [0,1] → one PNG, images side by side."""
+    """[B,3,H,W] in [0,1] → one image file (format from the extension), images side by side; atomic."""
     from PIL import Image
 
     row = torch.cat(list(images.detach().float().cpu().clamp(0, 1)), dim=2)  # [3,H,B·W]
     array = (row.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format=image_format(path))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -74,6 +75,7 @@ _RELATION_PHRASES: tuple[tuple[tuple[str, ...], int], ...] = (
 )
 _RELATION_WORDS = {w for phrase, _ in _RELATION_PHRASES for w in phrase}
 _VIEW_WORDS = {*VIEW_TAGS, "view"}
+_CONTENT_WORDS = set(_SIZE_SYNONYMS) | set(_COLOR_SYNONYMS) | set(_SHAPE_SYNONYMS)
 KNOWN_WORDS: frozenset[str] = frozenset(
     _ARTICLES | set(_SIZE_SYNONYMS) | set(_COLOR_SYNONYMS) | set(_SHAPE_SYNONYMS) | _RELATION_WORDS | _VIEW_WORDS
 )
@@ -232,7 +234,10 @@ def _fit(scene: Scene) -> Scene:
 
 
 def _tokens(prompt: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", prompt.lower())
+    """Words: runs of anything but spaces and ASCII punctuation, so "café" and "🍎" are words (unknown ones) rather
+    than "caf" and nothing; runs of non-ASCII punctuation alone ("—", "“") are dropped."""
+    words = re.findall(r"[^\s!-/:-@\[-`{-~]+", prompt.lower())
+    return [w for w in words if not all(unicodedata.category(c).startswith("P") for c in w)]
 
 
 def unknown_words(prompt: str) -> list[str]:
@@ -242,6 +247,11 @@ def unknown_words(prompt: str) -> list[str]:
         if t not in KNOWN_WORDS and t not in seen:
             seen.append(t)
     return seen
+
+
+def content_words(prompt: str) -> list[str]:
+    """The prompt's words that name something the toy world can draw: a shape, a colour or a size."""
+    return [t for t in _tokens(prompt) if t in _CONTENT_WORDS]
 
 
 def split_view(prompt: str) -> tuple[str, str | None]:

@@ -41,6 +41,8 @@ from typing import Callable, Literal, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from dreammapping.files import atomic_dir, atomic_path, atomic_write_text, remove_stale_temporaries
+
 MODEL_CLASS_NAME = "DreamMappingToyPrior"
 CHECKPOINT_NAME = "checkpoint.safetensors"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
@@ -199,15 +201,19 @@ def save_model_folder(models: PriorModels, folder: str | Path, unet_fp16: bool =
         dlogging.set_verbosity_error()  # "modules that should be kept in float32: []" is noise here
         unet = unet.to(torch.float16)
         dlogging.set_verbosity(level)
-    unet.save_pretrained(folder / "unet", safe_serialization=True)
-    copy.deepcopy(models.text_encoder).cpu().float().save_pretrained(folder / "text_encoder",
-                                                                      safe_serialization=True)
-    models.tokenizer.save_pretrained(folder / "tokenizer")
-    cfg_path = folder / "tokenizer" / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"  # loads on transformers 4.x and 5.x alike
-    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-    models.scheduler.save_pretrained(folder / "scheduler")
+    # each component folder is written beside its old one and swapped in whole, model_index.json last
+    with atomic_dir(folder / "unet") as tmp:
+        unet.save_pretrained(tmp, safe_serialization=True)
+    with atomic_dir(folder / "text_encoder") as tmp:
+        copy.deepcopy(models.text_encoder).cpu().float().save_pretrained(tmp, safe_serialization=True)
+    with atomic_dir(folder / "tokenizer") as tmp:
+        models.tokenizer.save_pretrained(tmp)
+        cfg_path = tmp / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"  # loads on transformers 4.x and 5.x alike
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    with atomic_dir(folder / "scheduler") as tmp:
+        models.scheduler.save_pretrained(tmp)
     index = {
         "_class_name": MODEL_CLASS_NAME,
         "_diffusers_version": diffusers.__version__,
@@ -217,7 +223,7 @@ def save_model_folder(models: PriorModels, folder: str | Path, unet_fp16: bool =
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": [None, None],
     }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    atomic_write_text(folder / "model_index.json", json.dumps(index, indent=2) + "\n")
     return folder
 
 
@@ -300,7 +306,8 @@ def save_grid(images: Tensor, path: str | Path, nrow: int, scale: int = 2) -> No
     img = Image.fromarray(arr)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    img.save(path)
+    with atomic_path(path) as tmp:  # the temporary ends in .tmp: name the format
+        img.save(tmp, format="PNG")
 
 
 def default_sample_prompts() -> list[str]:
@@ -503,8 +510,6 @@ def save_checkpoint(path: Path, tensors: dict[str, Tensor], meta: dict) -> None:
     temporary file and renamed, so a checkpoint on disk is always whole."""
     from safetensors.torch import save_file
 
-    from dreammapping.files import atomic_path
-
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
                   metadata={"dreammapping": json.dumps(meta)})
@@ -542,6 +547,7 @@ def train(config: TrainPriorConfig, sample_fn: Callable | None = None, command: 
         torch.backends.cudnn.benchmark = True
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # a SIGKILL during an atomic write leaves its temporary behind
     ckpt_path = out / CHECKPOINT_NAME
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
 
@@ -767,7 +773,7 @@ CFG {cfg.sample_guidance}, {cfg.samples_per_prompt} samples per prompt, EMA weig
 
 Full config: `{json.dumps(dataclasses.asdict(cfg))}`
 """
-    (out / "MODEL_CARD.md").write_text(text)
+    atomic_write_text(out / "MODEL_CARD.md", text)
 
 
 def accuracy_report(models: PriorModels | str | Path, classifier, n_per_prompt: int = 16,
