@@ -123,12 +123,12 @@ def load_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> Gau
 def _load_compressed(path: Path, device) -> Gaussians:
     """PlayCanvas/SuperSplat's compressed .ply (256-splat chunks of quantised values), decoded by `gsply`."""
     try:
-        import gsply
+        from gsply.reader import read_compressed
     except ImportError:
         raise PlyError(path, "a compressed .ply (PlayCanvas layout): pip install 'dreammapping[formats]' to read "
                              f"it, or convert it with `{CONVERT_HINT}`") from None
     try:
-        data = gsply.read_compressed(str(path))
+        data = read_compressed(str(path))
     except Exception as e:  # a damaged file: gsply's parse errors
         raise PlyError(path, f"not a readable compressed .ply ({type(e).__name__}: {e})") from e
     if data is None:
