@@ -12,7 +12,7 @@ trimesh = pytest.importorskip("trimesh", reason="trimesh is not installed (pip i
 from dreammapping.gaussians import random_ball  # noqa: E402
 from dreammapping.mesh import MeshConfig, density_grid, extract_mesh, mesh_report, save_mesh  # noqa: E402
 from dreammapping.toyworld.grammar import COLORS, SHAPE_PARAMS, parse  # noqa: E402
-from dreammapping.toyworld.splats import scene_gaussians  # noqa: E402
+from dreammapping.toyworld.splats import scene_gaussians, surface_gaussians  # noqa: E402
 
 
 def truth(prompt: str, n: int = 6000):
@@ -38,6 +38,17 @@ def test_truth_solid_area_volume_colour(prompt, shape):
     assert np.abs(rgb.mean(0) - np.array(COLORS[prompt.split()[1]])).max() < 0.03
     # the centroid stays put (no axis mix-up inside the mesh module: it works in our world)
     assert np.abs(mesh.center_mass - np.array(scene.objects[0].center)).max() < 0.02
+
+
+def test_shell_of_flat_splats_meshes_as_a_solid():
+    # a trained splat is a patchy shell of flat Gaussians: the mesh must still be the solid it encloses
+    scene = parse("a blue cube")
+    g = surface_gaussians(scene, n=6000, size=(0.03, 0.05), generator=torch.Generator().manual_seed(0))
+    a = 2 * SHAPE_PARAMS["cube"]["half_side"] * scene.objects[0].size
+    mesh = extract_mesh(g, MeshConfig(resolution=48))
+    assert mesh.is_watertight, mesh_report(mesh)
+    assert abs(mesh.volume / a ** 3 - 1) < 0.10, (mesh.volume, a ** 3)
+    assert abs(mesh.area / (6 * a * a) - 1) < 0.10, (mesh.area, 6 * a * a)
 
 
 def test_two_colours_land_on_their_objects():
@@ -96,7 +107,8 @@ def test_density_grid_matches_dense_sum():
     from dreammapping.gaussians import quat_to_rotmat
 
     R = quat_to_rotmat(g.quats)
-    inv = R @ torch.diag_embed(g.scales.pow(-2)) @ R.transpose(1, 2)
+    cov = R @ torch.diag_embed(g.scales.pow(2)) @ R.transpose(1, 2) + (cfg.dilate * grid.voxel) ** 2 * torch.eye(3)
+    inv = torch.linalg.inv(cov)
     d = pts[:, None] - g.means[None]
     q = torch.einsum("pni,nij,pnj->pn", d, inv, d)
     dense = (g.opacities * torch.exp(-0.5 * q) * (q <= 36)).sum(1).reshape(X, Y, Z)

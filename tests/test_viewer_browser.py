@@ -28,7 +28,7 @@ from dreammapping.toyworld.grammar import COLORS, parse
 from dreammapping.toyworld.splats import scene_gaussians
 
 VIEWER_DIR = Path(__file__).parent / "viewer"
-VIEWERS = {"gs3d": "@mkkellogg/gaussian-splats-3d", "spark": "@sparkjsdev/spark"}
+VIEWERS = {"gs3d": "@mkkellogg/gaussian-splats-3d", "spark": "@sparkjsdev/spark", "playcanvas": "playcanvas"}
 SIZE = 256
 
 

@@ -4,8 +4,9 @@
    a regular grid within `sigma_extent` σ of its centre — a sparse splat, grouped by footprint size so each group
    is one vectorised scatter;
 2. the level is `level` × the median density at the Gaussians' own centres (scale-free: half of what a typical
-   splat sees); voxels enclosed by the level set are filled (scipy's binary_fill_holes) so a shell of surface
-   splats becomes a solid, the field is blurred by `smooth` voxels (splat noise would become bumps), and the grid
+   splat sees); the space a shell of surface splats encloses (found at a lower level, after a binary closing of
+   pinholes, by scipy's binary_fill_holes) is raised above the level so the shell meshes as a solid; the field is
+   blurred by `smooth` voxels (splat noise would become bumps), and the grid
    is padded with empty voxels so every surface closes;
 3. marching cubes (scikit-image, Lewiner: consistent topology), small floating pieces dropped (trimesh);
 4. optional decimation (fast-simplification's quadric collapse);
@@ -42,6 +43,10 @@ class MeshConfig:
     min_opacity: float = 0.05  # fainter Gaussians are left out (floaters, pruning residue)
     keep_fraction: float = 0.01  # connected pieces with fewer faces than this fraction of the total are dropped
     fill_interior: bool = True  # fill enclosed empty space, so a shell of splats meshes as a solid
+    dilate: float = 0.5  # voxels: σ added in every direction (a low-pass, like 3DGS's 0.3 px²) so splats thinner
+    #                      than a voxel are not missed by the voxel centres
+    fill_level: float = 0.2  # the enclosed cavity is found at this fraction of the iso level
+    close_voxels: int = 2  # before filling, close gaps in the shell up to about twice this many voxels wide
     smooth: float = 1.0  # σ in voxels of a Gaussian blur of the field before marching cubes (0: none)
 
 
@@ -70,11 +75,15 @@ def density_grid(g: Gaussians, cfg: MeshConfig = MeshConfig(), chunk_elems: int 
     dims = torch.clamp(((hi - lo) / voxel).ceil().long() + 1, min=2)
     X, Y, Z = dims.tolist()
 
-    # dᵀΣ⁻¹d = |dᵀA|² with A = R S⁻¹ (columns R_k / s_k): one small matmul per voxel instead of a quadratic form
-    A = quat_to_rotmat(g.quats) / scales[:, None, :]  # [N,3,3]
+    # Σ = R S² Rᵀ + (dilate·voxel)² I; dᵀΣ⁻¹d = |dᵀA|² with A the Cholesky factor of Σ⁻¹: one small matmul
+    # per voxel instead of a quadratic form
+    M = quat_to_rotmat(g.quats) * scales[:, None, :]  # [N,3,3] = R S
+    cov = M @ M.transpose(1, 2) + (cfg.dilate * voxel) ** 2 * torch.eye(3)
+    A = torch.linalg.cholesky(torch.linalg.inv(cov.double())).float()  # [N,3,3]
     centre = ((means - lo) / voxel).round().long()  # [N,3] nearest voxel
     base = lo + centre * voxel - means  # [N,3] offset of that voxel's centre from the mean
-    radius = (cfg.sigma_extent * scales.max(1).values / voxel).ceil().long().clamp(1, cfg.max_radius_voxels)
+    sigma_max = (scales.max(1).values.square() + (cfg.dilate * voxel) ** 2).sqrt()
+    radius = (cfg.sigma_extent * sigma_max / voxel).ceil().long().clamp(1, cfg.max_radius_voxels)
 
     # Splat into a grid padded by the largest footprint, so no voxel index needs a bounds check; crop afterwards.
     P = int(radius.max())
@@ -119,8 +128,15 @@ def extract_mesh(g: Gaussians, cfg: MeshConfig = MeshConfig()):
         raise ValueError("the Gaussians' density is zero at their centres; nothing to mesh")
     field = density
     if cfg.fill_interior:
-        inside = ndimage.binary_fill_holes(density > level)
-        field = np.where(inside, np.maximum(density, 2 * level), density)
+        # The shell of a trained splat is patchy at the iso level, so find what it encloses at a lower level (and
+        # after a binary closing of pinholes), then raise only that enclosed cavity above the level: the surface
+        # stays where the density crosses the level, and the inside is solid.
+        shell = density > cfg.fill_level * level
+        if cfg.close_voxels > 0:
+            k = cfg.close_voxels
+            shell = ndimage.binary_closing(np.pad(shell, k), iterations=k)[k:-k, k:-k, k:-k] | shell
+        cavity = ndimage.binary_fill_holes(shell) & ~shell
+        field = np.where(cavity, np.maximum(density, 2 * level), density)
     if cfg.smooth > 0:  # splat-scale noise would otherwise become voxel-scale bumps (and inflate the area)
         field = ndimage.gaussian_filter(field, cfg.smooth, mode="constant")
     field = np.pad(field, 1)  # empty border: every surface closes
