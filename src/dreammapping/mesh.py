@@ -40,7 +40,7 @@ class MeshConfig:
     decimate: float = 0.0  # fraction of the faces to remove (fast-simplification); 0 keeps them all
     sigma_extent: float = 3.0  # a Gaussian reaches the voxels within this many σ of its centre
     max_radius_voxels: int = 12  # cap on a footprint's radius (huge splats are truncated, not allowed to blow up)
-    min_opacity: float = 0.05  # fainter Gaussians are left out (floaters, pruning residue)
+    min_opacity: float = 0.01  # fainter Gaussians are left out (floaters; a generated run has many faint ones)
     keep_fraction: float = 0.01  # connected pieces with fewer faces than this fraction of the total are dropped
     fill_interior: bool = True  # fill enclosed empty space, so a shell of splats meshes as a solid
     dilate: float = 0.5  # voxels: σ added in every direction (a low-pass, like 3DGS's 0.3 px²) so splats thinner
