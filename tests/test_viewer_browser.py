@@ -164,3 +164,17 @@ def test_cone_upright_in_web_viewer(browser, server, site, viewer, source):
     mean, ours_mean = img[core].mean(0) / 255, ours[silhouette(ours) & ((255 - ours.astype(np.int32)).max(-1) > 120)].mean(0) / 255
     assert nearest_colour(mean) == "red", f"{viewer}: mean colour {mean.round(2)} looks {nearest_colour(mean)}"
     assert np.abs(mean - ours_mean).max() < 0.1, f"{viewer}: mean colour {mean.round(2)} vs ours {ours_mean.round(2)}"
+
+
+def test_upright_check_catches_a_cone_on_its_side(site):
+    # what a viewer that took the file for +z up would show: the checks above must fail on it (no browser needed)
+    from dreammapping.axes import to_file
+
+    folder, ours = site
+    lying = to_file(load_ply(folder / "truth.ply"))  # file coordinates read as world coordinates
+    with torch.no_grad():
+        img = (rasterize(lying, canonical_views(SIZE, SIZE)[:1]).rgb[0].clamp(0, 1) * 255).round().byte().numpy()
+    top, bottom, _ = widths(silhouette(img))
+    assert not top < 0.5 * bottom
+    top, bottom, _ = widths(silhouette(ours["truth"]))
+    assert top < 0.5 * bottom

@@ -121,7 +121,7 @@ def cli_export(argv: list[str] | None = None) -> int:
         return 2
     try:
         path, summary = export(args.source, args.format, args.out, args.resolution, args.decimate)
-    except (PlyError, ValueError, OSError) as e:
+    except (PlyError, ValueError, OSError, ImportError) as e:
         print(f"dreammapping export: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(f"wrote {path}: {summary}")

@@ -117,9 +117,15 @@ def density_grid(g: Gaussians, cfg: MeshConfig = MeshConfig(), chunk_elems: int 
 
 def extract_mesh(g: Gaussians, cfg: MeshConfig = MeshConfig()):
     """A `trimesh.Trimesh` of the Gaussians' surface in our +z-up world, with RGBA vertex colours."""
-    import trimesh
+    try:
+        import trimesh
+        from skimage.measure import marching_cubes
+        if cfg.decimate > 0:
+            import fast_simplification
+    except ImportError as e:
+        raise ImportError(f"mesh export needs scikit-image, trimesh and fast-simplification ({e.name} is missing): "
+                          "pip install 'dreammapping[formats]'") from e
     from scipy import ndimage
-    from skimage.measure import marching_cubes
 
     grid = density_grid(g, cfg)
     density = grid.density.numpy().astype(np.float32)
@@ -152,8 +158,6 @@ def extract_mesh(g: Gaussians, cfg: MeshConfig = MeshConfig()):
         big = [p for p in pieces if len(p.faces) >= cfg.keep_fraction * len(mesh.faces)]
         mesh = trimesh.util.concatenate(big)
     if cfg.decimate > 0:
-        import fast_simplification
-
         v, f = fast_simplification.simplify(mesh.vertices, mesh.faces, target_reduction=cfg.decimate)
         mesh = trimesh.Trimesh(v, f, process=False)
     mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=_vertex_colors(grid, mesh.vertices))
