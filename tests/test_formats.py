@@ -160,3 +160,21 @@ def test_cli_export_all_formats(tmp_path, capsys):
     assert main(["export", str(run), "--format", "ply", "--out", str(run / "gaussians.ply")]) == 2
     err = capsys.readouterr().err
     assert all(line.startswith("dreammapping export") for line in err.strip().splitlines())
+
+
+def test_cli_export_mesh_without_extra_says_how(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    save_ply(tmp_path / "g.ply", cone(n=500))
+    real_import = builtins.__import__
+
+    def no_trimesh(name, *args, **kwargs):
+        if name.startswith("trimesh"):
+            raise ImportError("no trimesh", name="trimesh")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_trimesh)
+    assert main(["export", str(tmp_path / "g.ply"), "--format", "glb"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "trimesh is missing" in err and "dreammapping[formats]" in err
+    assert not (tmp_path / "g.glb").exists()
