@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("dreammapping.train", "cli_generate", "text → 3D Gaussian splat (Algorithm 1)"),
     "text2img": ("dreammapping.guidance.text2img", "cli_text2img", "text → image by score distillation"),
     "render": ("dreammapping.export", "cli_render", "turntable video and view grid of a run or a .ply"),
+    "export": ("dreammapping.formats", "cli_export", "a run or .ply as .ply, .splat, or a .glb/.obj mesh"),
     "train-prior": ("dreammapping.toyworld.train_prior", "cli_train_prior", "train the embedded toy-world prior"),
     "evaluate": ("dreammapping.evaluate", "cli_evaluate", "score runs against ground truth, CLIP and 3D-FID"),
 }

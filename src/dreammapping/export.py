@@ -7,6 +7,11 @@ friends open our files: one `vertex` element of float32 fields
 
 holding raw parameters (opacity logits, log-scales, quaternions w x y z) and the higher SH bands channel-major
 (every rest coefficient of red, then of green, then of blue). Normals are zeros, kept only for the layout.
+
+Axes: the file is in the OpenCV frame the viewers and original 3DGS scenes use (+x right, **+y down**, +z forward),
+not our +z-up world; `save_ply` and `load_ply` convert at this boundary (`dreammapping.axes`), so our files and
+third-party 3DGS files both load upright. A compressed .ply (PlayCanvas/SuperSplat's chunked layout) is read with
+the optional `gsply` package (`pip install "dreammapping[formats]"`).
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dreammapping.axes import from_file, to_file
 from dreammapping.files import atomic_path
 from dreammapping.gaussians import Gaussians, num_sh_bases
 
 _LEAD = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
 _TAIL = ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+AXES_COMMENT = "dreammapping: OpenCV axes (x right, y down, z forward); the object's up is -y"
+CONVERT_HINT = "npx @playcanvas/splat-transform IN.compressed.ply OUT.ply"
 
 
 class PlyError(ValueError):
@@ -43,11 +51,11 @@ def ply_field_names(sh_degree: int) -> list[str]:
 
 
 def save_ply(path: str | os.PathLike, gaussians: Gaussians) -> Path:
-    """Write `gaussians` as a binary 3DGS .ply; atomic (a temp file in the same folder, then `os.replace`)."""
+    """Write `gaussians` as a binary 3DGS .ply in the OpenCV frame (−y up); atomic (temp file, then `os.replace`)."""
     from plyfile import PlyData, PlyElement
 
     path = Path(path)
-    g = gaussians.detach().to("cpu", torch.float32)
+    g = to_file(gaussians.detach().to("cpu", torch.float32))
     n = len(g)
     rest = g.sh[:, 1:].transpose(1, 2).reshape(n, 3 * (g.sh.shape[1] - 1))  # [N,3,K-1] → channel-major, as 3DGS
     columns = torch.cat([
@@ -59,12 +67,13 @@ def save_ply(path: str | os.PathLike, gaussians: Gaussians) -> Path:
     for i, name in enumerate(names):
         vertex[name] = columns[:, i]
     with atomic_path(path) as tmp:
-        PlyData([PlyElement.describe(vertex, "vertex")]).write(str(tmp))
+        PlyData([PlyElement.describe(vertex, "vertex")], comments=[AXES_COMMENT]).write(str(tmp))
     return path
 
 
 def load_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> Gaussians:
-    """Read a 3DGS .ply (ours or any 3DGS-layout file); SH degree from the number of f_rest fields.
+    """Read a 3DGS .ply (ours or any 3DGS-layout file, OpenCV frame) into our +z-up world; SH degree from the
+    number of f_rest fields. A compressed .ply (PlayCanvas layout) is decoded with `gsply` when it is installed.
 
     Raises `PlyError` (a ValueError) naming the file for a missing, non-ply, truncated or incomplete file.
     """
@@ -79,6 +88,8 @@ def load_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> Gau
             ply = PlyData.read(f)
         if "vertex" not in ply:
             raise PlyError(path, "no vertex element")
+        if "chunk" in ply and "packed_position" in (ply["vertex"].data.dtype.names or ()):
+            return _load_compressed(path, device)
         vertex = ply["vertex"].data
     except PlyError:
         raise
@@ -108,7 +119,31 @@ def load_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> Gau
         opacity_logits=cols(["opacity"])[:, 0],
         sh=torch.cat([cols(["f_dc_0", "f_dc_1", "f_dc_2"])[:, None], sh_rest], dim=1),
     )
-    return g.map(lambda t: t.contiguous().to(device))
+    return from_file(g).map(lambda t: t.contiguous().to(device))
+
+
+def _load_compressed(path: Path, device) -> Gaussians:
+    """PlayCanvas/SuperSplat's compressed .ply (256-splat chunks of quantised values), decoded by `gsply`."""
+    try:
+        from gsply.reader import read_compressed
+    except ImportError:
+        raise PlyError(path, "a compressed .ply (PlayCanvas layout): pip install 'dreammapping[formats]' to read "
+                             f"it, or convert it with `{CONVERT_HINT}`") from None
+    try:
+        data = read_compressed(str(path))
+    except Exception as e:  # a damaged file: gsply's parse errors
+        raise PlyError(path, f"not a readable compressed .ply ({type(e).__name__}: {e})") from e
+    if data is None:
+        raise PlyError(path, f"a compressed .ply gsply cannot decode; convert it with `{CONVERT_HINT}`")
+
+    def t(a) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+    n = len(data.means)
+    rest = t(data.shN).reshape(n, -1, 3) if data.shN is not None and np.size(data.shN) else torch.zeros(n, 0, 3)
+    g = Gaussians(means=t(data.means), log_scales=t(data.scales), quats=t(data.quats),
+                  opacity_logits=t(data.opacities).reshape(n), sh=torch.cat([t(data.sh0)[:, None], rest], dim=1))
+    return from_file(g).map(lambda x: x.contiguous().to(device))
 
 
 def check_finite(gaussians: Gaussians, path) -> None:
