@@ -459,17 +459,17 @@ class App:
         self.view.show(result.gaussians)
         gui, handles = self.server.gui, self._result_handles
         with self.result_folder:
-            gif = base64.b64encode(result.turntable_gif.read_bytes()).decode()
-            handles.append(gui.add_html(f'<img src="data:image/gif;base64,{gif}" alt="turntable" '
-                                        f'style="width:100%;image-rendering:auto">'))
-            handles.append(gui.add_image(np.asarray(iio.imread(result.views))[..., :3],
-                                         label="front · side · back · overhead"))
-            handles.append(gui.add_markdown(metrics_markdown(job.evaluation) or markdown_text(job.message)))
             for name in ("gaussians.ply", *MESH_FILES):
                 if name == "gaussians.ply" or (job.run_dir / name).is_file():
                     button = gui.add_button(f"Download {name}", icon=viser.Icon.DOWNLOAD)
                     button.on_click(self._download_handler(job, name))
                     handles.append(button)
+            handles.append(gui.add_markdown(metrics_markdown(job.evaluation) or markdown_text(job.message)))
+            gif = base64.b64encode(result.turntable_gif.read_bytes()).decode()
+            handles.append(gui.add_html(f'<div style="text-align:center"><img src="data:image/gif;base64,{gif}" '
+                                        f'alt="turntable" style="width:55%"></div>'))
+            handles.append(gui.add_image(np.asarray(iio.imread(result.views))[..., :3],
+                                         label="front · side · back · overhead"))
 
     def _download_handler(self, job: Job, name: str):
         def send(event) -> None:

@@ -29,7 +29,7 @@ from dreammapping.gaussians import Gaussians, quat_to_rotmat
 SPLAT_NODE = "/splat"  # the one scene node the live view draws into
 # Where the browser's camera starts: in front of the object, a little above (world is +z up, azimuth 0 = +x, as in
 # dreammapping.cameras), about as far as the training cameras.
-INITIAL_CAMERA_POSITION = (2.6, 0.9, 1.1)
+INITIAL_CAMERA_POSITION = (2.0, 0.7, 0.8)
 
 
 @dataclass
