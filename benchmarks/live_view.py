@@ -10,8 +10,11 @@ Variants, each a real `train.train` run of the cpu preset (embedded prior, VDM +
 
 Each viser server has one connected websocket client that reads everything it is sent, as a browser tab would
 (drawing the splats is the browser's work, on the viewer's machine, and is not counted). Time per iteration is the
-wall time between successive callbacks (so it includes the callback itself); the first `--warmup` steps of each run
-are dropped. Variants are interleaved round-robin, in a rotated order each round, so that the drifts of a shared
+wall time between successive callbacks (so it includes the callback itself and whatever the server's sending thread
+takes from the training thread); the first `--warmup` steps of each run are dropped. Because a busy machine makes
+per-iteration times noisy, the time spent inside the view's callbacks on the training thread (converting the scene,
+queueing messages; for `app` also the progress widgets) is reported separately: it is the part that does not hide
+in the noise. Variants are interleaved round-robin, in a rotated order each round, so that the drifts of a shared
 machine hit all of them alike; the table gives medians over all rounds and the median of per-round ratios.
 
     python benchmarks/live_view.py                   # 3 rounds × 40 iterations
@@ -60,18 +63,33 @@ class Reader:
         self._ws.close()
 
 
-def run_variant(name: str, iterations: int, folder: Path) -> tuple[list[float], int]:
-    """Per-iteration wall times (s) of one run, and the bytes its client received."""
+def timed(fn, spent: list[float]):
+    """`fn`, adding the seconds each call takes to spent[0]."""
+    def wrapper(*args):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            spent[0] += time.perf_counter() - t0
+    return wrapper
+
+
+def run_variant(name: str, iterations: int, warmup: int, folder: Path) -> tuple[list[float], float, int]:
+    """Per-iteration wall times (s) of one run after `warmup` steps, the seconds per iteration spent inside the view's
+    callbacks on the training thread, and the bytes its client received."""
     stamps: list[float] = []
+    spent = [0.0]
 
     def note(step, info) -> None:
         stamps.append(time.perf_counter())
+        if step == warmup:
+            spent[0] = 0.0
 
     if name == "app":
         app = App(port=0, runs_root=folder / "runs", **SMALL_OUTPUTS)
         reader = Reader(app.server.get_port())
-        original = app.queue.on_step
-        app.queue.on_step = lambda job, step, info: (original(job, step, info), note(step, info))
+        on_step, app.queue.on_change = timed(app.queue.on_step, spent), timed(app.queue.on_change, spent)
+        app.queue.on_step = lambda job, step, info: (on_step(job, step, info), note(step, info))
         app.queue.evaluate = None
         job = app.queue.submit(RunRequest("a blue cone", iterations=iterations))
         app.queue.wait(job)
@@ -83,10 +101,11 @@ def run_variant(name: str, iterations: int, folder: Path) -> tuple[list[float], 
         if name != "none":
             view = LiveView.serve(port=0, every=5 if name == "view/5" else 1, max_rate=4.0 if name == "view/5" else 0)
             reader = Reader(view.server.get_port())
+        show = timed(view, spent) if view is not None else None
 
         def callback(step, info):
-            if view is not None:
-                view(step, info)
+            if show is not None:
+                show(step, info)
             note(step, info)
 
         train.train(cfg, folder / name.replace("/", "-"), progress=False, callback=callback, log=lambda m: None)
@@ -96,7 +115,8 @@ def run_variant(name: str, iterations: int, folder: Path) -> tuple[list[float], 
     received = reader.bytes if reader is not None else 0
     if reader is not None:
         reader.close()
-    return [b - a for a, b in zip(stamps, stamps[1:])], received
+    dts = [b - a for a, b in zip(stamps, stamps[1:])][warmup:]
+    return dts, spent[0] / max(1, iterations - warmup), received
 
 
 def main() -> None:
@@ -109,27 +129,31 @@ def main() -> None:
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     per_round: dict[str, list[float]] = {v: [] for v in VARIANTS}
     received: dict[str, list[int]] = {v: [] for v in VARIANTS}
+    inside: dict[str, list[float]] = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
             for name in order:
-                dts, nbytes = run_variant(name, args.iterations, Path(tmp) / f"round{r}")
-                dts = dts[args.warmup:]
+                dts, in_callback, nbytes = run_variant(name, args.iterations, args.warmup, Path(tmp) / f"round{r}")
                 times[name] += dts
+                inside[name].append(in_callback)
                 per_round[name].append(statistics.median(dts))
                 received[name].append(nbytes)
                 print(f"round {r + 1}/{args.rounds} {name:7s} median {1000 * statistics.median(dts):7.1f} ms/it "
-                      f"({len(dts)} its, client got {nbytes / 1e6:.2f} MB)", flush=True)
+                      f"({len(dts)} its, {1000 * in_callback:.2f} ms/it in the view's callbacks, client got {nbytes / 1e6:.2f} MB)",
+                      flush=True)
     base = statistics.median(times["none"])
     print(f"\n{args.rounds} rounds × {args.iterations} iterations (first {args.warmup} dropped), cpu preset, "
           f"1 thread, {torch.__version__}\n")
     print("| variant | median ms / iteration | vs none (pooled) | vs none (median of per-round ratios) | "
-          "MB sent per run |")
-    print("|---|---|---|---|---|")
+          "in the view's callbacks, ms / iteration (share of none's iteration) | MB sent per run |")
+    print("|---|---|---|---|---|---|")
     for name in VARIANTS:
         ratios = [a / b for a, b in zip(per_round[name], per_round["none"])]
+        cb = statistics.median(inside[name])
         print(f"| {name} | {1000 * statistics.median(times[name]):.1f} | {statistics.median(times[name]) / base:.3f} | "
-              f"{statistics.median(ratios):.3f} | {statistics.median(received[name]) / 1e6:.2f} |")
+              f"{statistics.median(ratios):.3f} | {1000 * cb:.2f} ({100 * cb / base:.2f}%) | "
+              f"{statistics.median(received[name]) / 1e6:.2f} |")
 
 
 if __name__ == "__main__":

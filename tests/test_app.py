@@ -240,6 +240,22 @@ def test_page_text_is_escaped_and_metrics_table():
     assert "not a toy" in metrics_markdown({"metrics": {}, "skipped": {"iou": "not a toy prompt"}})
 
 
+def test_unknown_words_warning_reaches_the_page(tmp_path):
+    def runner(cfg, run_dir, callback, log):  # train's own warning text, through the log it is given
+        words = train.unknown_prompt_words(cfg)
+        log(f"warning: the embedded prior does not know {', '.join(map(repr, words))}; it will ignore it")
+        return fake_result(run_dir)
+
+    q, _ = make_queue(tmp_path, runner)
+    try:
+        job = q.submit(RunRequest("a red dragon", iterations=1))
+        assert q.wait(job, 30) and job.state is JobState.DONE
+        assert job.warnings == ["the embedded prior does not know 'dragon'; it will ignore it"]
+        assert "warning: the embedded prior does not know 'dragon'" in progress_line(job)
+    finally:
+        q.close()
+
+
 def test_splat_arrays_match_a_dense_reference():
     g = Gaussians.sphere(3)
     half = math.sqrt(0.5)

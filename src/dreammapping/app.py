@@ -159,10 +159,11 @@ class RunQueue:
     # ---- the caller's side ----
     def submit(self, request: RunRequest) -> Job:
         """Queue a run; an invalid request gives a job that is already FAILED with the one-line reason."""
-        job = Job(id=next(self._ids), request=request, state=JobState.QUEUED, iterations=int(request.iterations))
+        job = Job(id=next(self._ids), request=request, state=JobState.QUEUED)
         with self._cv:
             try:
                 job.config = job_config(request, **self.overrides)
+                job.iterations = job.config.iterations
                 job.run_dir = self._allocate_run_dir(job.config)
                 job.config = dataclasses.replace(job.config, out=str(job.run_dir))
             except train.GenerateError as e:
@@ -337,6 +338,8 @@ def progress_line(job: Job) -> str:
     if job.step:
         parts += [f"{job.it_per_s:.2f} it/s", f"loss {job.loss:.4g}", f"{job.gaussians} Gaussians"]
     line = " · ".join(parts)
+    for warning in job.warnings:  # e.g. words the embedded prior does not know
+        line += f"  \nwarning: {markdown_text(warning)}"
     if job.state is JobState.STOPPED and job.message:
         line += f"  \n{markdown_text(job.message)}"
     if job.state is JobState.DONE and job.run_dir is not None:
