@@ -15,7 +15,11 @@ takes from the training thread); the first `--warmup` steps of each run are drop
 per-iteration times noisy, the time spent inside the view's callbacks on the training thread (converting the scene,
 queueing messages; for `app` also the progress widgets) is reported separately: it is the part that does not hide
 in the noise. Variants are interleaved round-robin, in a rotated order each round, so that the drifts of a shared
-machine hit all of them alike; the table gives medians over all rounds and the median of per-round ratios.
+machine hit all of them alike; the table gives means over all rounds (a mean, because view/5's work lands on one
+step in five) and the median of per-round ratios.
+
+`--paired N` adds the finest interleaving: one run of N iterations in which the view (as view/5) is on for 10 steps,
+off for 10, and so on; the mean step time of the "on" blocks over that of the "off" blocks.
 
     python benchmarks/live_view.py                   # 3 rounds × 40 iterations
     python benchmarks/live_view.py --rounds 5 --iterations 60
@@ -119,11 +123,37 @@ def run_variant(name: str, iterations: int, warmup: int, folder: Path) -> tuple[
     return dts, spent[0] / max(1, iterations - warmup), received
 
 
+def paired(iterations: int, block: int = 10) -> tuple[float, float, int]:
+    """Mean seconds per step with the view on and with it off, alternating in blocks of `block` steps of one run."""
+    view = LiveView.serve(port=0, every=5, max_rate=4.0)
+    reader = Reader(view.server.get_port())
+    durations: dict[bool, list[float]] = {True: [], False: []}
+    last = [None]
+
+    def callback(step, info):
+        on = (step // block) % 2 == 1
+        if on:
+            view(step, info)
+        now = time.perf_counter()
+        if last[0] is not None and step > block:  # the first block warms up
+            durations[on].append(now - last[0])
+        last[0] = now
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = train.build_config("a blue cone", iterations=iterations, **SMALL_OUTPUTS)
+        train.train(cfg, Path(tmp) / "paired", progress=False, callback=callback, log=lambda m: None)
+    view.close()
+    reader.close()
+    return statistics.fmean(durations[True]), statistics.fmean(durations[False]), len(durations[True])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--paired", type=int, default=0, help="also one run of this many iterations, view on/off "
+                        "in alternating blocks of 10 steps (0: skip)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
@@ -137,23 +167,27 @@ def main() -> None:
                 dts, in_callback, nbytes = run_variant(name, args.iterations, args.warmup, Path(tmp) / f"round{r}")
                 times[name] += dts
                 inside[name].append(in_callback)
-                per_round[name].append(statistics.median(dts))
+                per_round[name].append(statistics.fmean(dts))
                 received[name].append(nbytes)
-                print(f"round {r + 1}/{args.rounds} {name:7s} median {1000 * statistics.median(dts):7.1f} ms/it "
+                print(f"round {r + 1}/{args.rounds} {name:7s} mean {1000 * statistics.fmean(dts):7.1f} ms/it "
                       f"({len(dts)} its, {1000 * in_callback:.2f} ms/it in the view's callbacks, client got {nbytes / 1e6:.2f} MB)",
                       flush=True)
-    base = statistics.median(times["none"])
+    base = statistics.fmean(times["none"])
     print(f"\n{args.rounds} rounds × {args.iterations} iterations (first {args.warmup} dropped), cpu preset, "
           f"1 thread, {torch.__version__}\n")
-    print("| variant | median ms / iteration | vs none (pooled) | vs none (median of per-round ratios) | "
+    print("| variant | mean ms / iteration | vs none (pooled) | vs none (median of per-round ratios) | "
           "in the view's callbacks, ms / iteration (share of none's iteration) | MB sent per run |")
     print("|---|---|---|---|---|---|")
     for name in VARIANTS:
         ratios = [a / b for a, b in zip(per_round[name], per_round["none"])]
         cb = statistics.median(inside[name])
-        print(f"| {name} | {1000 * statistics.median(times[name]):.1f} | {statistics.median(times[name]) / base:.3f} | "
+        print(f"| {name} | {1000 * statistics.fmean(times[name]):.1f} | {statistics.fmean(times[name]) / base:.3f} | "
               f"{statistics.median(ratios):.3f} | {1000 * cb:.2f} ({100 * cb / base:.2f}%) | "
               f"{statistics.median(received[name]) / 1e6:.2f} |")
+    if args.paired:
+        on, off, n = paired(args.paired)
+        print(f"\npaired, one run of {args.paired} iterations, view/5 on and off in alternating blocks of 10 steps: "
+              f"{1000 * on:.1f} ms/step on, {1000 * off:.1f} ms/step off → {on / off:.3f} ({n} steps each way)")
 
 
 if __name__ == "__main__":

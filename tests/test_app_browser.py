@@ -120,6 +120,7 @@ def test_generate_watch_download_and_stop_in_a_browser(app, tmp_path):
             mask = changed(empty, final)
             assert mask.mean() > 0.005, "the 3D view did not change from its empty state"
             r, g, b = final[mask].mean(axis=0)
+            print(f"splat pixels: {100 * mask.mean():.1f}% of the view, mean rgb ({r:.2f}, {g:.2f}, {b:.2f})")
             assert b > r + 0.1 and b > g + 0.1, f"splat pixels are not blue-dominated: rgb=({r:.2f},{g:.2f},{b:.2f})"
             page.get_by_text("Ground truth (toy world)").wait_for(timeout=30_000)
             assert page.get_by_alt_text("turntable").count() == 1
@@ -142,6 +143,7 @@ def test_generate_watch_download_and_stop_in_a_browser(app, tmp_path):
             pressed = time.time()
             wait_for(lambda: status_step(page)[0] == "stopped", 30, "run 2 to stop")
             took = time.time() - pressed
+            print(f"Stop → 'stopped' in the page: {took:.1f} s")
             run2 = app.queue.jobs[1]
             assert run2.state is JobState.STOPPED and run2.step < 3000 and took < 15, took
             assert (run2.run_dir / "checkpoint.pt").is_file() and run2.run_dir.name == "a-blue-cone-vdm-0-2"
