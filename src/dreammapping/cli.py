@@ -17,7 +17,10 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("dreammapping.formats", "cli_export", "a run or .ply as .ply, .splat, or a .glb/.obj mesh"),
     "train-prior": ("dreammapping.toyworld.train_prior", "cli_train_prior", "train the embedded toy-world prior"),
     "evaluate": ("dreammapping.evaluate", "cli_evaluate", "score runs against ground truth, CLIP and 3D-FID"),
+    "app": ("dreammapping.app", "cli_app", "local web app: prompt → live 3D view → downloads (extra [app])"),
 }
+# Subcommands that need an optional extra, and which: a missing package is then one line naming the extra.
+EXTRAS: dict[str, str] = {"app": "app"}
 
 
 def _usage() -> str:
@@ -43,7 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dreammapping: unknown command {name!r}; choose one of: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
     module, function, _ = SUBCOMMANDS[name]
-    entry = getattr(importlib.import_module(module), function)
+    try:
+        entry = getattr(importlib.import_module(module), function)
+    except ModuleNotFoundError as e:
+        if name not in EXTRAS or (e.name or "").startswith("dreammapping"):
+            raise
+        print(f"dreammapping {name}: needs the optional package {e.name!r}; install it with: "
+              f"pip install -e \".[{EXTRAS[name]}]\"", file=sys.stderr)
+        return 2
     return int(entry(rest) or 0)
 
 

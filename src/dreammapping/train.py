@@ -982,6 +982,12 @@ def _cli_defaults(pre: argparse.Namespace) -> GenerateConfig:
 def parse_args(argv: list[str]) -> tuple[GenerateConfig, str | None]:
     """argv → (config, resume folder or None). Precedence: preset < --config file < flags (or run's config.yaml
     < flags with --resume)."""
+    cfg, resume, _ = parse_cli(argv)
+    return cfg, resume
+
+
+def parse_cli(argv: list[str]) -> tuple[GenerateConfig, str | None, int | None]:
+    """parse_args plus the live viewer's port (None without --viewer)."""
     import tyro
 
     pre = _preparse(argv)
@@ -1002,17 +1008,30 @@ def parse_args(argv: list[str]) -> tuple[GenerateConfig, str | None]:
         ("resume", typing.Annotated[str | None, tyro.conf.arg(
             help="continue the run in this folder from its last checkpoint (its config.yaml, updated by flags)")],
          field(default=None)),
+        ("viewer", typing.Annotated[bool, tyro.conf.arg(
+            help="show the splat live in the browser while it trains (needs pip install -e \".[app]\")")],
+         field(default=False)),
+        ("port", typing.Annotated[int, tyro.conf.arg(help="port of --viewer (on 127.0.0.1)")], field(default=8080)),
     ])
     default = Args(config=base, guidance=guidance_default, preset=pre.preset, config_file=pre.config,
                    resume=pre.resume)
     args = tyro.cli(Args, args=argv, default=default, prog="dreammapping generate",
                     description="Text → 3D Gaussian splat (DreamMapping, Algorithm 1). "
                                 "Exit codes: " + ", ".join(f"{c} {why}" for c, why in EXIT_CODE_HELP.items()) + ".")
-    cfg = args.config
+    cfg, port = args.config, (args.port if args.viewer else None)
     if cfg.method != method:  # --method came from a config the pre-parser did not see; use that method's options
-        return dataclasses.replace(cfg, method_options=base.method_options), args.resume
+        return dataclasses.replace(cfg, method_options=base.method_options), args.resume, port
     options = {**{k: dict(v) for k, v in base.method_options.items()}, method: config_to_dict(args.guidance)}
-    return dataclasses.replace(cfg, method_options=options), args.resume
+    return dataclasses.replace(cfg, method_options=options), args.resume, port
+
+
+def open_live_view(port: int):
+    """--viewer: a `dreammapping.viewer.LiveView` on 127.0.0.1:port, used as train's callback."""
+    try:
+        from dreammapping.viewer import LiveView
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"--viewer needs the optional package {e.name!r}: pip install -e \".[app]\"") from None
+    return LiveView.serve(port=port)
 
 
 def _one_line_usage_error(box: str) -> str:
@@ -1029,12 +1048,12 @@ def _one_line_usage_error(box: str) -> str:
 def cli_generate(argv: list[str] | None = None) -> int:
     """`dreammapping generate "a red cube on top of a blue sphere" [--preset cpu|paper] [--method vdm] …`."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    run_dir = None
+    run_dir = view = None
     try:
         captured = io.StringIO()
         try:
             with contextlib.redirect_stderr(captured):
-                cfg, resume = parse_args(argv)
+                cfg, resume, viewer_port = parse_cli(argv)
         except SystemExit as e:  # tyro printed help (to stdout) or a usage error (a box, captured here)
             code = int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
             if captured.getvalue():
@@ -1047,7 +1066,8 @@ def cli_generate(argv: list[str] | None = None) -> int:
             run_dir = Path(resume)
         else:
             run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
-        result = train(cfg, run_dir, resume=resume is not None)
+        view = open_live_view(viewer_port) if viewer_port is not None else None
+        result = train(cfg, run_dir, resume=resume is not None, callback=view)
     except GenerateError as e:
         print(f"dreammapping generate: {e}", file=sys.stderr)
         return e.exit_code
@@ -1060,6 +1080,8 @@ def cli_generate(argv: list[str] | None = None) -> int:
     m = result.metrics
     print(f"wrote {result.run_dir}: {m['gaussians']} Gaussians, {m['iterations']} steps in {m['train_seconds']:.1f} s "
           f"({m['it_per_s']:.2f} it/s), final loss {m['final_loss']:.4g}; see {result.turntable_gif} and {result.views}")
+    if view is not None:
+        view.linger()  # keep the final splat on screen until Enter (on a terminal)
     return EXIT_OK
 
 
