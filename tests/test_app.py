@@ -183,6 +183,10 @@ def test_real_run_done_stopped_resumed_and_empty_prompt(tmp_path, tiny_pixel_fol
         for name in ("config.yaml", "gaussians.ply", "turntable.gif", "views.png", "metrics.json", "loss.csv"):
             assert (done.run_dir / name).is_file(), name
         assert steps[-3:] == [1, 2, 3] and done.result.metrics["iterations"] == 3
+        import trimesh  # the mesh download: what `dreammapping export RUN --format glb` writes
+
+        assert len(trimesh.load(done.run_dir / "mesh.glb", force="mesh").faces) > 0
+        assert q.run_file(done, "mesh.glb") == (done.run_dir / "mesh.glb").resolve()
     finally:
         q.close()
 

@@ -46,6 +46,7 @@ import viser
 
 from dreammapping import train
 from dreammapping.evaluate import evaluate_run
+from dreammapping.formats import export
 from dreammapping.guidance import METHODS
 from dreammapping.viewer import LiveView, configure_scene
 
@@ -124,8 +125,25 @@ Runner = Callable[[train.GenerateConfig, Path, Callable, Callable[[str], None]],
 
 
 def train_runner(cfg: train.GenerateConfig, run_dir: Path, callback, log) -> train.GenerateResult:
-    """The real run: Algorithm 1 in `run_dir`, progress reported only through `callback`."""
-    return train.train(cfg, run_dir, progress=False, callback=callback, log=log)
+    """The real run: Algorithm 1 in `run_dir`, progress reported only through `callback`; then the mesh download."""
+    result = train.train(cfg, run_dir, progress=False, callback=callback, log=log)
+    write_mesh(run_dir, log)
+    return result
+
+
+def write_mesh(run_dir: Path, log: Callable[[str], None]) -> Path | None:
+    """RUN/mesh.glb (what `dreammapping export RUN --format glb` writes) for the page's download list; None, with a
+    line in the log, when the mesh libraries (the `formats` extra) are missing or the extraction fails."""
+    try:
+        path, summary = export(run_dir, "glb", out=run_dir / "mesh.glb")
+    except ImportError as e:
+        log(f"no mesh download: {' '.join(str(e).split())}")
+        return None
+    except (ValueError, RuntimeError) as e:  # e.g. an empty density field: the splat itself is still fine
+        log(f"no mesh download: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+        return None
+    log(f"mesh.glb: {summary}")
+    return path
 
 
 def ground_truth_metrics(run_dir: Path) -> dict:
