@@ -467,6 +467,9 @@ def cmd_summary(args) -> None:
         for c in corr:
             cells = [fmt(*mean_ci([r["mse"] for r in c["records"] if r["t"] == t])) for t in ts]
             lines.append(f"| {c['key']} ε-MSE | " + " | ".join(cells) + " |")
+        for c in corr:
+            cells = [fmt(*mean_ci([r["var"] for r in c["records"] if r["t"] == t])) for t in ts]
+            lines.append(f"| {c['key']} Var(ε_φ) | " + " | ".join(cells) + " |")
         lines.append("")
     dca = _load(out / "dca.jsonl")
     if dca:
