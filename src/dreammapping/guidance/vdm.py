@@ -47,13 +47,15 @@ class VDMConfig(GuidanceConfig):
     dca: bool = True  # distribution coefficient annealing (Eq. 18); off: λ_t = 1 everywhere
     dca_cutoff: int = 300  # t ≤ cutoff gets λ_t = 1 − ᾱ_t (the paper ablates 100 / 300 / 500)
     operator_lr: float = 0.01  # Adam learning rate of Mψ (the paper's 0.01)
-    # feed t to Mψ as well (a sinusoidal embedding added at the bottleneck); the paper's Mψ sees ε_φ only
+    # feed t to Mψ as well (a sinusoidal embedding added at the bottleneck); the paper's Mψ sees ε_φ only. Off:
+    # measured neutral within noise (docs/vdm_analysis.md §7), so the paper's choice stays
     condition_on_t: bool = False
     # Mψ's size: "auto" (U-Lite ≈ 0.9M for SD latents, ≈ 14k for the 32² embedded prior), "small" (≈ 14k) or
-    # "ulite" (≈ 0.9M at any input size — the paper's U-Lite, "1M parameters")
+    # "ulite" (≈ 0.9M at any input size — the paper's U-Lite, "1M parameters"; no measurable gain at 32²)
     operator_size: Literal["auto", "small", "ulite"] = "auto"
-    # Mψ's start: "identity" — residual with a zero-initialised head, Mψ(ε_φ) = ε_φ at step 0 (our choice);
-    # "random" — a plain network with the default random init (the paper states no initialisation)
+    # Mψ's start: "identity" — residual with a zero-initialised head, Mψ(ε_φ) = ε_φ at step 0 (our choice, by
+    # evidence); "random" — a plain network with the default random init (the paper states no initialisation;
+    # measured worse: op_ratio > 1 and 5–10× more operator error in θ's update)
     operator_init: Literal["identity", "random"] = "identity"
     # steps at the start during which only Mψ trains and θ's update is zero (the paper has no warm-up: 0)
     operator_warmup: int = 0
