@@ -1,6 +1,6 @@
 """Inside VDM: what Mψ learns, how VDM's update relates to SDS's, and the ε–ε_φ correlation across t.
 
-Three parts, each writing raw per-run / per-image records (JSON lines, resumable: a rerun only computes what is
+Parts, each writing raw per-run / per-image records (JSON lines, resumable: a rerun only computes what is
 missing) and a summary with 95% bootstrap confidence intervals. docs/vdm_analysis.md explains the quantities.
 
   ablate       text-to-2D with the embedded prior (one image optimised directly, `text2img`'s loop), VDM with
@@ -15,10 +15,14 @@ missing) and a summary with 95% bootstrap confidence intervals. docs/vdm_analysi
                and their cosines, at t below / above the cut-off (the theory: with Mψ ≈ identity, DCA's small-t
                update is SDS in expectation plus ā_t·ω·ε noise).
 
-    python benchmarks/vdm_probe.py ablate --out bench/vdm_probe      # ~25 min on 1 CPU thread
-    python benchmarks/vdm_probe.py correlation --out bench/vdm_probe # ~3 min
-    python benchmarks/vdm_probe.py dca --out bench/vdm_probe         # ~1 min
-    python benchmarks/vdm_probe.py summary --out bench/vdm_probe     # tables (Markdown) from the raw records
+    python benchmarks/vdm_probe.py ablate --out OUT --scales 7.5 --n-prompts 2 --seeds 1   # 1.5–6 min per run
+    python benchmarks/vdm_probe.py correlation --out OUT --per-prompt 6 --draws 2             # ~10 min
+    python benchmarks/vdm_probe.py dca --out OUT --n-prompts 2 --draws 32                     # ~10 min
+    python benchmarks/vdm_probe.py cost --out OUT --rounds 8
+    python benchmarks/vdm_probe.py summary --out OUT [--runs3d RUN ...] [--claims docs/vdm_probe.json]
+
+Every part is resumable and can be sharded (--variants, --scales, --prompts, --seeds); docs/vdm_analysis.md lists
+the exact commands behind its tables (raw records: docs/vdm_probe/).
 """
 
 from __future__ import annotations
@@ -615,8 +619,8 @@ def main(argv=None) -> int:
     a.add_argument("--variants", default=",".join(VARIANTS))
     a.add_argument("--scales", type=float, nargs="+", default=[7.5, 2.0])
     a.add_argument("--seeds", type=int, default=2)
-    a.add_argument("--steps", type=int, default=300)
-    a.add_argument("--skip", type=int, default=50)
+    a.add_argument("--steps", type=int, default=200)
+    a.add_argument("--skip", type=int, default=40)
     a.add_argument("--lr", type=float, default=0.03)
     c = sub.add_parser("correlation", parents=[common])
     c.add_argument("--per-prompt", type=int, default=8)
@@ -626,7 +630,7 @@ def main(argv=None) -> int:
     d = sub.add_parser("dca", parents=[common])
     d.add_argument("--scales", type=float, nargs="+", default=[7.5, 2.0])
     d.add_argument("--t-grid", type=int, nargs="+", default=[20, 100, 250, 400, 700])
-    d.add_argument("--draws", type=int, default=64)
+    d.add_argument("--draws", type=int, default=32)
     k = sub.add_parser("cost", parents=[common])
     k.add_argument("--rounds", type=int, default=10)
     sm = sub.add_parser("summary", parents=[common])
