@@ -498,6 +498,19 @@ def cmd_summary(args) -> None:
                          f"{e.get('iou', float('nan')):.3f} | {e.get('psnr', float('nan')):.2f} | "
                          f"{e.get('color_error', float('nan')):.3f} |")
         lines.append("")
+        base = {(r["prompt"], r["seed"]): r for r in runs3d if r["variant"] == "base"}
+        paired = [(r, base[(r["prompt"], r["seed"])]) for r in runs3d
+                  if r["variant"] != "base" and (r["prompt"], r["seed"]) in base]
+        if paired:
+            lines += ["Paired against base (same prompt and seed): differences, variant − base", "",
+                      "| variant | prompt, seed | Δ op_ratio | Δ IoU | Δ PSNR | Δ colour err |", "|---|---|---|---|---|---|"]
+            for a, b in paired:
+                ea, eb = a["eval"], b["eval"]
+                lines.append(f"| {a['variant']} | {a['prompt']}, {a['seed']} | {a['op_ratio'] - b['op_ratio']:+.3f} | "
+                             f"{ea.get('iou', float('nan')) - eb.get('iou', float('nan')):+.3f} | "
+                             f"{ea.get('psnr', float('nan')) - eb.get('psnr', float('nan')):+.2f} | "
+                             f"{ea.get('color_error', float('nan')) - eb.get('color_error', float('nan')):+.3f} |")
+            lines.append("")
     cost = json.loads((out / "cost.json").read_text()) if (out / "cost.json").exists() else None
     if cost:
         base = cost["median_s"]["sds"]
@@ -524,6 +537,13 @@ def _loss_csv_stats(run: Path, after: int = 50) -> dict:
         vals = [float(r[key]) for r in rows if r.get(key) not in (None, "", "nan")]
         return sum(vals) / len(vals) if vals else float("nan")
 
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+    vdm = (cfg.get("method_options") or {}).get("vdm") or {}
+    variant = ("paper" if vdm.get("operator_init") == "random" and vdm.get("operator_size") == "ulite" else
+               "random" if vdm.get("operator_init") == "random" else "t" if vdm.get("condition_on_t") else
+               "ulite" if vdm.get("operator_size") == "ulite" else "base")
     ev = json.loads((run / "eval.json").read_text()) if (run / "eval.json").exists() else {}
     flat = {}
     for k, v in ev.items():  # eval.json may nest its metrics; keep the scalar ones
@@ -531,7 +551,8 @@ def _loss_csv_stats(run: Path, after: int = 50) -> dict:
             flat.update({kk: vv for kk, vv in v.items() if isinstance(vv, (int, float))})
         elif isinstance(v, (int, float)):
             flat[k] = v
-    return {"name": run.name, "rows": len(rows), **{k: mean(k) for k in
+    return {"name": run.name, "prompt": cfg.get("prompt"), "seed": cfg.get("seed"), "variant": variant,
+            "rows": len(rows), **{k: mean(k) for k in
             ("op_ratio", "op_ratio_lo", "op_ratio_mid", "op_ratio_hi", "op_shift", "cos_sds")}, "eval": flat}
 
 

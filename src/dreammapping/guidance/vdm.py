@@ -46,7 +46,7 @@ T_BANDS = {"lo": (0, 300), "mid": (300, 600), "hi": (600, 10**9)}  # op_ratio_<b
 class VDMConfig(GuidanceConfig):
     dca: bool = True  # distribution coefficient annealing (Eq. 18); off: λ_t = 1 everywhere
     dca_cutoff: int = 300  # t ≤ cutoff gets λ_t = 1 − ᾱ_t (the paper ablates 100 / 300 / 500)
-    operator_lr: float = 0.01  # Adam learning rate of Mψ (the paper's 0.01)
+    operator_lr: float = 0.01  # Adam learning rate of Mψ (the paper's 0.01; 1e-3 measured no different)
     # feed t to Mψ as well (a sinusoidal embedding added at the bottleneck); the paper's Mψ sees ε_φ only. Off:
     # measured neutral within noise (docs/vdm_analysis.md §7), so the paper's choice stays
     condition_on_t: bool = False
@@ -55,9 +55,10 @@ class VDMConfig(GuidanceConfig):
     operator_size: Literal["auto", "small", "ulite"] = "auto"
     # Mψ's start: "identity" — residual with a zero-initialised head, Mψ(ε_φ) = ε_φ at step 0 (our choice, by
     # evidence); "random" — a plain network with the default random init (the paper states no initialisation;
-    # measured worse: op_ratio > 1 and 5–10× more operator error in θ's update)
+    # measured worse: op_ratio > 1 and 4–15× more operator error in θ's update)
     operator_init: Literal["identity", "random"] = "identity"
-    # steps at the start during which only Mψ trains and θ's update is zero (the paper has no warm-up: 0)
+    # steps at the start during which only Mψ trains and θ's update is zero (the paper has none: 0; 50 measured
+    # no better once θ moves)
     operator_warmup: int = 0
 
 
