@@ -306,6 +306,102 @@ def test_vdm_learns_known_degradation():
     assert norms["vdm"] < 0.35 * norms["sds"], norms
 
 
+# ---------------------------------------------------------------------------- VDM diagnostics and options
+def test_vdm_diagnostics_match_hand_computation(tiny_prior):
+    """op_ratio (overall and per t band), op_shift, cos_sds and lambda against a computation by hand."""
+    torch.manual_seed(0)
+    method = VDM(tiny_prior, VDM.Config(guidance_scale=SCALE, operator_init="random"))  # Mψ far from identity
+    emb = tiny_prior.encode_text("a red cube").for_views(["front", "back", "side", "overhead"])
+    z = tiny_prior.encode_images(torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)))
+    noise = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([50, 400, 700, 950])  # one draw in lo, one in mid, two in hi
+    g, _, logs = method.gradient(z, t, noise, emb)
+
+    x_t = _noisy(tiny_prior, z, noise, t)
+    e_cfg, e_c, _ = _cfg(tiny_prior, x_t, t, emb)
+    with torch.no_grad():
+        m = method.operator(e_c, t)
+    err_id = [float(((e_c[i] - noise[i]) ** 2).sum()) for i in range(4)]
+    err_op = [float(((m[i] - noise[i]) ** 2).sum()) for i in range(4)]
+    shift = [float(((e_c[i] - m[i]) ** 2).sum()) for i in range(4)]
+    assert logs["op_ratio"] == pytest.approx(sum(err_op) / sum(err_id), rel=1e-4)
+    assert logs["op_shift"] == pytest.approx(sum(shift) / sum(err_id), rel=1e-4)
+    assert logs["op_ratio_lo"] == pytest.approx(err_op[0] / err_id[0], rel=1e-4)
+    assert logs["op_ratio_mid"] == pytest.approx(err_op[1] / err_id[1], rel=1e-4)
+    assert logs["op_ratio_hi"] == pytest.approx((err_op[2] + err_op[3]) / (err_id[2] + err_id[3]), rel=1e-4)
+    assert abs(logs["op_ratio"] - 1) > 0.01 and logs["op_shift"] > 0.1  # a random Mψ is not the identity
+    g_sds = ref_sds(method, z, t, noise, emb)
+    g_ref = ref_vdm(method, z, t, noise, emb)
+    torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-4)
+    cos = [float((g_ref[i] * g_sds[i]).sum() / (g_ref[i].norm() * g_sds[i].norm())) for i in range(4)]
+    assert logs["cos_sds"] == pytest.approx(sum(cos) / 4, abs=1e-5)
+    abar = tiny_prior.scheduler.alphas_cumprod
+    assert logs["lambda"] == pytest.approx(float((1 - abar[50] + 3) / 4), rel=1e-5)  # λ = 1 − ᾱ_50, 1, 1, 1
+
+    # the identity start explains exactly nothing: ratio 1, shift 0; above the cut-off g is the classifier term
+    ident = VDM(tiny_prior, VDM.Config(guidance_scale=SCALE))
+    g, _, logs = ident.gradient(z, torch.tensor([20, 40, 60, 80]), noise, emb)
+    assert logs["op_ratio"] == pytest.approx(1.0, abs=1e-6) and logs["op_shift"] == 0.0
+    assert logs["op_ratio_lo"] == pytest.approx(1.0, abs=1e-6)
+    assert all(logs[k] != logs[k] for k in ("op_ratio_mid", "op_ratio_hi"))  # nan: no draw in those bands
+    t = torch.tensor([400, 500, 600, 900])
+    g, _, logs = ident.gradient(z, t, noise, emb)
+    x_t = _noisy(tiny_prior, z, noise, t)
+    _, e_c, e_u = _cfg(tiny_prior, x_t, t, emb)
+    torch.testing.assert_close(g, (1 - _hand(tiny_prior, t)) * (SCALE - 1) * (e_c - e_u), atol=1e-5, rtol=1e-4)
+
+
+def test_vdm_operator_options_change_behaviour(tiny_prior):
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    eps = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t_lo, t_hi = torch.tensor([10, 10]), torch.tensor([900, 900])
+
+    # size: "ulite" is the paper's ~1M U-Lite even on a 16² pixel prior; "small"/"auto" the ~14k one
+    assert count(VDM(tiny_prior, VDM.Config(operator_size="ulite")).operator) > 0.8e6
+    assert count(VDM(tiny_prior, VDM.Config(operator_size="small")).operator) < 50_000
+    assert count(VDM(tiny_prior).operator) == count(VDM(tiny_prior, VDM.Config(operator_size="small")).operator)
+    with pytest.raises(ValueError, match="operator size"):
+        VDM(tiny_prior, VDM.Config(operator_size="huge"))
+
+    # init: identity start returns its input; a plain random start does not
+    torch.testing.assert_close(VDM(tiny_prior).operator(eps, t_lo), eps)
+    torch.manual_seed(0)
+    random_op = VDM(tiny_prior, VDM.Config(operator_init="random")).operator
+    assert (random_op(eps, t_lo) - eps).norm() > 0.5 * eps.norm()
+    with pytest.raises(ValueError, match="operator_init"):
+        VDM(tiny_prior, VDM.Config(operator_init="zeros"))
+
+    # t-conditioning: the output depends on t (random start, so the t path is live), and not without it
+    torch.manual_seed(0)
+    timed = VDM(tiny_prior, VDM.Config(operator_init="random", condition_on_t=True)).operator
+    assert (timed(eps, t_lo) - timed(eps, t_hi)).norm() > 1e-3 * timed(eps, t_lo).norm()
+    torch.testing.assert_close(random_op(eps, t_lo), random_op(eps, t_hi))
+
+    # learning rate reaches Mψ's optimiser
+    opt = VDM(tiny_prior, VDM.Config(operator_lr=3e-4)).optimizer_config().build(VDM(tiny_prior).parameters())
+    assert opt.param_groups[0]["lr"] == 3e-4
+
+
+def test_vdm_operator_warmup_holds_theta_while_psi_learns(tiny_prior):
+    method = VDM(tiny_prior, VDM.Config(guidance_scale=SCALE, operator_warmup=2))
+    opt = method.optimizer_config().build(method.parameters())
+    emb = tiny_prior.encode_text("a red cube").for_views(["front", "back"])
+    for step in range(3):
+        before = [p.detach().clone() for p in method.parameters()]
+        images = torch.rand(B, 3, 16, 16, generator=torch.Generator().manual_seed(step)).requires_grad_(True)
+        out = method(images, emb, step, 10)
+        (out.loss + out.aux_loss).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        assert any(not torch.equal(a, p) for a, p in zip(before, method.parameters()))  # ψ trains throughout
+        if step < 2:
+            assert torch.count_nonzero(images.grad) == 0 and float(out.loss.detach()) == 0.0
+        else:
+            assert images.grad.norm() > 0
+    with pytest.raises(ValueError, match="operator_warmup"):
+        VDM(tiny_prior, VDM.Config(operator_warmup=-1))
+
+
 # --------------------------------------------------------------------------------------------------------- VSD
 def test_vsd_trains_lora_only(tiny_prior):
     method = check_method("vsd", tiny_prior, steps=2)

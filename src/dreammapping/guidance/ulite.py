@@ -105,11 +105,15 @@ class ULite(nn.Module):
         return cls(in_channels, (16, 32, 64, 128, 256, 512), **kwargs)
 
     @classmethod
-    def for_prior(cls, prior, **kwargs) -> "ULite":
-        """Sized to the prior's model space: `for_sd` for latents of side ≥ 64, a ≈ 14k-parameter one otherwise."""
+    def for_prior(cls, prior, size: str = "auto", **kwargs) -> "ULite":
+        """Sized to the prior's model space. `size`: "ulite" — `for_sd`'s channels (≈ 0.9M parameters, the paper's
+        U-Lite) at any input size; "small" — channels 8…64, ≤ 3 levels (≈ 14k parameters); "auto" — "ulite" for
+        latents of side ≥ 64 (Stable Diffusion), "small" otherwise (the embedded 3×32×32 prior)."""
+        if size not in ("auto", "small", "ulite"):
+            raise ValueError(f"unknown operator size {size!r}; choose auto, small or ulite")
         side = prior.resolution // prior.downsample
         kwargs.setdefault("num_train_timesteps", prior.num_train_timesteps)
-        if side >= 64:
+        if size == "ulite" or (size == "auto" and side >= 64):
             return cls.for_sd(prior.latent_channels, **kwargs)
         levels = max(1, min(3, int(math.log2(max(side, 2))) - 2))
         return cls(prior.latent_channels, (8, 16, 32, 64)[: levels + 1], **kwargs)
