@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "render": ("dreammapping.export", "cli_render", "turntable video and view grid of a run or a .ply"),
     "train-prior": ("dreammapping.toyworld.train_prior", "cli_train_prior", "train the embedded toy-world prior"),
     "evaluate": ("dreammapping.evaluate", "cli_evaluate", "score runs against ground truth, CLIP and 3D-FID"),
+    "batch": ("dreammapping.batch", "cli_batch", "many prompts × seeds × methods, on a local pool or a Ray cluster"),
 }
 
 
