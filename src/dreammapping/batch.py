@@ -22,7 +22,6 @@ list every run's status, time and, for toy-world prompts, its ground-truth metri
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as futures
 import csv
 import dataclasses
 import io
@@ -37,6 +36,7 @@ import time
 import traceback
 import unicodedata
 from collections import deque
+from concurrent import futures
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -527,7 +527,7 @@ class BatchInterrupted(T.Interrupted):
 
 
 def _make_backend(todo: Sequence[Task], workers: int, threads: int, ray: str | None):
-    auto_workers, auto_threads, gpus = default_workers(todo[0].config.threads)
+    auto_workers, _, gpus = default_workers(todo[0].config.threads)
     if ray is not None:
         return RayCluster(ray, threads or max(1, todo[0].config.threads), workers)
     workers = min(workers or auto_workers, len(todo))
@@ -548,10 +548,13 @@ def _drive(backend, todo: Sequence[Task], records: dict, retries: int, progress:
     bar = tqdm(total=total, initial=total - len(todo), desc="batch", unit="run", disable=not progress,
                dynamic_ncols=True, file=sys.stderr)
 
+    shown = [""]
+
     def postfix() -> None:
         text = (f"done {counts['ok'] + total - len(todo)}, running {len(running)}, failed {counts['failed']}, "
                 f"queued {len(pending)}")
-        if text != bar.postfix:  # redraw on change only: a log file gets one line per event, not per poll
+        if text != shown[0]:  # redraw on change only: a log file gets one line per event, not one per poll
+            shown[0] = text
             bar.set_postfix_str(text)
 
     threads = getattr(backend, "threads", 1)
