@@ -144,7 +144,7 @@ def run_all(plan: Plan, log=print) -> list[dict]:
     from dreammapping.batch import OK_STATUSES, run_batch
 
     records = []
-    for r in run_batch(tasks(plan), workers=plan.workers, ray=plan.ray, summary_dir=plan.root):
+    for r in run_batch(tasks(plan), workers=plan.workers, ray=plan.ray, summary_dir=plan.root, log=log):
         base = {"prompt": r["prompt"], "variant": r["label"], "seed": r["seed"]}
         if r["status"] not in OK_STATUSES:
             records.append({**base, "failed": (r["error"] or r["status"])[:300]})

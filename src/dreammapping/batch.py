@@ -379,7 +379,7 @@ class LocalPool:
     def stop(self, handles: list) -> None:
         self.stop_event.set()  # each running train() checkpoints at its next step and returns "interrupted"
 
-    def kill(self) -> None:
+    def kill(self, handles: list) -> None:
         # concurrent.futures has no public way to end running work; its worker table is the only handle on them
         for process in list((getattr(self.executor, "_processes", None) or {}).values()):
             process.kill()
@@ -445,8 +445,9 @@ class RayCluster:
         for ref in handles:
             self.ray.cancel(ref, force=False)
 
-    def kill(self) -> None:
-        self.close()
+    def kill(self, handles: list) -> None:
+        for ref in handles:  # ends the worker processes, on a remote cluster too
+            self.ray.cancel(ref, force=True)
 
     def close(self) -> None:
         if self.started_here:
@@ -570,7 +571,7 @@ def _drive(backend, todo: Sequence[Task], records: dict, retries: int, progress:
                     records[task.run_dir] = new_record(task, "not started", attempt - 1)
                 pending.clear()
             if ctrl_c.count > 1:
-                backend.kill()
+                backend.kill(list(running))
                 for task, attempt in running.values():
                     records[task.run_dir] = new_record(task, "interrupted", attempt, "killed by a second Ctrl-C")
                 running.clear()
