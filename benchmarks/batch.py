@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     # each process sets its own threads; OpenMP must not start more behind its back
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     modes = {
-        "sequential, 1 thread": lambda out: [sys.executable, "-c", SEQUENTIAL, out, str(args.iterations), "1", *prompts],
+        "sequential, 1 thread": lambda out: [sys.executable, "-c", SEQUENTIAL, out, str(args.iterations), "1",
+                                             *prompts],
         f"sequential, {n} threads": lambda out: [sys.executable, "-c", SEQUENTIAL, out, str(args.iterations), str(n),
                                                  *prompts],
         f"batch pool, {n} workers": lambda out: [sys.executable, "-m", "dreammapping.cli", "batch",

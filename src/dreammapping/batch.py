@@ -157,9 +157,11 @@ def eval_options_for(prompt: str, evaluate: str, device: str = "auto") -> EvalOp
     return EvalOptions(clip=full, fid=full, device=device)
 
 
-def _absolute_if_path(value: str) -> str:
-    """A prior folder or .ply given relative to here, made absolute (Ray workers run elsewhere); ids stay as they are."""
-    return str(Path(value).resolve()) if value not in ("embedded",) and Path(value).exists() else value
+def _absolute_if_path(value: str, suffix: str = "") -> str:
+    """A prior folder or .ply given relative to here, made absolute (Ray workers run elsewhere); names and hub ids
+    stay as they are."""
+    path = Path(value)
+    return str(path.resolve()) if value != "embedded" and value.endswith(suffix) and path.exists() else value
 
 
 def plan_tasks(prompts: Sequence[PromptLine], configs: dict[str, T.GenerateConfig], seeds: Sequence[int],
@@ -172,7 +174,8 @@ def plan_tasks(prompts: Sequence[PromptLine], configs: dict[str, T.GenerateConfi
         for p in prompts:
             for method, base in configs.items():
                 cfg = dataclasses.replace(base, prompt=p.prompt, method=method, seed=seed,
-                                          prior=_absolute_if_path(base.prior), init=_absolute_if_path(base.init))
+                                          prior=_absolute_if_path(base.prior),
+                                          init=_absolute_if_path(base.init, ".ply"))
                 run_dir = out / T.default_run_dir(cfg).name
                 cfg = dataclasses.replace(cfg, out=str(run_dir))
                 tasks.append(Task(str(run_dir), cfg, eval_options_for(p.prompt, evaluate), method, p.line))
@@ -253,8 +256,8 @@ def new_record(task: Task, status: str, attempts: int = 0, error: str = "") -> d
 
 def run_task(task: Task, attempt: int = 1) -> dict:
     """Train (or skip / resume) one run, then evaluate it. Never raises for a failed run: returns its record
-    {"status": done | resumed | skipped | failed | interrupted | not started, "error", "metrics", …}. The same function
-    runs in a pool worker and as a Ray task."""
+    {"status": done | resumed | skipped | failed | interrupted | not started, "error", "metrics", …}. The same
+    function runs in a pool worker and as a Ray task."""
     t0 = time.perf_counter()
     record = new_record(task, "failed", attempt)
     cfg, run_dir = task.config, Path(task.run_dir)
@@ -343,7 +346,8 @@ class LocalPool:
         self.workers, self.threads, self.gpus = workers, threads, gpus
         self.slots = workers
         self.describe = (f"local pool: {workers} worker{'s' * (workers > 1)}, "
-                         + (f"one GPU each, {threads} threads" if gpus else f"{threads} thread{'s' * (threads > 1)} each"))
+                         + (f"one GPU each, {threads} threads" if gpus
+                            else f"{threads} thread{'s' * (threads > 1)} each"))
         self._context = multiprocessing.get_context("spawn")
         self._start()
 
@@ -396,7 +400,7 @@ class RayCluster:
         try:
             import ray
         except ImportError:
-            raise T.ConfigError("--ray needs Ray: pip install -e \".[ray]\" (or pip install \"ray[default]\")") from None
+            raise T.ConfigError('--ray needs Ray: pip install -e ".[ray]" (or pip install "ray[default]")') from None
         self.ray = ray
         self.started_here = not ray.is_initialized()
         if self.started_here:
@@ -684,7 +688,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="local runs at once (default: one per GPU, or one per --threads cores on a CPU)")
     p.add_argument("--ray", metavar="auto|ADDRESS|local", default=None,
                    help="run each task as a Ray task: auto (the cluster this machine belongs to), ADDRESS "
-                        "(host:port or ray://…), or local (start a private local Ray instance); needs the [ray] extra")
+                        "(host:port or ray://…), or local (start a private local Ray instance); needs the [ray] "
+                        "extra")
     p.add_argument("--evaluate", choices=("gt", "full", "none"), default="gt",
                    help="after training: gt = ground-truth metrics of toy-world prompts (fast, default); full = also "
                         "CLIP and 3D-FID for every prompt (slow: FID samples the prior); none")
