@@ -4,10 +4,12 @@
     python benchmarks/compare_methods.py --quick    # smoke run: sds and vdm+DCA300, 1 prompt, 1 seed, 30 steps
     python benchmarks/compare_methods.py --plan     # print the runs and stop
 
-Every run is `dreammapping.train.generate(prompt, preset="cpu", method=..., seed=..., iterations=...)` in
-`ROOT/<prompt-slug>/<variant>/seed<k>`; a finished run folder (gaussians.ply + metrics.json) is reused, a run
-with a checkpoint is resumed, so the script can be stopped and restarted. Each run is scored with
-`dreammapping.evaluate.evaluate_run` (eval.json, reused when newer than the .ply and made with the same settings).
+Every run is a `dreammapping.batch` task (the `cpu` preset with the variant's method and options, a seed and the
+iterations) in `ROOT/<prompt-slug>/<variant>/seed<k>`, run on a local process pool (`--workers`, default one per
+core) or on Ray (`--ray auto|ADDRESS|local`); a finished run folder with the same config is reused, a run with a
+checkpoint is resumed, so the script can be stopped (Ctrl-C) and restarted. Each run is scored with
+`dreammapping.evaluate.evaluate_run` (eval.json, reused when newer than the .ply and made with the same settings);
+ROOT/summary.md and summary.csv list every run's status and time.
 
 Outputs (under --docs, default docs/; --quick writes next to its runs instead so it never replaces the real ones):
   compare_methods.md   every metric, mean ± sample standard deviation over prompts × seeds, per variant; time per
@@ -26,8 +28,7 @@ import math
 import re
 import statistics
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,6 +107,8 @@ class Plan:
     fid_reference: int = 16
     train_options: dict = field(default_factory=dict)  # extra GenerateConfig fields for every run
     command: str = "python benchmarks/compare_methods.py"  # how this comparison was started (for the report)
+    workers: int = 0  # local runs at once (0: dreammapping.batch's default, one per core on a CPU)
+    ray: str | None = None  # run on Ray instead: "auto", an address or "local"
 
     def runs(self) -> list[tuple[str, str, int]]:
         """Seed-major, so that a comparison stopped half-way has every variant on the same prompts and seeds."""
@@ -115,72 +118,41 @@ class Plan:
         return self.root / slug(prompt) / variant / f"seed{seed}"
 
 
-def finished(run_dir: Path) -> bool:
-    return (run_dir / "gaussians.ply").is_file() and (run_dir / "metrics.json").is_file()
+def tasks(plan: Plan) -> list:
+    """One dreammapping.batch task per run: trained (or reused / resumed) in its folder, then scored."""
+    from dreammapping.batch import Task
+    from dreammapping.evaluate import EvalOptions
+    from dreammapping.train import build_config
 
-
-def train_one(plan: Plan, prompt: str, variant: str, seed: int, log) -> dict:
-    """Train (or reuse / resume) one run; returns its metrics.json."""
-    from dreammapping.train import generate
-
-    run_dir = plan.run_dir(prompt, variant, seed)
-    if finished(run_dir):
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        if int(metrics.get("iterations", -1)) == plan.iterations:
-            log(f"  reuse {run_dir}")
-            return metrics
-        log(f"  {run_dir} was trained for {metrics.get('iterations')} iterations, not {plan.iterations}: retraining")
-    method, options = VARIANTS[variant]
-    common = dict(method=method, method_options={method: dict(options)}, seed=seed, iterations=plan.iterations,
-                  device=plan.device, progress=False, **plan.train_options)
-    if (run_dir / "checkpoint.pt").is_file() and (run_dir / "config.yaml").is_file() and not finished(run_dir):
-        log(f"  resume {run_dir}")
-        try:
-            return generate(resume=str(run_dir), **common).metrics
-        except Exception as error:  # noqa: BLE001 — an unusable checkpoint: start that run again
-            log(f"  cannot resume ({type(error).__name__}: {str(error).splitlines()[0][:120]}); starting over")
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    return generate(prompt, preset="cpu", out=str(run_dir), overwrite=True, **common).metrics
-
-
-def evaluate_one(plan: Plan, run_dir: Path) -> dict:
-    """eval.json of a run, recomputed unless it is newer than the .ply and used the same settings."""
-    from dreammapping.evaluate import EvalOptions, evaluate_run
-
-    opt = EvalOptions(resolution=plan.eval_resolution, num_views=plan.eval_views, fid_reference=plan.fid_reference,
-                      device="cpu" if plan.device == "auto" else plan.device)
-    path = run_dir / "eval.json"
-    if path.is_file() and path.stat().st_mtime >= (run_dir / "gaussians.ply").stat().st_mtime:
-        old = json.loads(path.read_text())
-        if old.get("settings") == asdict(opt):
-            return old
-    return evaluate_run(run_dir, opt)
+    evaluate = EvalOptions(resolution=plan.eval_resolution, num_views=plan.eval_views, fid_reference=plan.fid_reference,
+                           device="cpu" if plan.device == "auto" else plan.device)
+    out = []
+    for prompt, variant, seed in plan.runs():
+        method, options = VARIANTS[variant]
+        run_dir = plan.run_dir(prompt, variant, seed).resolve()
+        # overwrite: a folder left by another setting (e.g. other iterations) is retrained, not refused
+        cfg = build_config(prompt, preset="cpu", method=method, method_options={method: dict(options)}, seed=seed,
+                           iterations=plan.iterations, device=plan.device, out=str(run_dir), overwrite=True,
+                           **plan.train_options)
+        out.append(Task(str(run_dir), cfg, evaluate, label=variant))
+    return out
 
 
 def run_all(plan: Plan, log=print) -> list[dict]:
-    """Train and evaluate every run of the plan; one record per run."""
-    records, runs = [], plan.runs()
-    work_seconds, worked = 0.0, 0  # time of the runs actually trained here (reused ones cost ~nothing)
-    for i, (prompt, variant, seed) in enumerate(runs, 1):
-        log(f"[{i}/{len(runs)}] {variant:<11} seed {seed}  {prompt!r}")
-        t0 = time.perf_counter()
-        try:
-            train_metrics = train_one(plan, prompt, variant, seed, log)
-            evaluation = evaluate_one(plan, plan.run_dir(prompt, variant, seed))
-        except Exception as error:  # noqa: BLE001 — a failed run is reported and left out, the others go on
-            log(f"  FAILED: {type(error).__name__}: {' '.join(str(error).split())[:200]}")
-            records.append({"prompt": prompt, "variant": variant, "seed": seed, "failed": str(error)[:300]})
+    """Train and evaluate every run of the plan with dreammapping.batch (a local pool, or Ray); one record per run.
+    Finished runs with the same config (and eval.json with the same settings) are reused, interrupted ones resumed."""
+    from dreammapping.batch import OK_STATUSES, run_batch
+
+    records = []
+    for r in run_batch(tasks(plan), workers=plan.workers, ray=plan.ray, summary_dir=plan.root, log=log):
+        base = {"prompt": r["prompt"], "variant": r["label"], "seed": r["seed"]}
+        if r["status"] not in OK_STATUSES:
+            records.append({**base, "failed": (r["error"] or r["status"])[:300]})
             continue
-        its = max(1, int(train_metrics.get("iterations") or plan.iterations))
-        sec_per_it = float(train_metrics.get("train_seconds", float("nan"))) / its
-        records.append({"prompt": prompt, "variant": variant, "seed": seed, "sec_per_it": sec_per_it,
-                        "metrics": dict(evaluation["metrics"]), "skipped": dict(evaluation["skipped"]),
-                        "run_dir": str(plan.run_dir(prompt, variant, seed))})
-        spent = time.perf_counter() - t0
-        if spent > 2.0:
-            work_seconds, worked = work_seconds + spent, worked + 1
-        eta = f"{work_seconds / worked * (len(runs) - i) / 60:.0f} min" if worked else "—"
-        log(f"  {sec_per_it * 1000:.0f} ms/it; run + eval {spent:.0f} s; ETA {eta}")
+        its = max(1, int(r["iterations"] or plan.iterations))
+        seconds = r["train_seconds"]
+        records.append({**base, "sec_per_it": float("nan") if seconds is None else float(seconds) / its,
+                        "metrics": dict(r["metrics"]), "skipped": dict(r["skipped_metrics"]), "run_dir": r["run_dir"]})
     add_relative_time(records)
     return records
 
@@ -477,7 +449,8 @@ def build_plan(args) -> Plan:
     train_options = {"prior": args.prior, "turntable_frames": 8, "turntable_size": 64, "checkpoint_every": 50}
     return Plan(variants, prompts, seeds, iterations, root, docs, device=args.device,
                 eval_views=args.eval_views or (8 if quick else 16), fid_reference=args.fid_reference or (8 if quick else 16),
-                train_options=train_options, command=" ".join(["python benchmarks/compare_methods.py", *args.argv]))
+                train_options=train_options, command=" ".join(["python benchmarks/compare_methods.py", *args.argv]),
+                workers=args.workers, ray=args.ray)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -493,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", help="where the table and pictures go (default docs/, --quick: the run root)")
     p.add_argument("--device", default="auto", help="training device (default auto)")
     p.add_argument("--prior", default="embedded", help="diffusion prior of every run (default: the embedded one)")
+    p.add_argument("--workers", type=int, default=0, help="runs at once on this machine (default: one per core)")
+    p.add_argument("--ray", metavar="auto|ADDRESS|local", help="run every run as a Ray task (needs the [ray] extra)")
     p.add_argument("--plan", action="store_true", help="print the runs and stop")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
@@ -502,11 +477,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(runs)} runs: {len(plan.variants)} variants × {len(plan.prompts)} prompts × {len(plan.seeds)} seeds, "
           f"{plan.iterations} iterations each; runs in {plan.root}, tables in {plan.docs}")
     if args.plan:
-        for prompt, variant, seed in runs:
-            state = "done" if finished(plan.run_dir(prompt, variant, seed)) else "todo"
-            print(f"  {state}  {plan.run_dir(prompt, variant, seed)}")
+        from dreammapping.batch import run_state
+
+        for task in tasks(plan):
+            print(f"  {run_state(task.run_dir, task.config):<9}  {task.run_dir}")
         return 0
-    records = run_all(plan)
+    from dreammapping.batch import BatchInterrupted
+
+    try:
+        records = run_all(plan)
+    except BatchInterrupted as e:
+        print(f"compare_methods: {e}", file=sys.stderr)
+        return 130
     plan.docs.mkdir(parents=True, exist_ok=True)
     (plan.root / "records.json").write_text(json.dumps(records, indent=1) + "\n")
     chart, grid = plan.docs / "compare_methods.png", plan.docs / "compare_grid.png"

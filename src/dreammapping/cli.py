@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "train-prior": ("dreammapping.toyworld.train_prior", "cli_train_prior", "train the embedded toy-world prior"),
     "evaluate": ("dreammapping.evaluate", "cli_evaluate", "score runs against ground truth, CLIP and 3D-FID"),
     "app": ("dreammapping.app", "cli_app", "local web app: prompt → live 3D view → downloads (extra [app])"),
+    "batch": ("dreammapping.batch", "cli_batch", "many prompts × seeds × methods, on a local pool or a Ray cluster"),
 }
 # Subcommands that need an optional extra, and which: a missing package is then one line naming the extra.
 EXTRAS: dict[str, str] = {"app": "app"}
