@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from dreammapping.testing import letter_tokenizer
+
 GOAL_MINUTES = 5.0  # per prompt on an H100/H200-class GPU (issue 14); the paper reports ~15 min on an A100
 
 
@@ -66,20 +68,6 @@ def dry_sizes(args) -> Sizes:
 
 
 # ================================================================================================ models
-def letter_tokenizer(folder: Path, max_length: int):
-    """A CLIP BPE tokenizer over single letters (no download): real CLIP token ids are not needed for timing."""
-    from transformers import CLIPTokenizer
-
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab: dict[str, int] = {}
-    for tok in ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters), ",", ",</w>"]:
-        vocab[tok] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
-
-
 def build_sd(folder: Path, full: bool, device: str) -> Path:
     """SD 2.1-base's architecture (configs as published in its model card's diffusers folder) with random weights,
     saved in float16; or a tiny latent model of the same layout for the dry run."""

@@ -19,13 +19,13 @@ Setups:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
+
+from dreammapping.testing import letter_tokenizer
 
 SD21_UNET = dict(
     act_fn="silu", attention_head_dim=[5, 10, 20, 20], block_out_channels=[320, 640, 1280, 1280],
@@ -48,18 +48,6 @@ EMBEDDED_LIKE_UNET = dict(
     up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"])
 
 
-def _tokenizer(max_length: int):
-    from transformers import CLIPTokenizer
-
-    folder = Path(tempfile.mkdtemp())
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = {t: i for i, t in enumerate(["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters),
-                                         ",", ",</w>"])}
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
-
-
 def build_prior(setup: str, device: str, dtype):
     """A DiffusionPrior with random weights of the named setup's architecture (or the shipped embedded prior)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -71,7 +59,7 @@ def build_prior(setup: str, device: str, dtype):
         return DiffusionPrior.from_pretrained("embedded", device=device, dtype=dtype), "shipped embedded prior"
     unet_cfg = SD21_UNET if setup == "sd21" else EMBEDDED_LIKE_UNET
     max_len = 77 if setup == "sd21" else 32
-    tokenizer = _tokenizer(max_len)
+    tokenizer = letter_tokenizer(tempfile.mkdtemp(), max_len)
     with torch.device(device):  # initialise on the device: SD's random init on CPU takes half a minute
         unet = UNet2DConditionModel(**unet_cfg)
         text_encoder = CLIPTextModel(CLIPTextConfig(

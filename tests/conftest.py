@@ -6,26 +6,18 @@ for the latent variant, an AutoencoderKL are all built from configs with a fixed
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from dreammapping.testing import letter_tokenizer
+
 TINY_MAX_LENGTH = 24
 
 
 def _tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
-
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab: dict[str, int] = {}
-    for tok in ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters), ",", ",</w>"]:
-        vocab[tok] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=TINY_MAX_LENGTH)
+    return letter_tokenizer(folder, TINY_MAX_LENGTH)
 
 
 def build_tiny_pipeline(folder: Path, latent: bool = False, prediction_type: str = "epsilon") -> Path:
