@@ -657,3 +657,14 @@ def test_evaluate_run_samples_the_prior_once_across_processes(monkeypatch, fake_
     ev._REFERENCE_CACHE.clear()
     ev.evaluate_run(run, resolution=32, num_views=4, fid_reference=6, fid_cache=False)
     assert len(calls) == 2  # --no-fid-cache samples again
+
+
+def test_ssim_matches_torchmetrics():
+    from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 32, 32, 3, generator=g)
+    b = (a + 0.1 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    for x, y in ((a, b), (a, a.flip(2)), (b, b)):
+        expected = float(tm_ssim(ev.to_channels_first(x), ev.to_channels_first(y), data_range=1.0))
+        assert ev.ssim(x, y) == pytest.approx(expected, abs=1e-5)

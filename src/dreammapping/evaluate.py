@@ -98,16 +98,29 @@ def psnr(a: Tensor, b: Tensor, cap: float = PSNR_CAP, data_range: float = 1.0) -
     return float(value.clamp(max=cap).mean())
 
 
-def ssim(a: Tensor, b: Tensor, data_range: float = 1.0) -> float:
-    """Structural similarity (torchmetrics, Gaussian window σ 1.5, 11 px or the largest odd size that fits)."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
-    side = min(a.shape[1], a.shape[2])
-    kernel = min(11, side if side % 2 else side - 1)
-    value = structural_similarity_index_measure(
-        to_channels_first(a.float()), to_channels_first(b.float()), data_range=data_range, kernel_size=kernel
-    )
-    return float(value)
+def ssim(a: Tensor, b: Tensor, data_range: float = 1.0, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> float:
+    """Structural similarity of [B,H,W,3] images, as torchmetrics' `structural_similarity_index_measure` with its
+    defaults computes it (Gaussian window σ 1.5 of 11 px, reflect padding, the whole padded-then-filtered image
+    averaged; tested against it). Written out here because importing torchmetrics costs more than the rest of
+    an evaluation. Images smaller than the window's half-width + 1 use the largest odd window that fits."""
+    x, y = to_channels_first(a.double()), to_channels_first(b.double())
+    radius = int(3.5 * sigma + 0.5)
+    radius = min(radius, min(x.shape[-2:]) - 1)
+    dist = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    g = torch.exp(-((dist / sigma) ** 2) / 2)
+    g = g / g.sum()
+    channels = x.shape[1]
+    kernel = (g[:, None] @ g[None, :]).expand(channels, 1, -1, -1)
+    x = F.pad(x, (radius,) * 4, mode="reflect")
+    y = F.pad(y, (radius,) * 4, mode="reflect")
+    stats = F.conv2d(torch.cat([x, y, x * x, y * y, x * y]), kernel, groups=channels).split(x.shape[0])
+    mu_x, mu_y = stats[0], stats[1]
+    var_x = (stats[2] - mu_x**2).clamp_min(0)
+    var_y = (stats[3] - mu_y**2).clamp_min(0)
+    cov = stats[4] - mu_x * mu_y
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return float(index.flatten(1).mean(1).mean())
 
 
 def _masked_mean(values: Tensor, mask: Tensor | None) -> float:
@@ -501,6 +514,16 @@ def _open_clip_cached_weights(open_clip, name: str, tag: str) -> str | None:
     return None
 
 
+def _hf_cached(repo: str, filename: str) -> bool:
+    """Whether `filename` of hub repo `repo` is in the local Hugging Face cache (never downloads)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    found = try_to_load_from_cache(repo, filename)
+    return isinstance(found, str) and os.path.isfile(found)
+
+
 def load_clip(name: str = "ViT-L-14", pretrained: str = "openai", device: str | torch.device = "cpu") -> ClipEncoder:
     """A ClipEncoder for open_clip's (name, pretrained) from local files only: open_clip when installed and the
     weights are cached, else transformers' copy of the same weights (local_files_only). Raises MetricUnavailable
@@ -521,7 +544,10 @@ def load_clip(name: str = "ViT-L-14", pretrained: str = "openai", device: str | 
         except Exception as error:  # noqa: BLE001 — any loader failure means "skip", with the reason
             reasons.append(f"open_clip failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
     repo = HF_CLIP_REPOS.get(name)
-    if repo is not None:
+    if repo is not None and not _hf_cached(repo, "config.json"):
+        # checked before importing transformers' CLIP, which alone costs more than the rest of an evaluation
+        reasons.append(f"transformers copy {repo} not in the local cache")
+    elif repo is not None:
         try:
             from transformers import AutoTokenizer, CLIPModel
 
@@ -940,11 +966,15 @@ def cli_evaluate(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-clip", action="store_true", help="skip CLIP score")
     parser.add_argument("--no-fid", action="store_true", help="skip 3D-FID (saves sampling the prior)")
     parser.add_argument("--fid-reference", type=int, default=EvalOptions.fid_reference)
+    parser.add_argument("--no-fid-cache", action="store_true",
+                        help="sample the prior's FID reference afresh instead of reusing the on-disk cache "
+                             "($DREAMMAPPING_CACHE, else ~/.cache/dreammapping)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--classifier", default=None, help="attribute classifier folder (default: shipped)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     opt = EvalOptions(resolution=args.resolution, num_views=args.views, seed=args.seed, clip=not args.no_clip,
-                      fid=not args.no_fid, fid_reference=args.fid_reference, device=args.device,
+                      fid=not args.no_fid, fid_reference=args.fid_reference, fid_cache=not args.no_fid_cache,
+                      device=args.device,
                       classifier_path=args.classifier)
     results, failures = [], 0
     for run in args.runs:
