@@ -472,8 +472,10 @@ def complete_pairs(records: list[dict], variants) -> list[tuple[str, int]]:
 
 def plot_curves(records: list[dict], variants, path: Path) -> Path | None:
     """Mean of each metric over the complete (prompt, seed) pairs vs iteration, one line per variant."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # a benchmark extra (pip install -e ".[bench]"); the tables do not need it
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
