@@ -237,6 +237,38 @@ def score_job(plan: Plan, job: Job) -> dict:
     return record
 
 
+def save_views(plan: Plan, job: Job, size: int = 64) -> Path:
+    """records/<run>.png: the final scene at the four canonical views (front, side, back, overhead), side by
+    side; and records/truth__<prompt>.png, the true scene, once per prompt. Small files, committed, so that the
+    report's picture grid comes from the records folder too."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from dreammapping import cameras as cams
+    from dreammapping.evaluate import _render
+    from dreammapping.export import load_ply
+    from dreammapping.files import atomic_path
+    from dreammapping.toyworld import grammar
+    from dreammapping.toyworld.sdf import render_scenes
+    from dreammapping.train import slugify
+
+    def strip(rgb: "torch.Tensor") -> Image.Image:  # [4,H,W,3] → one image 4W × H
+        return Image.fromarray((rgb.clamp(0, 1).permute(1, 0, 2, 3).reshape(size, -1, 3).numpy() * 255 + 0.5)
+                               .astype(np.uint8))
+
+    views = cams.canonical_views(size, size)
+    out = plan.records / f"{job.name}.png"
+    rgb, _ = _render(load_ply(plan.run_dir(job) / "snapshots" / f"step{plan.iterations:05d}.ply"), views)
+    with atomic_path(out) as tmp:
+        strip(rgb).save(tmp, format="PNG")
+    truth = plan.records / f"truth__{slugify(job.prompt, max_len=60)}.png"
+    if not truth.is_file():
+        with atomic_path(truth) as tmp:
+            strip(render_scenes([grammar.parse(job.prompt)], views)[0]).save(tmp, format="PNG")
+    return out
+
+
 # ================================================================================================ the runner
 def select_shard(jobs: list[Job], shard: str | None) -> list[Job]:
     """`shard` "i/n" keeps jobs i, i+n, i+2n, … (in order); None keeps all."""
@@ -265,6 +297,7 @@ def run(plan: Plan, shard: str | None = None, max_runs: int | None = None, log=p
             if what in ("train", "resume"):
                 train_job(plan, job, resume=what == "resume", log=log)
             record = score_job(plan, job)
+            save_views(plan, job)
         except Exception as error:  # noqa: BLE001 — one broken run is logged; the others go on
             from dreammapping.train import Interrupted
 
@@ -370,7 +403,7 @@ class Claim:
 
 METRIC_NOTES = {
     "iou": "silhouette IoU ↑", "psnr": "PSNR dB ↑", "ssim": "SSIM ↑", "color_error": "colour error ↓",
-    "saturation_error": "saturation error (+ = over-saturated)", "abs_saturation_error": "|saturation error| ↓",
+    "saturation_error": "saturation error (+ = over-saturated)", "abs_saturation_error": "abs. saturation error ↓",
     "edge_energy_ratio": "edge energy ratio (1 = truth's, < 1 smoother)", "edge_f_score": "edge F-score ↑",
     "hf_noise": "high-frequency noise ↓", "attr_all": "attribute accuracy ↑", "fid_classifier": "classifier 3D-FID ↓",
     "sec_per_it": "seconds per iteration",
@@ -386,7 +419,7 @@ def core_claims() -> list[Claim]:
               [Test("SDS edge energy ratio < 1", "edge_energy_ratio", "sds", reference=1.0, expect=-1)]),
         Claim("1c", "VDM + DCA gives truer colour than SDS", "§5.6, Fig. 5; abstract",
               [Test("colour error, VDM+DCA300 − SDS < 0", "color_error", d300, "sds", expect=-1),
-               Test("|saturation error|, VDM+DCA300 − SDS < 0", "abs_saturation_error", d300, "sds", expect=-1)]),
+               Test("abs. saturation error, VDM+DCA300 − SDS < 0", "abs_saturation_error", d300, "sds", expect=-1)]),
         Claim("1d", "VDM + DCA gives more detail than SDS", "§5.6, Fig. 5",
               [Test("edge F-score, VDM+DCA300 − SDS > 0", "edge_f_score", d300, "sds", expect=+1),
                Test("edge energy ratio, VDM+DCA300 − SDS > 0", "edge_energy_ratio", d300, "sds", expect=+1)]),
@@ -507,7 +540,8 @@ def plot_curves(records: list[dict], variants, path: Path) -> Path | None:
     return path
 
 
-def write_report(records: list[dict], docs: Path, command: str, probe: Path | None = None) -> Path:
+def write_report(records: list[dict], docs: Path, command: str, probe: Path | None = None,
+                 records_dir: Path | None = None) -> Path:
     """docs/claims.md (+ docs/claims/curves.png) from the records alone."""
     from dreammapping.files import atomic_write_text
 
@@ -601,6 +635,12 @@ def write_report(records: list[dict], docs: Path, command: str, probe: Path | No
                   "Each point: the mean over the complete core (prompt, seed) pairs of the snapshot taken at that "
                   "iteration of the same runs (the budget is read from these curves: where they flatten)."]
         lines += ["", budget_note(records, core)]
+    grid = plot_grid(records, core, Path(records_dir), docs / "claims" / "views.png") if records_dir else None
+    if grid:
+        lines += ["", "## What the results look like", "",
+                  "![front, side, back and overhead views of every core variant](claims/views.png)", "",
+                  "One row per (prompt, seed) with every core variant: the true scene, then each variant's final "
+                  "scene at the four canonical views (64² each, the resolution the metrics use)."]
     lines += ["", "## Per-run records", "",
               "One JSON per run in `benchmarks/results/claims/` (prompt, seed, variant, method options, resolved "
               "config, timings, every metric at every snapshot). The run folders themselves (snapshots .ply, "
@@ -608,6 +648,38 @@ def write_report(records: list[dict], docs: Path, command: str, probe: Path | No
     out = docs / "claims.md"
     atomic_write_text(out, "\n".join(lines) + "\n")
     return out
+
+
+def plot_grid(records: list[dict], variants, records_dir: Path, path: Path) -> Path | None:
+    """A picture grid from the records folder's PNGs: per complete (prompt, seed), truth then each variant."""
+    from PIL import Image, ImageDraw
+
+    from dreammapping.train import slugify
+
+    rows = []
+    for prompt, seed in complete_pairs(records, variants):
+        slug = slugify(prompt, max_len=60)
+        files = [records_dir / f"truth__{slug}.png"] + [records_dir / f"{slug}__{v}__seed{seed}.png" for v in variants]
+        if all(f.is_file() for f in files):
+            rows.append((f"{prompt}, seed {seed}", [Image.open(f).convert("RGB") for f in files]))
+    if not rows:
+        return None
+    w, h = rows[0][1][0].size
+    label_h, pad = 14, 4
+    labels = ["truth"] + list(variants)
+    cols = len(labels)
+    canvas = Image.new("RGB", (cols * (w + pad), len(rows) * (h + 2 * label_h) + label_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, name in enumerate(labels):
+        draw.text((c * (w + pad) + 2, 0), name, fill="black")
+    for r, (title, images) in enumerate(rows):
+        y = label_h + r * (h + 2 * label_h)
+        draw.text((2, y), title, fill="black")
+        for c, image in enumerate(images):
+            canvas.paste(image, (c * (w + pad), y + label_h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
 
 
 def budget_note(records: list[dict], variants) -> str:
@@ -631,7 +703,7 @@ def budget_note(records: list[dict], variants) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/claims.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("plan", "run", "rescore", "report"))
+    parser.add_argument("command", choices=("plan", "run", "rescore", "views", "report"))
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="run folders (outside git)")
     parser.add_argument("--records", type=Path, default=DEFAULT_RECORDS, help="committed per-run JSON records")
     parser.add_argument("--iterations", type=int, default=Plan.iterations)
@@ -651,6 +723,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "run":
         return 1 if run(plan, args.shard, args.max_runs, log) else 0
+    if args.command == "views":  # pictures of finished runs whose record has none (runners before they existed)
+        for job in plan.jobs():
+            if status(plan, job) == "done" and not (plan.records / f"{job.name}.png").is_file():
+                log(f"views {job.name}")
+                save_views(plan, job)
+        return 0
     if args.command == "rescore":
         for job in plan.jobs():
             if run_finished(plan.run_dir(job), plan.iterations) and status(plan, job) == "score":
@@ -658,7 +736,8 @@ def main(argv: list[str] | None = None) -> int:
                 score_job(plan, job)
         return 0
     command = "python benchmarks/claims.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
-    path = write_report(load_records(plan.records), args.docs, command, probe=args.docs / "vdm_probe.json")
+    path = write_report(load_records(plan.records), args.docs, command, probe=args.docs / "vdm_probe.json",
+                        records_dir=plan.records)
     log(f"wrote {path}")
     return 0
 

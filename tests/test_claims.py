@@ -134,6 +134,7 @@ def test_a_rerun_skips_finished_records_and_does_only_what_is_missing(claims, tm
         return write_record(claims, plan, job, hf_noise=0.01)
 
     monkeypatch.setattr(claims, "score_job", fake_score)
+    monkeypatch.setattr(claims, "save_views", lambda plan, job: None)
     assert claims.run(plan, log=lambda m: None) == 0
     trained = [c[1] for c in calls if c[0] == "train"]
     assert jobs[0] not in trained and trained == jobs[1:]
