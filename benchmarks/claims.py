@@ -127,7 +127,10 @@ def train_options(plan: Plan, job: Job) -> dict:
     """GenerateConfig fields of one run on top of the cpu preset."""
     method, options = VARIANTS[job.variant]
     return dict(method=method, method_options={method: {**options, "guidance_scale": GUIDANCE_SCALE}},
-                seed=job.seed, iterations=plan.iterations, device="cpu", threads=1, checkpoint_every=100)
+                seed=job.seed, iterations=plan.iterations, device="cpu", threads=1, checkpoint_every=100,
+                # a small turntable: the preset's (48 frames at 128², written twice) costs minutes on a busy CPU;
+                # `dreammapping render RUN/gaussians.ply` makes a full one of any run worth showing
+                turntable_frames=8, turntable_size=64)
 
 
 # ================================================================================================ state of a run
