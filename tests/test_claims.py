@@ -198,10 +198,20 @@ def test_report_is_made_from_records_alone_and_appends_the_probe_rows(claims, tm
     probe.write_text(json.dumps({"claims": [{"claim": "4. correlation falls with t", "where": "§7.1",
                                              "measured": "corr(ε, ε_φ)", "numbers": "0.9 → 0.1",
                                              "verdict": "reproduced"}]}))
+    from PIL import Image
+
+    from dreammapping.train import slugify
+
+    for job in plan.jobs():
+        if job.variant in claims.CORE:
+            Image.new("RGB", (32, 8), "red").save(plan.records / f"{job.name}.png")
+            Image.new("RGB", (32, 8), "blue").save(plan.records / f"truth__{slugify(job.prompt, max_len=60)}.png")
     out = claims.write_report(claims.load_records(plan.records), tmp_path / "docs", "python benchmarks/claims.py report",
-                              probe=probe)
+                              probe=probe, records_dir=plan.records)
     text = out.read_text()
     assert "`python benchmarks/claims.py report`" in text
     assert "| 1c | VDM + DCA gives truer colour than SDS" in text
     assert "4. correlation falls with t | §7.1 | corr(ε, ε_φ): 0.9 → 0.1 | reproduced |" in text
     assert "3 complete (prompt, seed) pairs" in text
+    grid = Image.open(tmp_path / "docs" / "claims" / "views.png")  # 3 rows × (truth + 5 variants)
+    assert grid.width >= 6 * 32 and "claims/views.png" in text
