@@ -737,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
             if run_finished(plan.run_dir(job), plan.iterations) and status(plan, job) == "score":
                 log(f"rescore {job.name}")
                 score_job(plan, job)
+                save_views(plan, job)
         return 0
     command = "python benchmarks/claims.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     path = write_report(load_records(plan.records), args.docs, command, probe=args.docs / "vdm_probe.json",
