@@ -644,6 +644,28 @@ def write_report(records: list[dict], docs: Path, command: str, probe: Path | No
                   "![front, side, back and overhead views of every core variant](claims/views.png)", "",
                   "One row per (prompt, seed) with every core variant: the true scene, then each variant's final "
                   "scene at the four canonical views (64² each, the resolution the metrics use)."]
+    lines += ["", "## What the metrics mean", "",
+              "- **edge energy ratio** = Σ|∇L|² of the result's luminance over the truth's (Sobel, 4 canonical "
+              "views, 64²): 1 = as much edge and shading contrast as the truth, < 1 = smoother (a blurred truth "
+              "scores < 1), > 1 = more (speckle, hard artefacts). Silhouette edges count too.",
+              "- **edge F-score**: F1 of the Sobel edge maps (magnitude > 0.1) of result and truth, 1 px tolerance: "
+              "1 = the truth's edges and no others.",
+              "- **high-frequency noise**: RMS of (residual − Gaussian(σ 1 px) * residual), residual = result − truth "
+              "in luminance, inside the truth's silhouette eroded by 2 px; 0 = truth. Lost detail leaves some too; "
+              "read it with the edge energy ratio.",
+              "- colour / saturation error over the pixels where result and truth are both foreground; saturation "
+              "error > 0 = over-saturated. All tested on known answers in tests/test_evaluate.py.",
+              "", "## Limits", "",
+              "- A 32² prior trained on a toy world of five shapes and seven flat colours stands in for Stable "
+              "Diffusion: 'detail' here is face shading and sharp silhouettes, not texture. A claim that does not "
+              "reproduce here may still hold at 512² with SD; one that does is evidence, not proof.",
+              "- Compute: one process on a 2-core machine shared by ~8 people (load average ~15 while this ran); a "
+              "300-iteration run took 10–30 minutes instead of ~1.5. Seconds per iteration are therefore noisy and "
+              "only comparable within a pair run at about the same time.",
+              "- Budget: 300 iterations, the `cpu` preset's own schedule (densification stops at 250, learning "
+              "rates decay to their final values at the last step). The change over the last 100 iterations above "
+              "says whether it has converged; a longer budget was not affordable here.",
+              ]
     lines += ["", "## Per-run records", "",
               "One JSON per run in `benchmarks/results/claims/` (prompt, seed, variant, method options, resolved "
               "config, timings, every metric at every snapshot). The run folders themselves (snapshots .ply, "
