@@ -69,6 +69,7 @@ BASELINE_PROMPTS: tuple[str, ...] = PROMPTS[:4]  # the baselines: fewer prompts,
 SEEDS: tuple[int, ...] = (0, 1, 2)
 # Order of the core variants inside a block of prompts: the main comparison first (compute is scarce).
 TIERS: tuple[tuple[str, ...], ...] = (("sds", "vdm+dca300"), ("vdm",), ("vdm+dca100", "vdm+dca500"))
+MAIN_PAIR = TIERS[0]
 
 
 @dataclass(frozen=True)
@@ -515,7 +516,7 @@ def plot_curves(records: list[dict], variants, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pairs = set(complete_pairs(records, variants))
+    pairs = set(complete_pairs(records, MAIN_PAIR))
     use = [r for r in records if (r["prompt"], r["seed"]) in pairs and r["variant"] in variants]
     if not use:
         return None
@@ -523,19 +524,22 @@ def plot_curves(records: list[dict], variants, path: Path) -> Path | None:
     for ax, key in zip(axes.flat, CURVE_KEYS):
         for v in variants:
             rs = [r for r in use if r["variant"] == v]
+            if not rs:
+                continue
             steps = sorted({int(s) for r in rs for s in r["snapshots"]})
             means = []
             for s in steps:
                 vals = [metric_of(r, key, str(s)) for r in rs]
                 vals = [x for x in vals if x is not None and math.isfinite(x)]
                 means.append(sum(vals) / len(vals) if vals else math.nan)
-            ax.plot(steps, means, marker="o", ms=3, label=v)
+            ax.plot(steps, means, marker="o", ms=3, label=f"{v} (n={len(rs)})")
         ax.set_title(METRIC_NOTES.get(key, key), fontsize=10)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
     axes.flat[-1].axis("off")
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle(f"metrics vs iteration, mean over {len(pairs)} (prompt, seed) pairs with every variant")
+    fig.suptitle(f"metrics vs iteration: mean over the runs of each variant among the {len(pairs)} (prompt, seed) "
+                 "pairs that have both SDS and VDM+DCA300")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -569,7 +573,8 @@ def write_report(records: list[dict], docs: Path, command: str, probe: Path | No
         "",
         "**Statistics.** Each test is a mean of paired differences (same prompt, seed and initial Gaussians) — or, "
         "for a level, of one variant's values minus the reference — with a 95% percentile-bootstrap CI "
-        "(10 000 resamples, seed 0). A CI that holds 0 is **inside the noise**. A test needs ≥ 3 pairs to count. "
+        "(10 000 resamples, seed 0). A CI that holds 0 is **inside the noise**. A test needs ≥ 3 pairs to count; "
+        "with fewer than ~10 the percentile bootstrap is too narrow, so treat such CIs as indicative. "
         "Verdict: *reproduced* when every test of the claim agrees outside the noise; *partly* when some do and "
         "none contradict; *not reproduced* when none agree.",
         "",
@@ -614,8 +619,11 @@ def write_report(records: list[dict], docs: Path, command: str, probe: Path | No
         rs = [r for r in records if r["variant"] == v]
         cells = [f"`{v}`", str(len(rs))]
         for k in SUMMARY_KEYS:
-            mean, lo, hi = bootstrap_ci([metric_of(r, k) for r in rs])
-            cells.append("—" if not math.isfinite(mean) else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]")
+            vals = [metric_of(r, k) for r in rs]
+            vals = [x for x in vals if x is not None and math.isfinite(x)]
+            mean, lo, hi = bootstrap_ci(vals)
+            cells.append("—" if not math.isfinite(mean) else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]" if len(vals) >= 3
+                         else f"{mean:.3f} (n={len(vals)}, no CI)")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Paired difference to SDS (variant − SDS, same prompt and seed); *italic* = inside the noise.", ""]
     lines += ["| variant | pairs | " + " | ".join(METRIC_NOTES.get(k, k) for k in SUMMARY_KEYS) + " |",
@@ -628,6 +636,9 @@ def write_report(records: list[dict], docs: Path, command: str, probe: Path | No
             vals = paired(records, v, "sds", k)
             n = max(n, len(vals))
             ci = bootstrap_ci(vals)
+            if len(vals) < 3:
+                cells.append("—" if not vals else f"{ci[0]:+.3f} (n={len(vals)}, no CI)")
+                continue
             text = _fmt_ci(ci, k)
             cells.append(f"*{text}*" if sign_of(ci) == 0 and text != "—" else text)
         lines.append(f"| `{v}` | {n} | " + " | ".join(cells) + " |")
@@ -635,8 +646,9 @@ def write_report(records: list[dict], docs: Path, command: str, probe: Path | No
     lines += ["", "## Metrics vs iteration", ""]
     if curves:
         lines += ["![metric curves](claims/curves.png)", "",
-                  "Each point: the mean over the complete core (prompt, seed) pairs of the snapshot taken at that "
-                  "iteration of the same runs (the budget is read from these curves: where they flatten)."]
+                  "Each point: the mean, over the (prompt, seed) pairs that have both SDS and VDM+DCA300, of the "
+                  "snapshot taken at that iteration of the same runs; n per variant in the legend (the budget is "
+                  "read from these curves: where they flatten)."]
         lines += ["", budget_note(records, core)]
     grid = plot_grid(records, core, Path(records_dir), docs / "claims" / "views.png") if records_dir else None
     if grid:
@@ -709,7 +721,7 @@ def plot_grid(records: list[dict], variants, records_dir: Path, path: Path) -> P
 
 def budget_note(records: list[dict], variants) -> str:
     """How much the core metrics still move over the last 100 iterations (mean |change| over complete pairs)."""
-    pairs = set(complete_pairs(records, variants))
+    pairs = set(complete_pairs(records, MAIN_PAIR))
     rs = [r for r in records if (r["prompt"], r["seed"]) in pairs and r["variant"] in variants]
     if not rs:
         return ""
@@ -722,7 +734,7 @@ def budget_note(records: list[dict], variants) -> str:
         if diffs:
             mean, lo, hi = bootstrap_ci(diffs)
             parts.append(f"{key} {mean:+.3f} [{lo:+.3f}, {hi:+.3f}]")
-    return (f"Change over the last 100 iterations (step {last} − step {earlier}, all core runs of complete pairs, "
+    return (f"Change over the last 100 iterations (step {last} − step {earlier}, the {len(rs)} core runs above, "
             f"mean [95% CI]): " + "; ".join(parts) + ".")
 
 
