@@ -467,19 +467,20 @@ def evaluate_claim(claim: Claim, records: list[dict]) -> tuple[list[dict], str]:
         rows.append({"test": test, "n": len(vals), "ci": ci, "sign": sign})
         if vals:
             signs.append(sign * test.expect)  # +1 agrees, −1 contradicts, 0 inside the noise
+    agree, against = signs.count(1), signs.count(-1)
     if not signs or all(r["n"] < 3 for r in rows):
         verdict = "not measurable yet (fewer than 3 paired runs)"
-    elif all(s == 1 for s in signs):
+    elif agree == len(signs):
         verdict = "reproduced"
-    elif all(s == -1 for s in signs):
+    elif agree and not against:
+        verdict = f"partly reproduced ({agree} of {len(signs)} tests agree, the rest are inside the noise)"
+    elif agree and against:
+        verdict = f"mixed ({agree} of {len(signs)} tests agree, {against} show the opposite)"
+    elif against == len(signs):
         verdict = "not reproduced (the opposite is measured)"
-    elif any(s == 1 for s in signs) and not any(s == -1 for s in signs):
-        verdict = "partly reproduced (the other tests are inside the noise)"
-    elif any(s == -1 for s in signs) and not any(s == 1 for s in signs):
-        verdict = "not reproduced (" + ("the opposite is measured" if all(s == -1 for s in signs if s)
-                                        else "inside the noise or opposite") + ")"
-    elif any(s == 1 for s in signs) and any(s == -1 for s in signs):
-        verdict = "mixed: some tests agree, some contradict"
+    elif against:
+        verdict = (f"not reproduced ({against} of {len(signs)} tests show the opposite, the rest are inside "
+                   "the noise)")
     else:
         verdict = "not reproduced: every difference is inside the noise"
     return rows, verdict
@@ -576,7 +577,8 @@ def write_report(records: list[dict], docs: Path, command: str, probe: Path | No
         "(10 000 resamples, seed 0). A CI that holds 0 is **inside the noise**. A test needs ≥ 3 pairs to count; "
         "with fewer than ~10 the percentile bootstrap is too narrow, so treat such CIs as indicative. "
         "Verdict: *reproduced* when every test of the claim agrees outside the noise; *partly* when some do and "
-        "none contradict; *not reproduced* when none agree.",
+        "none contradict; *not reproduced* when none agree. Verdicts are about signs; read the sizes too (for "
+        "scale: speckle of std 0.05 gives a noise of 0.044, a blur of σ 1.5 px an edge energy ratio of ~0.4).",
         "",
         "## Claims",
         "",

@@ -181,6 +181,8 @@ def test_verdicts(claims):
     assert claims.evaluate_claim(claim, recs([-0.1, -0.12, -0.09, -0.11]))[1] == "reproduced"
     assert claims.evaluate_claim(claim, recs([0.1, 0.12, 0.09, 0.11]))[1].startswith("not reproduced (the opposite")
     assert "inside the noise" in claims.evaluate_claim(claim, recs([-0.1, 0.12, -0.09, 0.11]))[1]
+    two = claims.Claim("y", "two", "here", claim.tests + [claims.Test("n", "color_error", "vdm+dca300", "sds", expect=+1)])
+    assert claims.evaluate_claim(two, recs([-0.1, -0.12, -0.09, -0.11]))[1].startswith("mixed (1 of 2")
     assert claims.evaluate_claim(claim, recs([-0.1, -0.1]))[1].startswith("not measurable")
 
 
