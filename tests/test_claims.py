@@ -158,8 +158,7 @@ def test_bootstrap_ci_matches_the_normal_theory_interval_on_a_large_sample(claim
     assert claims.bootstrap_ci(x) == (mean, lo, hi)  # fixed seed: reproducible
 
 
-def test_paired_differences_use_only_complete_pairs(claims, tmp_path):
-    plan = plan_in(claims, tmp_path)
+def test_paired_differences_use_only_complete_pairs(claims):
     recs = []
     for (prompt, seed, variant, err) in [("a", 0, "sds", 0.3), ("a", 0, "vdm+dca300", 0.2), ("b", 0, "sds", 0.5),
                                         ("b", 1, "vdm+dca300", 0.1), ("b", 1, "sds", 0.4)]:
