@@ -16,6 +16,12 @@ import torch
 from dreammapping import evaluate as ev
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """FID reference samples go to a per-test folder, never the user's ~/.cache."""
+    monkeypatch.setenv("DREAMMAPPING_CACHE", str(tmp_path / "dm-cache"))
+
+
 # ---- helpers ---------------------------------------------------------------------------------------------------
 def disc(h: int, w: int, cx: float, cy: float, r: float) -> torch.Tensor:
     """Bool mask [H,W] of the pixels whose centres lie inside the circle."""
@@ -539,3 +545,156 @@ def test_cli_evaluate_checks_its_values_once_up_front(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and err.startswith("dreammapping evaluate:") and flags[0].lstrip("-")[:4] in err, err
     assert ev.cli_evaluate([str(tmp_path), "--views", "x"]) == 2  # argparse's own error, returned not raised
+
+# ---- detail (edge energy, edge F-score) and noise (high-frequency residual) on known answers -------------------
+def shaded_truth(R: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+    """A grey 'cube' on white, two faces of different shades plus a vertical shading ramp: image [2,R,R,3] and
+    alpha [2,R,R,1] (the second view mirrored), mid-grey so that ±noise is never clamped."""
+    y, x = torch.meshgrid(torch.arange(R) + 0.5, torch.arange(R) + 0.5, indexing="ij")
+    inside = (x > R * 0.2) & (x < R * 0.8) & (y > R * 0.2) & (y < R * 0.8)
+    shade = torch.where(x < R / 2, torch.full_like(x, 0.35), torch.full_like(x, 0.6)) + 0.1 * (y / R)
+    img = torch.where(inside, shade, torch.ones_like(shade))[..., None].expand(R, R, 3)
+    alpha = inside.float()[..., None]
+    return torch.stack([img, img.flip(1)]), torch.stack([alpha, alpha.flip(1)])
+
+
+def blurred(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    from scipy import ndimage
+
+    return torch.tensor(ndimage.gaussian_filter(img.double().numpy(), sigma=(0, sigma, sigma, 0), mode="nearest")).float()
+
+
+def test_the_truth_itself_scores_the_ideal_detail_and_noise():
+    truth, alpha = shaded_truth()
+    assert ev.edge_energy_ratio(truth, truth) == pytest.approx(1.0)
+    assert ev.edge_f_score(truth, truth) == 1.0
+    assert ev.high_frequency_noise(truth, truth, alpha) == 0.0
+
+
+def test_a_blurred_truth_scores_lower_sharpness_the_more_it_is_blurred():
+    truth, alpha = shaded_truth()
+    soft, softer = blurred(truth, 0.7), blurred(truth, 1.5)
+    assert ev.edge_energy_ratio(softer, truth) < ev.edge_energy_ratio(soft, truth) < 0.9
+    assert ev.edge_f_score(softer, truth) < 1.0
+    # blur loses the inner face edge, which leaves some high-frequency residual, but far less than a speckle of
+    # std 0.05 (≈ 0.044, next test)
+    assert ev.high_frequency_noise(soft, truth, alpha) < 0.02
+
+
+def test_a_speckled_truth_scores_the_known_high_frequency_noise():
+    """i.i.d. grey speckle of std s inside the silhouette: hp = (δ − G_σ) * n has RMS s·sqrt(Σ(δ − g)²), with g
+    the filter's own kernel (found by filtering a unit impulse)."""
+    from scipy import ndimage
+
+    truth, alpha = shaded_truth(96)
+    s = 0.05
+    g = torch.Generator().manual_seed(0)
+    noise = s * torch.randn(truth.shape[:3], generator=g)[..., None] * alpha  # the same on R, G, B: luma = noise
+    speckled = truth + noise
+    impulse = np.zeros((1, 21, 21))
+    impulse[0, 10, 10] = 1.0
+    kernel = impulse - ndimage.gaussian_filter(impulse, sigma=(0, ev.NOISE_SIGMA, ev.NOISE_SIGMA))
+    expected = s * float(np.sqrt((kernel ** 2).sum()))  # ≈ 0.87 s for σ = 1 px
+    assert ev.high_frequency_noise(speckled, truth, alpha) == pytest.approx(expected, rel=0.05)
+    assert ev.edge_f_score(speckled, truth) < 1.0  # speckle adds edges that the truth does not have
+    assert ev.edge_energy_ratio(speckled, truth) > 1.0
+
+
+def test_noise_ignores_a_smooth_colour_shift_and_a_one_pixel_silhouette_shift():
+    truth, alpha = shaded_truth()
+    # a flat shift inside: only the Gaussian tail of the step at the (eroded) border leaks in, ~0.5 % of speckle
+    assert ev.high_frequency_noise((truth - 0.1 * alpha).clamp(0, 1), truth, alpha) < 1e-3
+    flat, flat_alpha = composite(disc(48, 48, 24, 24, 14), (0.5, 0.5, 0.5))
+    shifted = flat.roll(1, dims=2)  # a silhouette one pixel off: the border is eroded away, only a tail leaks in
+    assert ev.high_frequency_noise(shifted, flat, flat_alpha) < 0.01
+
+
+def test_evaluate_run_reports_the_detail_and_noise_metrics(monkeypatch, fake_grammar, tmp_path):
+    _fake_world(monkeypatch, fake_grammar, result_rgb=(0.8, 0.4, 0.4), truth_rgb=(0.8, 0.4, 0.4), shift=0)
+    m = ev.evaluate_run(_write_run(tmp_path / "run", "a red cube"), resolution=32, num_views=2, fid=False)["metrics"]
+    assert m["edge_energy_ratio"] == pytest.approx(1.0) and m["edge_f_score"] == 1.0 and m["hf_noise"] == 0.0
+
+
+def test_num_views_zero_computes_only_the_canonical_metrics(monkeypatch, fake_grammar, tmp_path):
+    _fake_world(monkeypatch, fake_grammar, result_rgb=(0.8, 0.4, 0.4), truth_rgb=(0.8, 0.4, 0.4), shift=0)
+    m, skipped = ev.evaluate_gaussians("gaussians", "a red cube", "embedded",
+                                       ev.EvalOptions(resolution=32, num_views=0))
+    assert m["iou"] == 1.0 and "attr_all" not in m and "fid_classifier" not in m
+    assert "num_views=0" in skipped["attr_all"] and "num_views=0" in skipped["fid_classifier"]
+
+
+# ---- the FID reference cache -----------------------------------------------------------------------------------
+def _counting_sampler(n=5, seed=0):
+    calls = []
+
+    def sample():
+        calls.append(1)
+        return torch.rand(n, 8, 8, 3, generator=torch.Generator().manual_seed(seed + len(calls)))
+
+    return sample, calls
+
+
+def test_reference_cache_reuses_a_stored_sample_and_keys_on_the_settings():
+    settings = {"prompt": "a red cube", "n": 5, "steps": 50}
+    sample, calls = _counting_sampler()
+    first = ev.cached_reference(settings, sample)
+    again = ev.cached_reference(dict(settings), sample)
+    assert len(calls) == 1 and torch.equal(first, again)
+    files = list(ev.reference_cache_dir().glob("*.safetensors"))
+    assert len(files) == 1 and not list(ev.reference_cache_dir().glob("*.tmp"))
+    ev.cached_reference({**settings, "steps": 20}, sample)  # other settings: another sample, another file
+    assert len(calls) == 2 and len(list(ev.reference_cache_dir().glob("*.safetensors"))) == 2
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other_settings", "out_of_range"])
+def test_a_damaged_reference_cache_file_is_recomputed_not_trusted(damage):
+    from safetensors.torch import save_file
+
+    settings = {"prompt": "a red cube", "n": 5}
+    sample, calls = _counting_sampler()
+    good = ev.cached_reference(settings, sample)
+    path = next(ev.reference_cache_dir().glob("*.safetensors"))
+    if damage == "garbage":
+        path.write_bytes(b"\x00not a safetensors file")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:40])
+    elif damage == "other_settings":
+        save_file({"images": torch.zeros(5, 8, 8, 3)}, str(path), metadata={"settings": '{"prompt": "a blue cone"}'})
+    else:
+        save_file({"images": torch.full((5, 8, 8, 3), 7.0)}, str(path),
+                  metadata={"settings": json.dumps(settings, sort_keys=True)})
+    fresh = ev.cached_reference(settings, sample)
+    assert len(calls) == 2 and not torch.equal(fresh, good)  # sampled again (the sampler's next draw)
+    assert torch.equal(ev.cached_reference(settings, sample), fresh) and len(calls) == 2  # and stored again
+
+
+def test_evaluate_run_samples_the_prior_once_across_processes(monkeypatch, fake_grammar, tmp_path):
+    """The in-memory cache is emptied between the calls (as in a new process): the second call reads the disk."""
+    _fake_world(monkeypatch, fake_grammar, result_rgb=(0.9, 0.1, 0.1), truth_rgb=(0.8, 0.4, 0.4), shift=2)
+    calls = []
+    real = ev.prior_reference_images
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "prior_reference_images", counting)
+    run = _write_run(tmp_path / "run", "a red cube")
+    first = ev.evaluate_run(run, resolution=32, num_views=4, fid_reference=6)["metrics"]["fid_classifier"]
+    ev._REFERENCE_CACHE.clear()
+    second = ev.evaluate_run(run, resolution=32, num_views=4, fid_reference=6)["metrics"]["fid_classifier"]
+    assert len(calls) == 1 and second == pytest.approx(first)
+    ev._REFERENCE_CACHE.clear()
+    ev.evaluate_run(run, resolution=32, num_views=4, fid_reference=6, fid_cache=False)
+    assert len(calls) == 2  # --no-fid-cache samples again
+
+
+def test_ssim_matches_torchmetrics():
+    from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 32, 32, 3, generator=g)
+    b = (a + 0.1 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    for x, y in ((a, b), (a, a.flip(2)), (b, b)):
+        expected = float(tm_ssim(ev.to_channels_first(x), ev.to_channels_first(y), data_range=1.0))
+        assert ev.ssim(x, y) == pytest.approx(expected, abs=1e-5)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -99,16 +100,29 @@ def psnr(a: Tensor, b: Tensor, cap: float = PSNR_CAP, data_range: float = 1.0) -
     return float(value.clamp(max=cap).mean())
 
 
-def ssim(a: Tensor, b: Tensor, data_range: float = 1.0) -> float:
-    """Structural similarity (torchmetrics, Gaussian window σ 1.5, 11 px or the largest odd size that fits)."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
-    side = min(a.shape[1], a.shape[2])
-    kernel = min(11, side if side % 2 else side - 1)
-    value = structural_similarity_index_measure(
-        to_channels_first(a.float()), to_channels_first(b.float()), data_range=data_range, kernel_size=kernel
-    )
-    return float(value)
+def ssim(a: Tensor, b: Tensor, data_range: float = 1.0, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> float:
+    """Structural similarity of [B,H,W,3] images, as torchmetrics' `structural_similarity_index_measure` with its
+    defaults computes it (Gaussian window σ 1.5 of 11 px, reflect padding, the whole padded-then-filtered image
+    averaged; tested against it). Written out here because importing torchmetrics costs more than the rest of
+    an evaluation. Images smaller than the window's half-width + 1 use the largest odd window that fits."""
+    x, y = to_channels_first(a.double()), to_channels_first(b.double())
+    radius = int(3.5 * sigma + 0.5)
+    radius = min(radius, min(x.shape[-2:]) - 1)
+    dist = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    g = torch.exp(-((dist / sigma) ** 2) / 2)
+    g = g / g.sum()
+    channels = x.shape[1]
+    kernel = (g[:, None] @ g[None, :]).expand(channels, 1, -1, -1)
+    x = F.pad(x, (radius,) * 4, mode="reflect")
+    y = F.pad(y, (radius,) * 4, mode="reflect")
+    stats = F.conv2d(torch.cat([x, y, x * x, y * y, x * y]), kernel, groups=channels).split(x.shape[0])
+    mu_x, mu_y = stats[0], stats[1]
+    var_x = (stats[2] - mu_x**2).clamp_min(0)
+    var_y = (stats[3] - mu_y**2).clamp_min(0)
+    cov = stats[4] - mu_x * mu_y
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return float(index.flatten(1).mean(1).mean())
 
 
 def _masked_mean(values: Tensor, mask: Tensor | None) -> float:
@@ -141,6 +155,81 @@ def saturation_error(a: Tensor, b: Tensor, mask: Tensor | None = None) -> float:
 def mean_saturation(rgb: Tensor, mask: Tensor | None = None) -> float:
     """Mean HSV saturation over `mask`: a reference-free colour statistic, usable for any prompt."""
     return _masked_mean(saturation(rgb.double()), mask)
+
+
+# ---- detail and noise (what §5.6 / Fig. 5 and 7 of the paper are about) --------------------------------------
+# Both work on luminance at the canonical views against the true render; scipy.ndimage does the filtering.
+EDGE_THRESHOLD = 0.1  # Sobel magnitude (luminance units per pixel, Sobel normalised by 8) that counts as an edge
+EDGE_TOLERANCE = 1  # px: an edge within this distance of a true edge counts as matched
+NOISE_SIGMA = 1.0  # px: the high-pass of the noise measure keeps what a Gaussian of this σ removes
+NOISE_ERODE = 2  # px: the truth's silhouette is eroded by this much, so shape misfit at the border is not "noise"
+
+
+def _luminance(images: Tensor) -> np.ndarray:
+    """[B,H,W,3] in [0,1] → [B,H,W] float64 Rec. 601 luma."""
+    x = images.detach().double().cpu().numpy()
+    return x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+
+
+def _sobel_magnitude(luma: np.ndarray) -> np.ndarray:
+    """|∇| per view of [B,H,W] luma (Sobel / 8, so a unit step gives ≈ 0.5 at the step), border replicated."""
+    from scipy import ndimage
+
+    gy = ndimage.sobel(luma, axis=1, mode="nearest") / 8.0
+    gx = ndimage.sobel(luma, axis=2, mode="nearest") / 8.0
+    return np.hypot(gx, gy)
+
+
+def edge_energy_ratio(images: Tensor, truth: Tensor) -> float:
+    """Gradient energy Σ|∇L|² (Sobel, luma) of `images` over that of `truth` ([B,H,W,3] each, summed over the
+    batch). Squared on purpose: blur spreads a step over more pixels and keeps Σ|∇L| (the total variation of a
+    monotone edge) but lowers Σ|∇L|². 1 = as much edge / shading detail as the truth; < 1 = over-smoothed (a
+    blurred truth scores < 1); > 1 = more gradient than the truth (noise, speckle, hard artefacts). A sharpness
+    measure, not a correctness one: read it with `edge_f_score`, which says whether the edges are in place."""
+    a, b = (_sobel_magnitude(_luminance(images)) ** 2).sum(), (_sobel_magnitude(_luminance(truth)) ** 2).sum()
+    return float(a / b) if b > 0 else float("nan")
+
+
+def edge_f_score(images: Tensor, truth: Tensor, threshold: float = EDGE_THRESHOLD,
+                 tolerance: int = EDGE_TOLERANCE) -> float:
+    """F1 of the edge maps (Sobel magnitude > `threshold`) of `images` against `truth` ([B,H,W,3] each), an edge
+    pixel matching when the other map has an edge within `tolerance` px (pooled over the batch). 1 = the truth's
+    edges and no others; blur loses edges (recall), speckle adds false ones (precision)."""
+    from scipy import ndimage
+
+    ea = _sobel_magnitude(_luminance(images)) > threshold
+    eb = _sobel_magnitude(_luminance(truth)) > threshold
+    if not ea.any() and not eb.any():
+        return 1.0
+    if not ea.any() or not eb.any():
+        return 0.0
+    structure = np.zeros((1, 2 * tolerance + 1, 2 * tolerance + 1), bool)
+    structure[0] = True  # dilate within each view only
+    near_a = ndimage.binary_dilation(ea, structure=structure)
+    near_b = ndimage.binary_dilation(eb, structure=structure)
+    precision = (ea & near_b).sum() / ea.sum()
+    recall = (eb & near_a).sum() / eb.sum()
+    return float(2 * precision * recall / (precision + recall)) if precision + recall > 0 else 0.0
+
+
+def high_frequency_noise(images: Tensor, truth: Tensor, truth_alpha: Tensor, sigma: float = NOISE_SIGMA,
+                         erode: int = NOISE_ERODE) -> float:
+    """RMS of the high-frequency residual inside the truth's silhouette: r = luma(images) − luma(truth),
+    hp(r) = r − G_σ * r, averaged over the pixels of the truth's silhouette (alpha > 0.5) eroded by `erode` px
+    (pooled over the batch). 0 for the truth itself; speckle raises it; a smooth colour shift does not (it is
+    low-frequency), nor does a silhouette that is slightly off (the border is eroded away). Detail that is missing
+    (a blurred inner edge) leaves a residual too, smaller than speckle's: read it with `edge_energy_ratio`, which
+    is < 1 for lost detail and > 1 for added texture. NaN on an empty mask."""
+    from scipy import ndimage
+
+    r = _luminance(images) - _luminance(truth)
+    high = r - ndimage.gaussian_filter(r, sigma=(0, sigma, sigma), mode="nearest")
+    mask = (_plane(truth_alpha) > 0.5).detach().cpu().numpy()
+    if erode > 0:
+        structure = np.zeros((1, 3, 3), bool)
+        structure[0] = True
+        mask = ndimage.binary_erosion(mask, structure=structure, iterations=erode)
+    return float(np.sqrt((high[mask] ** 2).mean())) if mask.any() else float("nan")
 
 
 # ---- attribute accuracy ----------------------------------------------------------------------------------------
@@ -427,6 +516,16 @@ def _open_clip_cached_weights(open_clip, name: str, tag: str) -> str | None:
     return None
 
 
+def _hf_cached(repo: str, filename: str) -> bool:
+    """Whether `filename` of hub repo `repo` is in the local Hugging Face cache (never downloads)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    found = try_to_load_from_cache(repo, filename)
+    return isinstance(found, str) and os.path.isfile(found)
+
+
 def load_clip(name: str = "ViT-L-14", pretrained: str = "openai", device: str | torch.device = "cpu") -> ClipEncoder:
     """A ClipEncoder for open_clip's (name, pretrained) from local files only: open_clip when installed and the
     weights are cached, else transformers' copy of the same weights (local_files_only). Raises MetricUnavailable
@@ -447,7 +546,10 @@ def load_clip(name: str = "ViT-L-14", pretrained: str = "openai", device: str | 
         except Exception as error:  # noqa: BLE001 — any loader failure means "skip", with the reason
             reasons.append(f"open_clip failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
     repo = HF_CLIP_REPOS.get(name)
-    if repo is not None:
+    if repo is not None and not _hf_cached(repo, "config.json"):
+        # checked before importing transformers' CLIP, which alone costs more than the rest of an evaluation
+        reasons.append(f"transformers copy {repo} not in the local cache")
+    elif repo is not None:
         try:
             from transformers import AutoTokenizer, CLIPModel
 
@@ -476,6 +578,7 @@ class EvalOptions:
     fid_reference: int = 16  # images sampled from the prior per prompt for FID
     fid_steps: int = 50  # DPM-Solver++ steps for those samples (paper: 50)
     fid_guidance_scale: float | None = None  # CFG of those samples; None: 7.5 (SD's default), 2.0 for "embedded"
+    fid_cache: bool = True  # keep the reference samples on disk (`reference_cache_dir()`), one file per setting
     device: str = "cpu"
     classifier_path: str | None = None  # None: the shipped classifier
 
@@ -517,7 +620,64 @@ def read_run_config(run_dir: Path) -> RunInfo:
     return RunInfo(str(prompt), str(prior or "embedded"), config)
 
 
-_REFERENCE_CACHE: dict[tuple, Tensor] = {}
+_REFERENCE_CACHE: dict[str, Tensor] = {}
+REFERENCE_CACHE_VERSION = 1  # bump when the way reference images are made changes
+
+
+def reference_cache_dir() -> Path:
+    """Where FID reference samples are kept: $DREAMMAPPING_CACHE/fid_reference, else
+    $XDG_CACHE_HOME/dreammapping/fid_reference, else ~/.cache/dreammapping/fid_reference."""
+    root = os.environ.get("DREAMMAPPING_CACHE")
+    if not root:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dreammapping")
+    return Path(root) / "fid_reference"
+
+
+def prior_fingerprint(prior_id: str) -> str:
+    """Names, sizes and mtimes of the prior's files (the embedded prior's folder, or a local folder), so that
+    retraining the prior invalidates its cached reference samples; a hub id stands for itself."""
+    from dreammapping.priors import embedded_prior_path
+
+    folder = embedded_prior_path() if prior_id == "embedded" else Path(prior_id)
+    if not folder.is_dir():
+        return prior_id
+    entries = sorted(f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                     for p in folder.rglob("*") if p.is_file())
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+
+
+def cached_reference(settings: dict, sample: Callable[[], Tensor]) -> Tensor:
+    """The reference images [N,H,W,3] for `settings` from the disk cache, or `sample()` them and store them.
+
+    One safetensors file per settings (named by their hash, the settings stored inside and compared on load):
+    a file that cannot be read, holds other settings, or has the wrong shape or values is recomputed and
+    replaced, never trusted. Written through `files.atomic_path`, so concurrent evaluations never see half a file."""
+    from safetensors.torch import load_file, save_file
+
+    from dreammapping.files import atomic_path
+
+    key = json.dumps(settings, sort_keys=True)
+    path = reference_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
+    if path.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                stored = (f.metadata() or {}).get("settings")
+            images = load_file(str(path))["images"]
+            n = int(settings.get("n", images.shape[0]))
+            if stored == key and images.dim() == 4 and images.shape[0] == n and images.shape[-1] == 3 \
+                    and bool(torch.isfinite(images).all()) and float(images.min()) >= 0 and float(images.max()) <= 1:
+                return images.float()
+        except Exception:  # noqa: BLE001 — a corrupt or foreign file: recompute below
+            pass
+    images = sample().float().contiguous().cpu()
+    try:
+        with atomic_path(path) as tmp:
+            save_file({"images": images}, str(tmp), metadata={"settings": key})
+    except OSError:  # a read-only cache is not an error, only slower
+        pass
+    return images
 _PRIOR_CACHE: dict[str, Any] = {}
 _CLASSIFIER_CACHE: dict[Any, Any] = {}
 _CLIP_CACHE: dict[tuple, Any] = {}
@@ -568,7 +728,6 @@ def _render(gaussians, cameras):
 def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **overrides) -> dict:
     """Every metric of one run folder (`gaussians.ply` + `config.yaml`); writes and returns `eval.json`'s dict:
     {"run", "prompt", "prior", "metrics": name → float, "skipped": name → reason, "settings", "seconds"}."""
-    from dreammapping import cameras as cams
     from dreammapping.export import load_ply
 
     opt = options or EvalOptions()
@@ -580,8 +739,31 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **over
         raise FileNotFoundError(f"{run_dir}: no gaussians.ply")
     t0 = time.perf_counter()
     info = read_run_config(run_dir)
+    gaussians = load_ply(ply, device=opt.device)
+    metrics, skipped = evaluate_gaussians(gaussians, info.prompt, info.prior, opt)
+    result = {
+        "run": str(run_dir),
+        "prompt": info.prompt,
+        "prior": info.prior,
+        "metrics": metrics,
+        "skipped": skipped,
+        "settings": {k: getattr(opt, k) for k in EvalOptions.__dataclass_fields__},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    atomic_write_text(run_dir / "eval.json", json.dumps(_jsonable(result), indent=2) + "\n")
+    return result
+
+
+def evaluate_gaussians(gaussians, prompt: str, prior_id: str = "embedded", options: EvalOptions | None = None
+                       ) -> tuple[dict[str, float], dict[str, str]]:
+    """Every metric of one scene (a `Gaussians` on `options.device`) for `prompt`: (metrics name → float,
+    skipped name → one-line reason). `evaluate_run` is this plus reading and writing the run folder; benchmarks
+    call it on snapshots taken during training."""
+    from dreammapping import cameras as cams
+
+    opt = options or EvalOptions()
+    info = RunInfo(prompt, prior_id)
     device = opt.device
-    gaussians = load_ply(ply, device=device)
     metrics: dict[str, float] = {}
     skipped: dict[str, str] = {}
 
@@ -608,12 +790,9 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **over
     metrics["mean_saturation"] = mean_saturation(rgb, fg)
     metrics["coverage"] = float(fg.float().mean())  # fraction of canonical pixels the result covers
 
-    gen = torch.Generator().manual_seed(opt.seed)
-    random_views = cams.sample_orbit(opt.num_views, R, R, cams.OrbitConfig(), generator=gen).to(device)
-    rand_rgb, _ = _render(gaussians, random_views)
-
     # ---- ground truth: the embedded world's true scene at the same cameras ------------------------------------
-    scene, gt_names = None, ["iou", "psnr", "ssim", "color_error", "saturation_error"]
+    scene, gt_names = None, ["iou", "psnr", "ssim", "color_error", "saturation_error", "edge_energy_ratio",
+                             "edge_f_score", "hf_noise"]
     try:
         from dreammapping.toyworld import grammar
 
@@ -637,10 +816,22 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **over
                 "color_error": mean_color_error(rgb, gt_rgb, both),
                 "saturation_error": saturation_error(rgb, gt_rgb, both),
                 "gt_saturation": mean_saturation(gt_rgb, _plane(gt_alpha) > 0.5),
+                "edge_energy_ratio": edge_energy_ratio(rgb, gt_rgb),
+                "edge_f_score": edge_f_score(rgb, gt_rgb),
+                "hf_noise": high_frequency_noise(rgb, gt_rgb, gt_alpha),
             }
 
         attempt(gt_names, ground_truth)
 
+    if opt.num_views <= 0:  # canonical views only (cheap: benchmarks score every snapshot this way)
+        for name in ("attr_color", "attr_shape", "attr_all", "fid_inception", "fid_classifier",
+                     *(f"clip_{n}" for n, _ in CLIP_MODELS)):
+            skipped[name] = "no random views (num_views=0)"
+        return metrics, skipped
+    gen = torch.Generator().manual_seed(opt.seed)
+    random_views = cams.sample_orbit(opt.num_views, R, R, cams.OrbitConfig(), generator=gen).to(device)
+    rand_rgb, _ = _render(gaussians, random_views)
+    if scene is not None:
         def gt_random():
             from dreammapping.toyworld.sdf import render_scenes
 
@@ -698,15 +889,21 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **over
         def get_reference() -> Tensor:
             nonlocal reference
             if reference is None:
-                key = (info.prior, info.prompt, opt.fid_reference, opt.fid_steps, opt.fid_guidance_scale, opt.seed)
+                cfg = opt.fid_guidance_scale
+                if cfg is None:  # the embedded 32² prior falls apart at CFG ≥ 5; SD's default is 7.5
+                    cfg = 2.0 if info.prior == "embedded" else 7.5
+                settings = {"prior": info.prior, "prior_fingerprint": prior_fingerprint(info.prior),
+                            "prompt": info.prompt, "n": opt.fid_reference, "steps": opt.fid_steps,
+                            "guidance_scale": float(cfg), "seed": opt.seed, "version": REFERENCE_CACHE_VERSION}
+                key = json.dumps(settings, sort_keys=True)
                 if key not in _REFERENCE_CACHE:
-                    prior = _load_prior(info.prior, device)
-                    g = torch.Generator(device=getattr(prior, "device", "cpu")).manual_seed(opt.seed)
-                    cfg = opt.fid_guidance_scale
-                    if cfg is None:  # the embedded 32² prior falls apart at CFG ≥ 5 (DESIGN.md); SD's default is 7.5
-                        cfg = 2.0 if info.prior == "embedded" else 7.5
-                    _REFERENCE_CACHE[key] = prior_reference_images(prior, info.prompt, opt.fid_reference,
-                                                                   opt.fid_steps, g, guidance_scale=cfg)
+                    def sample() -> Tensor:
+                        prior = _load_prior(info.prior, device)
+                        g = torch.Generator(device=getattr(prior, "device", "cpu")).manual_seed(opt.seed)
+                        return prior_reference_images(prior, info.prompt, opt.fid_reference, opt.fid_steps, g,
+                                                      guidance_scale=cfg)
+
+                    _REFERENCE_CACHE[key] = (cached_reference(settings, sample) if opt.fid_cache else sample())
                 reference = _REFERENCE_CACHE[key]
             return reference
 
@@ -724,17 +921,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **over
         for n in ("fid_inception", "fid_classifier"):
             skipped[n] = "disabled (--no-fid)"
 
-    result = {
-        "run": str(run_dir),
-        "prompt": info.prompt,
-        "prior": info.prior,
-        "metrics": metrics,
-        "skipped": skipped,
-        "settings": {k: getattr(opt, k) for k in EvalOptions.__dataclass_fields__},
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    atomic_write_text(run_dir / "eval.json", json.dumps(_jsonable(result), indent=2) + "\n")
-    return result
+    return metrics, skipped
 
 
 def _jsonable(x):
@@ -781,6 +968,9 @@ def cli_evaluate(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-clip", action="store_true", help="skip CLIP score")
     parser.add_argument("--no-fid", action="store_true", help="skip 3D-FID (saves sampling the prior)")
     parser.add_argument("--fid-reference", type=int, default=EvalOptions.fid_reference)
+    parser.add_argument("--no-fid-cache", action="store_true",
+                        help="sample the prior's FID reference afresh instead of reusing the on-disk cache "
+                             "($DREAMMAPPING_CACHE, else ~/.cache/dreammapping)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--classifier", default=None, help="attribute classifier folder (default: shipped)")
     try:
@@ -801,7 +991,8 @@ def cli_evaluate(argv: Sequence[str] | None = None) -> int:
         print(f"dreammapping evaluate: {problems[0]}", file=sys.stderr)
         return 2
     opt = EvalOptions(resolution=args.resolution, num_views=args.views, seed=args.seed, clip=not args.no_clip,
-                      fid=not args.no_fid, fid_reference=args.fid_reference, device=args.device,
+                      fid=not args.no_fid, fid_reference=args.fid_reference, fid_cache=not args.no_fid_cache,
+                      device=args.device,
                       classifier_path=args.classifier)
     results, failures = [], 0
     for run in args.runs:

@@ -1,0 +1,218 @@
+"""benchmarks/claims.py's pure parts: the order of the work, what counts as done (resumability), the bootstrap
+CI on known cases, paired differences and verdicts, and the report from records alone. No training here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def claims():
+    spec = importlib.util.spec_from_file_location("claims_bench", REPO / "benchmarks" / "claims.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["claims_bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def plan_in(claims, tmp_path, **kw):
+    return claims.Plan(root=tmp_path / "runs", records=tmp_path / "records", **kw)
+
+
+# ---- the plan -------------------------------------------------------------------------------------------------
+def test_prompts_hold_every_held_out_pair_and_ten_single_objects(claims):
+    from dreammapping.toyworld import grammar
+
+    assert len(set(claims.PROMPTS)) >= 10
+    for color, shape in grammar.HELD_OUT:
+        assert any(p.endswith(f" {color} {shape}") for p in claims.PROMPTS), (color, shape)
+    for p in claims.PROMPTS:
+        assert len(grammar.parse(p).objects) == 1
+
+
+def test_guidance_scale_is_the_papers_7_5_in_diffusers_form(claims):
+    """Paper Eq. 4: ε_c + s(ε_c − ε_u) = ε_u + (s + 1)(ε_c − ε_u)."""
+    eu, ec = np.array([0.3, -1.0]), np.array([0.5, 2.0])
+    paper = ec + claims.PAPER_CFG * (ec - eu)
+    ours = eu + claims.GUIDANCE_SCALE * (ec - eu)
+    assert np.allclose(paper, ours)
+
+
+def test_jobs_are_seed_major_paired_and_complete(claims, tmp_path):
+    plan = plan_in(claims, tmp_path)
+    jobs = plan.jobs()
+    core = [j for j in jobs if j.variant in claims.CORE]
+    assert len(core) == len(claims.PROMPTS) * len(claims.CORE) * len(claims.SEEDS) == len(set(core))
+    seeds = [j.seed for j in core]
+    assert seeds == sorted(seeds)  # all of seed 0 before any of seed 1
+    baselines = [k for k, j in enumerate(jobs) if j.variant in claims.BASELINES]
+    last_seed0 = max(k for k, j in enumerate(jobs) if j.seed == 0 and j.variant in claims.CORE)
+    assert baselines and min(baselines) > last_seed0 and all(jobs[k].seed == 0 for k in baselines)
+    assert all(jobs[k].seed == 1 for k in range(max(baselines) + 1, max(baselines) + 2))
+    # the first block: SDS and VDM+DCA300 on its three prompts before anything else
+    assert [j.variant for j in jobs[:6]] == ["sds", "vdm+dca300"] * 3
+    assert len({j.prompt for j in jobs[:6]}) == 3
+    # after each block every prompt of it has every core variant (paired)
+    block = jobs[:3 * len(claims.CORE)]
+    for prompt in {j.prompt for j in block}:
+        assert {j.variant for j in block if j.prompt == prompt} == set(claims.CORE)
+
+
+def test_train_options_apply_the_variant_and_the_scale(claims, tmp_path):
+    plan = plan_in(claims, tmp_path)
+    opts = claims.train_options(plan, claims.Job("a red cube", "vdm+dca100", 2))
+    assert opts["method"] == "vdm" and opts["seed"] == 2 and opts["iterations"] == plan.iterations
+    assert opts["method_options"]["vdm"] == {"dca": True, "dca_cutoff": 100, "guidance_scale": claims.GUIDANCE_SCALE}
+    from dreammapping.train import build_config, method_config
+
+    cfg = build_config("a red cube", preset="cpu", **opts)
+    assert method_config(cfg).dca_cutoff == 100 and method_config(cfg).guidance_scale == 8.5
+
+
+def test_shards_split_the_jobs_without_overlap(claims, tmp_path):
+    jobs = plan_in(claims, tmp_path).jobs()
+    parts = [claims.select_shard(jobs, f"{i}/3") for i in range(3)]
+    assert sum(map(len, parts)) == len(jobs) and set().union(*map(set, parts)) == set(jobs)
+    with pytest.raises(ValueError):
+        claims.select_shard(jobs, "3/3")
+
+
+# ---- resumability ---------------------------------------------------------------------------------------------
+def write_record(claims, plan, job, version=None, **metrics):
+    final = {"iou": 0.8, "color_error": 0.1, **metrics}
+    record = {"prompt": job.prompt, "seed": job.seed, "variant": job.variant, "iterations": plan.iterations,
+              "metrics_version": claims.METRICS_VERSION if version is None else version,
+              "final": final, "snapshots": {str(plan.iterations): final},
+              "timings": {"sec_per_it": 0.3, "train_seconds": 90.0}}
+    plan.records.mkdir(parents=True, exist_ok=True)
+    plan.record_path(job).write_text(json.dumps(record))
+    return record
+
+
+def test_status_tells_done_score_resume_and_train_apart(claims, tmp_path):
+    plan = plan_in(claims, tmp_path)
+    done, score, resume, fresh = plan.jobs()[:4]
+    write_record(claims, plan, done)
+    d = plan.run_dir(score)
+    d.mkdir(parents=True)
+    (d / "gaussians.ply").write_bytes(b"ply")
+    (d / "metrics.json").write_text(json.dumps({"iterations": plan.iterations}))
+    r = plan.run_dir(resume)
+    r.mkdir(parents=True)
+    (r / "checkpoint.pt").write_bytes(b"x")
+    (r / "config.yaml").write_text("prompt: x\n")
+    assert [claims.status(plan, j) for j in (done, score, resume, fresh)] == ["done", "score", "resume", "train"]
+    # a stale record (older metrics) of a finished run is rescored, never retrained
+    write_record(claims, plan, score, version=claims.METRICS_VERSION - 1)
+    assert claims.status(plan, score) == "score"
+    # a run trained for another budget is not finished
+    (d / "metrics.json").write_text(json.dumps({"iterations": plan.iterations - 1}))
+    assert claims.status(plan, score) == "train"
+    # an unreadable record counts as missing
+    plan.record_path(done).write_text("{not json")
+    assert claims.status(plan, done) == "train"
+
+
+def test_a_rerun_skips_finished_records_and_does_only_what_is_missing(claims, tmp_path, monkeypatch):
+    plan = plan_in(claims, tmp_path, prompts=("a red cube",), seeds=(0,), baselines=())
+    jobs = plan.jobs()
+    write_record(claims, plan, jobs[0])
+    calls = []
+    monkeypatch.setattr(claims, "train_job", lambda plan, job, resume, log=print: calls.append(("train", job, resume)))
+
+    def fake_score(plan, job):
+        calls.append(("score", job))
+        return write_record(claims, plan, job, hf_noise=0.01)
+
+    monkeypatch.setattr(claims, "score_job", fake_score)
+    monkeypatch.setattr(claims, "save_views", lambda plan, job: None)
+    assert claims.run(plan, log=lambda m: None) == 0
+    trained = [c[1] for c in calls if c[0] == "train"]
+    assert jobs[0] not in trained and trained == jobs[1:]
+    calls.clear()
+    assert claims.run(plan, log=lambda m: None) == 0 and calls == []  # everything done: nothing to do
+
+
+# ---- statistics -----------------------------------------------------------------------------------------------
+def test_bootstrap_ci_of_a_constant_is_that_constant(claims):
+    assert claims.bootstrap_ci([0.25] * 7) == pytest.approx((0.25, 0.25, 0.25))
+    assert claims.bootstrap_ci([1.5]) == (1.5, 1.5, 1.5)
+    assert all(math.isnan(v) for v in claims.bootstrap_ci([]))
+
+
+def test_bootstrap_ci_matches_the_normal_theory_interval_on_a_large_sample(claims):
+    x = np.random.default_rng(1).normal(2.0, 1.0, size=400)
+    mean, lo, hi = claims.bootstrap_ci(x)
+    half = 1.96 * x.std(ddof=1) / math.sqrt(x.size)
+    assert mean == pytest.approx(x.mean())
+    assert lo == pytest.approx(x.mean() - half, abs=0.15 * half) and hi == pytest.approx(x.mean() + half, abs=0.15 * half)
+    assert claims.bootstrap_ci(x) == (mean, lo, hi)  # fixed seed: reproducible
+
+
+def test_paired_differences_use_only_complete_pairs(claims):
+    recs = []
+    for (prompt, seed, variant, err) in [("a", 0, "sds", 0.3), ("a", 0, "vdm+dca300", 0.2), ("b", 0, "sds", 0.5),
+                                        ("b", 1, "vdm+dca300", 0.1), ("b", 1, "sds", 0.4)]:
+        recs.append({"prompt": prompt, "seed": seed, "variant": variant, "final": {"color_error": err,
+                     "saturation_error": -err}, "snapshots": {"1": {}}})
+    assert sorted(claims.paired(recs, "vdm+dca300", "sds", "color_error")) == pytest.approx([-0.3, -0.1])
+    assert sorted(claims.paired(recs, "vdm+dca300", "sds", "abs_saturation_error")) == pytest.approx([-0.3, -0.1])
+
+
+def test_verdicts(claims):
+    def recs(diffs):
+        out = []
+        for k, d in enumerate(diffs):
+            out.append({"prompt": f"p{k}", "seed": 0, "variant": "sds", "final": {"color_error": 0.5}})
+            out.append({"prompt": f"p{k}", "seed": 0, "variant": "vdm+dca300", "final": {"color_error": 0.5 + d}})
+        return out
+
+    claim = claims.Claim("x", "truer colour", "here", [claims.Test("c", "color_error", "vdm+dca300", "sds", expect=-1)])
+    assert claims.evaluate_claim(claim, recs([-0.1, -0.12, -0.09, -0.11]))[1] == "reproduced"
+    assert claims.evaluate_claim(claim, recs([0.1, 0.12, 0.09, 0.11]))[1].startswith("not reproduced (the opposite")
+    assert "inside the noise" in claims.evaluate_claim(claim, recs([-0.1, 0.12, -0.09, 0.11]))[1]
+    two = claims.Claim("y", "two", "here", claim.tests + [claims.Test("n", "color_error", "vdm+dca300", "sds", expect=+1)])
+    assert claims.evaluate_claim(two, recs([-0.1, -0.12, -0.09, -0.11]))[1].startswith("mixed (1 of 2")
+    assert claims.evaluate_claim(claim, recs([-0.1, -0.1]))[1].startswith("not measurable")
+
+
+def test_report_is_made_from_records_alone_and_appends_the_probe_rows(claims, tmp_path):
+    plan = plan_in(claims, tmp_path, prompts=("a red cube", "a blue cone", "a green sphere"), seeds=(0,))
+    rng = np.random.default_rng(0)
+    for job in plan.jobs():
+        if job.variant in claims.CORE:
+            m = {"iou": 0.8 + 0.01 * rng.random(), "psnr": 18.0, "ssim": 0.8, "color_error": 0.1 + 0.01 * rng.random(),
+                 "saturation_error": 0.05, "edge_energy_ratio": 0.9, "edge_f_score": 0.7, "hf_noise": 0.02,
+                 "attr_all": 0.5}
+            write_record(claims, plan, job, **m)
+    probe = tmp_path / "docs" / "vdm_probe.json"
+    probe.parent.mkdir()
+    probe.write_text(json.dumps({"claims": [{"claim": "4. correlation falls with t", "where": "§7.1",
+                                             "measured": "corr(ε, ε_φ)", "numbers": "0.9 → 0.1",
+                                             "verdict": "reproduced"}]}))
+    from PIL import Image
+
+    from dreammapping.train import slugify
+
+    for job in plan.jobs():
+        if job.variant in claims.CORE:
+            Image.new("RGB", (32, 8), "red").save(plan.records / f"{job.name}.png")
+            Image.new("RGB", (32, 8), "blue").save(plan.records / f"truth__{slugify(job.prompt, max_len=60)}.png")
+    out = claims.write_report(claims.load_records(plan.records), tmp_path / "docs", "python benchmarks/claims.py report",
+                              probe=probe, records_dir=plan.records)
+    text = out.read_text()
+    assert "`python benchmarks/claims.py report`" in text
+    assert "| 1c | VDM + DCA gives truer colour than SDS" in text
+    assert "4. correlation falls with t | §7.1 | corr(ε, ε_φ): 0.9 → 0.1 | reproduced |" in text
+    assert "3 complete (prompt, seed) pairs" in text
+    grid = Image.open(tmp_path / "docs" / "claims" / "views.png")  # 3 rows × (truth + 5 variants)
+    assert grid.width >= 6 * 32 and "claims/views.png" in text
