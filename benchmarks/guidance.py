@@ -81,20 +81,26 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_methods(prior, methods: list[str], batch: int, rounds: int, warmup: int, device: str) -> dict[str, float]:
+def time_methods(prior, methods: list[str] | dict[str, tuple[str, dict]], batch: int, rounds: int, warmup: int,
+                 device: str, prompt: str = "a red cube on top of a blue sphere", raw: dict | None = None
+                 ) -> dict[str, float]:
+    """Median seconds per text-to-2D iteration (guidance + backward + both optimisers) of each method, timed
+    round-robin so that load changes hit every method alike. `methods`: names, or label → (name, Config options);
+    `raw`, if given, receives every timed round per label."""
     from dreammapping.guidance import METHODS
 
+    specs = methods if isinstance(methods, dict) else {name: (name, {}) for name in methods}
     tags = (["front", "side", "back", "overhead"] * batch)[:batch]
-    emb = prior.encode_text("a red cube on top of a blue sphere").for_views(tags)
+    emb = prior.encode_text(prompt).for_views(tags)
     runners = {}
-    for name in methods:
-        method = METHODS[name](prior, METHODS[name].Config(guidance_scale=7.5))
+    for label, (name, extra) in specs.items():
+        method = METHODS[name](prior, METHODS[name].Config(guidance_scale=7.5, **extra))
         image = torch.rand(batch, 3, prior.resolution, prior.resolution, device=device).requires_grad_(True)
-        runners[name] = (method, image, torch.optim.Adam([image], lr=0.01),
-                         method.optimizer_config().build(method.parameters()))
-    times: dict[str, list[float]] = {name: [] for name in methods}
+        runners[label] = (method, image, torch.optim.Adam([image], lr=0.01),
+                          method.optimizer_config().build(method.parameters()))
+    times: dict[str, list[float]] = {label: [] for label in specs}
     for r in range(warmup + rounds):
-        for name, (method, image, image_opt, method_opt) in runners.items():
+        for label, (method, image, image_opt, method_opt) in runners.items():
             _sync(device)
             start = time.perf_counter()
             out = method(image, emb, r, warmup + rounds)
@@ -106,8 +112,10 @@ def time_methods(prior, methods: list[str], batch: int, rounds: int, warmup: int
                 method_opt.zero_grad(set_to_none=True)
             _sync(device)
             if r >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+                times[label].append(time.perf_counter() - start)
+    if raw is not None:
+        raw.update(times)
+    return {label: statistics.median(ts) for label, ts in times.items()}
 
 
 def table(title: str, results: dict[str, float]) -> str:

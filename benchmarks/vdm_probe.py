@@ -367,33 +367,17 @@ def cmd_cost(args) -> None:
     benchmarks/guidance.py, which times the default operator only)."""
     import statistics
 
-    from dreammapping.guidance import METHODS
     from dreammapping.priors import DiffusionPrior
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from guidance import time_methods  # benchmarks/guidance.py: the one round-robin timing loop
 
     prior = DiffusionPrior.from_pretrained("embedded", device="cpu")
     batch = 4
-    emb = prior.encode_text("a red cube").for_views(["front", "side", "back", "overhead"])
     specs = {"sds": ("sds", {}), "vdm (small Mψ)": ("vdm", {}), "vdm (U-Lite Mψ)": ("vdm", {"operator_size": "ulite"}),
              "vdm (U-Lite Mψ, t)": ("vdm", {"operator_size": "ulite", "condition_on_t": True}), "vsd": ("vsd", {})}
-    runners = {}
-    for label, (name, extra) in specs.items():
-        method = METHODS[name](prior, METHODS[name].Config(guidance_scale=7.5, **extra))
-        image = torch.rand(batch, 3, prior.resolution, prior.resolution).requires_grad_(True)
-        runners[label] = (method, image, torch.optim.Adam([image], lr=0.01),
-                          method.optimizer_config().build(method.parameters()))
-    times = {label: [] for label in runners}
-    for r in range(1 + args.rounds):
-        for label, (method, image, image_opt, method_opt) in runners.items():
-            start = time.perf_counter()
-            out = method(image, emb, r, 1 + args.rounds)
-            (out.loss + out.aux_loss).backward()
-            image_opt.step()
-            image_opt.zero_grad(set_to_none=True)
-            if method_opt is not None:
-                method_opt.step()
-                method_opt.zero_grad(set_to_none=True)
-            if r > 0:
-                times[label].append(time.perf_counter() - start)
+    times: dict[str, list[float]] = {}
+    time_methods(prior, specs, batch, args.rounds, 1, "cpu", prompt="a red cube", raw=times)
     base = statistics.median(times["sds"])
     lines = [f"embedded prior, CPU 1 thread, batch {batch}, median of {args.rounds} rounds after 1 warm-up", "",
              "| method | ms / iteration | × SDS |", "|---|---|---|"]
