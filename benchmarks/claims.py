@@ -603,10 +603,10 @@ def write_report(records: list[dict], docs: Path, command: str, probe: Path | No
             probe_rows = json.loads(probe.read_text()).get("claims", [])
         except (OSError, ValueError):
             probe_rows = []
-    for row in probe_rows:  # claims 4 and 5, from helper 10b's probe, verbatim
+    for row in probe_rows:  # claims 4 and 5 and the operator's share, from benchmarks/vdm_probe.py, verbatim
         cells = [str(row.get(k, "")).replace("\n", " ").replace("|", "/") for k in ("claim", "where", "measured", "numbers", "verdict")]
-        lines.append(f"| {cells[0].split(' ')[0] if cells[0][:1].isdigit() else '4/5'} | {cells[0]} | {cells[1]} | "
-                     f"{cells[2]}: {cells[3]} | {cells[4]} |")
+        number, _, text = cells[0].partition(". ") if cells[0][:1].isdigit() else ("—", "", cells[0])
+        lines.append(f"| {number} | {text} | {cells[1]} | {cells[2]}: {cells[3]} | {cells[4]} |")
     if not probe_rows:
         lines.append("| 4 | ε vs ε_φ correlation falls as t falls | §4.3, §7.1, Fig. 10 | measured by the VDM probe "
                      "(docs/vdm_probe.json), not present on this branch | not measured here |")

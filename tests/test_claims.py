@@ -212,7 +212,7 @@ def test_report_is_made_from_records_alone_and_appends_the_probe_rows(claims, tm
     text = out.read_text()
     assert "`python benchmarks/claims.py report`" in text
     assert "| 1c | VDM + DCA gives truer colour than SDS" in text
-    assert "4. correlation falls with t | §7.1 | corr(ε, ε_φ): 0.9 → 0.1 | reproduced |" in text
+    assert "| 4 | correlation falls with t | §7.1 | corr(ε, ε_φ): 0.9 → 0.1 | reproduced |" in text
     assert "3 complete (prompt, seed) pairs" in text
     grid = Image.open(tmp_path / "docs" / "claims" / "views.png")  # 3 rows × (truth + 5 variants)
     assert grid.width >= 6 * 32 and "claims/views.png" in text
