@@ -82,3 +82,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def disk_full_at(monkeypatch, target: str, name: str = "replace") -> None:
+    """Make os.<name> fail with ENOSPC (a full disk) when it would put a temporary at a path named `target`: the last
+    step of every atomic write, so a test sees what a writer keeps when its final rename fails."""
+    import errno
+    import os
+
+    real = getattr(os, name)
+
+    def fail(src, dst, *args, **kwargs):
+        if os.path.basename(dst) == target and ".tmp" in os.path.basename(src):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, name, fail)

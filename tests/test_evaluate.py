@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import disk_full_at
 from dreammapping import evaluate as ev
 
 
@@ -518,21 +519,12 @@ def statistics_stdev(values):
 
 def test_eval_json_survives_a_failed_write(monkeypatch, fake_grammar, tmp_path):
     """eval.json goes through the atomic writer at its call site: a failed final rename (a full disk) keeps the old."""
-    import errno
-    import os
 
     _fake_world(monkeypatch, fake_grammar, result_rgb=(0.9, 0.1, 0.1), truth_rgb=(0.8, 0.4, 0.4), shift=2)
     run = _write_run(tmp_path / "run", "a red cube")
     ev.evaluate_run(run, resolution=32, num_views=2, fid=False)
     old = (run / "eval.json").read_bytes()
-    real_replace = os.replace
-
-    def full(src, dst, *args, **kwargs):
-        if os.path.basename(dst) == "eval.json":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", full)
+    disk_full_at(monkeypatch, "eval.json")
     with pytest.raises(OSError):
         ev.evaluate_run(run, resolution=32, num_views=3, fid=False)
     assert (run / "eval.json").read_bytes() == old

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import disk_full_at
 from dreammapping.export import PlyError, cli_render, load_ply, ply_field_names, save_ply
 from dreammapping.gaussians import Gaussians, random_ball
 
@@ -176,8 +177,6 @@ def test_render_to_an_unwritable_folder_fails_before_rendering(tmp_path, capsys,
 def test_each_render_output_survives_a_failed_write(tmp_path, capsys, monkeypatch, target):
     """The writers go through the atomic writer at their own call sites: when the final rename fails (a full disk),
     the old file is still there, whole."""
-    import errno
-    import os
 
     from dreammapping.gaussians import sphere
 
@@ -186,14 +185,7 @@ def test_each_render_output_survives_a_failed_write(tmp_path, capsys, monkeypatc
     assert cli_render(argv) == 0
     old = (tmp_path / target).read_bytes()
     save_ply(tmp_path / "gaussians.ply", sphere(100, radius=0.3, color=(0.1, 0.9, 0.1), opacity=0.9))
-    real_replace = os.replace
-
-    def replace(src, dst, *args, **kwargs):
-        if os.path.basename(dst) == target:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", replace)
+    disk_full_at(monkeypatch, target)
     capsys.readouterr()
     assert cli_render(argv) == 6
     err = capsys.readouterr().err.strip()

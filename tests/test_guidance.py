@@ -9,6 +9,7 @@ import hashlib
 import pytest
 import torch
 
+from conftest import disk_full_at
 from dreammapping.guidance import METHODS, VDM, dca_lambda
 from dreammapping.guidance.nfsd import NEGATIVE_PROMPT
 from dreammapping.priors import PromptEmbeddings, embedded_prior_path
@@ -485,8 +486,6 @@ def test_a_negative_prompt_leaves_the_unconditional_terms_alone(tiny_prior):
 
 
 def test_cli_text2img_checks_values_and_the_output_before_any_work(tmp_path, tiny_pixel_folder, capsys, monkeypatch):
-    import errno
-    import os
 
     from dreammapping.guidance import text2img as t2i
 
@@ -512,14 +511,7 @@ def test_cli_text2img_checks_values_and_the_output_before_any_work(tmp_path, tin
     out = tmp_path / "img.png"
     assert t2i.cli_text2img(["a red cube", *prior, "--steps", "1", "--out", str(out)]) == 0
     old = out.read_bytes()
-    real_replace = os.replace
-
-    def full(src, dst, *args, **kwargs):
-        if os.path.basename(dst) == "img.png":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", full)
+    disk_full_at(monkeypatch, "img.png")
     capsys.readouterr()
     assert t2i.cli_text2img(["a red cube", *prior, "--steps", "1", "--seed", "5", "--out", str(out)]) == 6
     assert "disk is full" in capsys.readouterr().err and out.read_bytes() == old

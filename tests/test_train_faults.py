@@ -4,7 +4,6 @@ code, values are checked before anything is loaded or written. Each test is a ca
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import resource
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import disk_full_at
 from dreammapping import train as T
 from dreammapping.export import save_ply
 from dreammapping.gaussians import sphere
@@ -147,14 +147,7 @@ def test_a_damaged_checkpoint_is_one_line_and_changes_nothing(run_copy, capsys, 
                                     "turntable.mp4", "views.png", "metrics.json"])
 def test_every_run_file_survives_a_failed_write(run_copy, capsys, monkeypatch, target):
     old = (run_copy / target).read_bytes()
-    real_replace = os.replace
-
-    def replace(src, dst, *args, **kwargs):
-        if Path(dst).name == target:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", replace)
+    disk_full_at(monkeypatch, target)
     code, err = run_cli(capsys, "--resume", run_copy)  # a finished run: re-writes every file
     line = one_line(err)
     assert code == T.EXIT_OUTPUT and "disk is full" in line and target in line, err

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import disk_full_at
 from dreammapping.toyworld import train_prior as tp
 
 COLORS = {"red": (0.9, 0.1, 0.1), "blue": (0.1, 0.2, 0.9), "green": (0.1, 0.7, 0.2)}
@@ -237,21 +238,6 @@ def _tree(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _failing(monkeypatch, name, target):
-    """os.replace / os.rename fail (disk full) when they would put something at `target`."""
-    import errno
-    import os
-
-    real = getattr(os, name)
-
-    def fail(src, dst, *args, **kwargs):
-        if os.path.basename(dst) == target and ".tmp" in os.path.basename(src):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, name, fail)
-
-
 @pytest.mark.parametrize("target", ["unet", "text_encoder", "tokenizer", "scheduler", "model_index.json"])
 def test_save_model_folder_keeps_the_old_folder_when_a_write_fails(trained_folder, tmp_path, monkeypatch, target):
     import shutil
@@ -261,7 +247,7 @@ def test_save_model_folder_keeps_the_old_folder_when_a_write_fails(trained_folde
     before = _tree(folder)
     models = tp.load_model_folder(folder)
     torch.nn.init.zeros_(next(models.unet.parameters()))  # new weights that must not half-replace the old
-    _failing(monkeypatch, "rename" if target != "model_index.json" else "replace", target)
+    disk_full_at(monkeypatch, target, "rename" if target != "model_index.json" else "replace")
     with pytest.raises(OSError):
         tp.save_model_folder(models, folder)
     after = _tree(folder)
@@ -272,7 +258,7 @@ def test_save_model_folder_keeps_the_old_folder_when_a_write_fails(trained_folde
 
 def test_samples_and_model_card_keep_the_old_file_when_a_write_fails(trained_folder, tmp_path, monkeypatch):
     old = (trained_folder / "samples.png").read_bytes()
-    _failing(monkeypatch, "replace", "samples.png")
+    disk_full_at(monkeypatch, "samples.png")
     with pytest.raises(OSError):
         tp.save_grid(torch.zeros(2, 3, 16, 16), trained_folder / "samples.png", nrow=2)
     assert (trained_folder / "samples.png").read_bytes() == old
@@ -284,7 +270,7 @@ def test_samples_and_model_card_keep_the_old_file_when_a_write_fails(trained_fol
     card = (folder / "MODEL_CARD.md").read_bytes()
     stale = folder / ".checkpoint.safetensors.999999999.0123abcd.tmp"  # from a writer killed long ago
     stale.write_bytes(b"half")
-    _failing(monkeypatch, "replace", "MODEL_CARD.md")
+    disk_full_at(monkeypatch, "MODEL_CARD.md")
     with pytest.raises(OSError):  # a second training into the same folder whose last write fails
         tp.train(tiny_config(tmp_path, steps=2, samples_per_prompt=0, seed=4), sample_fn=standin_batch,
                  command="pytest")
