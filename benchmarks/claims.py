@@ -2,6 +2,7 @@
 
     python benchmarks/claims.py plan                      # list the runs in order and which are done
     python benchmarks/claims.py run [--shard 0/2]         # train + score what is missing, one record per run
+    python benchmarks/claims.py run --variants vdm+dca300+ulite   # only those variants' jobs
     python benchmarks/claims.py rescore                   # recompute records from the snapshots on disk
     python benchmarks/claims.py report                    # docs/claims.md + docs/claims/*.png from the records
 
@@ -57,7 +58,12 @@ CORE: dict[str, tuple[str, dict]] = {
     "vdm+dca500": ("vdm", {"dca": True, "dca_cutoff": 500}),
 }
 BASELINES: dict[str, tuple[str, dict]] = {"csd": ("csd", {}), "nfsd": ("nfsd", {}), "ism": ("ism", {}), "vsd": ("vsd", {})}
-VARIANTS = {**CORE, **BASELINES}
+# VDM's open choices at the paper's scale: the paper-faithful operator (U-Lite, ~0.9M parameters, plain random
+# start) against the default one (~14k, identity residual start) — same DCA 300, compared paired with vdm+dca300.
+ABLATIONS: dict[str, tuple[str, dict]] = {
+    "vdm+dca300+ulite": ("vdm", {"dca": True, "dca_cutoff": 300, "operator_size": "ulite", "operator_init": "random"}),
+}
+VARIANTS = {**CORE, **BASELINES, **ABLATIONS}
 
 # Ten single objects, held-out pairs (never seen by the prior) alternating with seen ones, so that a partial run
 # covers both kinds. All five of toyworld.grammar.HELD_OUT are here (checked in tests).
@@ -67,6 +73,7 @@ PROMPTS: tuple[str, ...] = (
 )
 BASELINE_PROMPTS: tuple[str, ...] = PROMPTS[:4]  # the baselines: fewer prompts, seed 0 only (said in the report)
 SEEDS: tuple[int, ...] = (0, 1, 2)
+ABLATION_SEEDS: tuple[int, ...] = (0, 1)  # the ablations: the baselines' prompts, seeds 0 and 1
 # Order of the core variants inside a block of prompts: the main comparison first (compute is scarce).
 TIERS: tuple[tuple[str, ...], ...] = (("sds", "vdm+dca300"), ("vdm",), ("vdm+dca100", "vdm+dca500"))
 MAIN_PAIR = TIERS[0]
@@ -97,6 +104,9 @@ class Plan:
     core: tuple[str, ...] = tuple(CORE)
     baselines: tuple[str, ...] = tuple(BASELINES)
     baseline_prompts: tuple[str, ...] = BASELINE_PROMPTS
+    ablations: tuple[str, ...] = tuple(ABLATIONS)
+    ablation_seeds: tuple[int, ...] = ABLATION_SEEDS
+    only_variants: tuple[str, ...] | None = None  # `--variants`: keep only these variants' jobs (None: all)
     eval_resolution: int = 64
     eval_views: int = 16
     fid_reference: int = 16
@@ -105,7 +115,13 @@ class Plan:
     def jobs(self) -> list[Job]:
         """Seed-major; within a seed, blocks of `block` prompts, and within a block the variants by `TIERS`
         (SDS and VDM+DCA300 on all the block's prompts first, then VDM, then DCA 100 / 500), so that the first
-        few runs already give ≥ 3 pairs for the main claim; the baselines (seed 0 only) after seed 0's core."""
+        few runs already give ≥ 3 pairs for the main claim; the baselines (seed 0 only) after seed 0's core, the
+        ablations (on the baselines' prompts, `ablation_seeds`) at the end of their seed. `only_variants` keeps
+        only those variants' jobs, in the same order (a second runner can then do jobs no other runner has)."""
+        if self.only_variants is not None:
+            unknown = sorted(set(self.only_variants) - set(VARIANTS))
+            if unknown:
+                raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from: {', '.join(VARIANTS)}")
         out: list[Job] = []
         tiers = [[v for v in tier if v in self.core] for tier in TIERS]
         tiers.append([v for v in self.core if not any(v in tier for tier in TIERS)])
@@ -115,6 +131,10 @@ class Plan:
                 out += [Job(p, v, seed) for tier in tiers for p in block for v in tier]
             if seed == self.seeds[0]:
                 out += [Job(p, v, seed) for p in self.baseline_prompts for v in self.baselines]
+            if seed in self.ablation_seeds:
+                out += [Job(p, v, seed) for p in self.baseline_prompts for v in self.ablations]
+        if self.only_variants is not None:
+            out = [job for job in out if job.variant in self.only_variants]
         return out
 
     def run_dir(self, job: Job) -> Path:
@@ -749,12 +769,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshot-every", type=int, default=Plan.snapshot_every)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--shard", default=None, help="i/n: this process does jobs i, i+n, …")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                        help=f"only these variants' jobs (of: {', '.join(VARIANTS)})")
     parser.add_argument("--max-runs", type=int, default=None)
     parser.add_argument("--fid", action="store_true", help="also the classifier 3D-FID of each final scene")
     parser.add_argument("--docs", type=Path, default=REPO / "docs", help="report: where claims.md goes")
     args = parser.parse_args(argv)
     plan = Plan(root=args.root, records=args.records, iterations=args.iterations,
-                snapshot_every=args.snapshot_every, seeds=tuple(args.seeds), fid=args.fid)
+                snapshot_every=args.snapshot_every, seeds=tuple(args.seeds), fid=args.fid,
+                only_variants=tuple(args.variants) if args.variants else None)
+    try:
+        plan.jobs()
+    except ValueError as error:
+        parser.error(str(error))
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     if args.command == "plan":
         for k, job in enumerate(plan.jobs()):

@@ -57,7 +57,11 @@ def test_jobs_are_seed_major_paired_and_complete(claims, tmp_path):
     baselines = [k for k, j in enumerate(jobs) if j.variant in claims.BASELINES]
     last_seed0 = max(k for k, j in enumerate(jobs) if j.seed == 0 and j.variant in claims.CORE)
     assert baselines and min(baselines) > last_seed0 and all(jobs[k].seed == 0 for k in baselines)
-    assert all(jobs[k].seed == 1 for k in range(max(baselines) + 1, max(baselines) + 2))
+    # then seed 0's ablations on the baselines' prompts, then seed 1
+    ablations = [k for k, j in enumerate(jobs) if j.variant in claims.ABLATIONS and j.seed == 0]
+    assert ablations == list(range(max(baselines) + 1, max(baselines) + 1 + len(ablations)))
+    assert {jobs[k].prompt for k in ablations} == set(claims.BASELINE_PROMPTS)
+    assert jobs[max(ablations) + 1].seed == 1
     # the first block: SDS and VDM+DCA300 on its three prompts before anything else
     assert [j.variant for j in jobs[:6]] == ["sds", "vdm+dca300"] * 3
     assert len({j.prompt for j in jobs[:6]}) == 3
@@ -65,6 +69,25 @@ def test_jobs_are_seed_major_paired_and_complete(claims, tmp_path):
     block = jobs[:3 * len(claims.CORE)]
     for prompt in {j.prompt for j in block}:
         assert {j.variant for j in block if j.prompt == prompt} == set(claims.CORE)
+
+
+def test_only_variants_keeps_exactly_those_jobs_in_plan_order(claims, tmp_path):
+    every = plan_in(claims, tmp_path).jobs()
+    ulite = plan_in(claims, tmp_path, only_variants=("vdm+dca300+ulite",)).jobs()
+    assert ulite == [j for j in every if j.variant == "vdm+dca300+ulite"]
+    assert {(j.prompt, j.seed) for j in ulite} == {(p, s) for p in claims.BASELINE_PROMPTS for s in claims.ABLATION_SEEDS}
+    # no job another runner (without the ablations) would do
+    assert not set(ulite) & set(plan_in(claims, tmp_path, ablations=()).jobs())
+    with pytest.raises(ValueError, match="unknown variant"):
+        plan_in(claims, tmp_path, only_variants=("vdm+dca301",)).jobs()
+
+
+def test_the_paper_faithful_operator_variant_reaches_vdm_config(claims, tmp_path):
+    from dreammapping.train import build_config, method_config
+
+    opts = claims.train_options(plan_in(claims, tmp_path), claims.Job("a red cube", "vdm+dca300+ulite", 0))
+    c = method_config(build_config("a red cube", preset="cpu", **opts))
+    assert (c.operator_size, c.operator_init, c.dca, c.dca_cutoff, c.guidance_scale) == ("ulite", "random", True, 300, 8.5)
 
 
 def test_train_options_apply_the_variant_and_the_scale(claims, tmp_path):
