@@ -239,3 +239,89 @@ def test_report_is_made_from_records_alone_and_appends_the_probe_rows(claims, tm
     assert "3 complete (prompt, seed) pairs" in text
     grid = Image.open(tmp_path / "docs" / "claims" / "views.png")  # 3 rows × (truth + 5 variants)
     assert grid.width >= 6 * 32 and "claims/views.png" in text
+
+
+# ---- text-to-2D -------------------------------------------------------------------------------------------------
+def test_text2d_jobs_are_seed_major_with_every_method_per_prompt(claims, tmp_path):
+    plan = claims.Text2DPlan(records=tmp_path)
+    jobs = plan.jobs()
+    assert len(jobs) == len(set(jobs)) == len(plan.prompts) * len(plan.seeds) * len(claims.TEXT2D)
+    assert [j.seed for j in jobs] == sorted(j.seed for j in jobs)
+    first = jobs[:len(claims.TEXT2D)]
+    assert {j.prompt for j in first} == {plan.prompts[0]} and [j.variant for j in first] == list(claims.TEXT2D)
+    assert set(claims.TEXT2D) == {"sds", "vdm", "vdm+dca300", "csd", "nfsd", "ism", "vsd"}
+    assert claims.TEXT2D["vdm"][1] == {"dca": False} and claims.TEXT2D["vdm+dca300"][1]["dca_cutoff"] == 300
+
+
+def test_text2d_metrics_of_the_truth_renders_themselves_are_ideal_and_saturation_has_the_right_sign(claims, tmp_path):
+    """The reference renders scored as if they were the result: no saturation / colour / edge / noise error;
+    pushed away from grey they are over-saturated; blurred they have less edge energy."""
+    import torch
+
+    from dreammapping.toyworld import grammar
+    from dreammapping.toyworld.classifier import AttributeClassifier
+
+    plan = claims.Text2DPlan(records=tmp_path, references=8)
+    classifier = AttributeClassifier.from_pretrained()
+    ref = claims.text2d_reference(plan, "a red cube", classifier, 32)
+    assert plan.reference_path("a red cube").is_file() and plan.reference_path("a red cube").with_suffix(".png").is_file()
+    assert claims.text2d_reference(plan, "a red cube", classifier, 32) == ref  # read back, not recomputed
+    # the same renders, re-made the way the reference makes them
+    from dreammapping.cameras import OrbitConfig, sample_orbit
+    from dreammapping.toyworld.dataset import OVERHEAD_PROBABILITY
+    from dreammapping.toyworld.sdf import render_scenes
+
+    cams = sample_orbit(8, 32, 32, OrbitConfig(overhead_probability=OVERHEAD_PROBABILITY), torch.Generator().manual_seed(0))
+    rgb = render_scenes([grammar.parse("a red cube")], cams)[0].clamp(0, 1)
+    images = rgb.permute(0, 3, 1, 2)
+    m = claims.text2d_metrics(images, ref, classifier, grammar.parse("a red cube"))
+    assert m["saturation_error"] == pytest.approx(0, abs=1e-9) and m["color_error"] == pytest.approx(0, abs=1e-9)
+    assert m["edge_energy_ratio"] == pytest.approx(1.0) and m["hf_noise_excess"] == pytest.approx(0, abs=1e-9)
+    assert m["coverage_error"] == pytest.approx(0, abs=1e-9) and m["attr_color"] == ref["attr_color"]
+    grey = images.mean(1, keepdim=True)
+    vivid = (grey + 1.5 * (images - grey)).clamp(0, 1)
+    assert claims.text2d_metrics(vivid, ref, classifier, grammar.parse("a red cube"))["saturation_error"] > 0.02
+    dull = (grey + 0.5 * (images - grey)).clamp(0, 1)
+    assert claims.text2d_metrics(dull, ref, classifier, grammar.parse("a red cube"))["saturation_error"] < -0.02
+
+
+def test_text2d_fid_is_zero_for_the_reference_features_and_the_shift_squared_for_a_shift(claims):
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(12, 3))
+    refs = {"p": {"features": feats.tolist()}}
+    recs = []
+    for k in range(12):  # 12 units (seeds) of one prompt, one image each
+        recs.append({"prompt": "p", "seed": k, "variant": "vdm+dca300", "features": [feats[k].tolist()]})
+        recs.append({"prompt": "p", "seed": k, "variant": "sds", "features": [(feats[k] + [2.0, 0, 0]).tolist()]})
+    out = claims.text2d_fid(recs, ["vdm+dca300", "sds"], refs, n_resamples=50)
+    assert out["vdm+dca300"][0] == pytest.approx(0, abs=1e-6)
+    assert out["sds"][0] == pytest.approx(4.0, rel=1e-6)
+    mean, lo, hi = out["sds − vdm+dca300"]
+    assert mean == pytest.approx(4.0, rel=1e-6) and lo <= 4.0 + 1e-6 and hi >= 4.0 - 1e-6
+
+
+def test_report_has_the_text2d_claim_and_section_and_the_ablation_rows(claims, tmp_path):
+    plan = plan_in(claims, tmp_path, prompts=("a red cube", "a blue cone", "a green sphere"), seeds=(0,))
+    rng = np.random.default_rng(0)
+    for job in plan.jobs():
+        write_record(claims, plan, job, iou=0.8 + 0.01 * rng.random(), hf_noise=0.02 + 0.001 * rng.random())
+    t2d, folder = [], plan.records / "text2d"
+    folder.mkdir()
+    for prompt in plan.prompts:
+        ref = {"metrics_version": claims.TEXT2D_METRICS_VERSION, "features": rng.normal(size=(8, 4)).tolist(),
+               "hf_interior": 0.01}
+        (folder / claims.Text2DPlan(records=folder).reference_path(prompt).name).write_text(json.dumps(ref))
+        for seed in (0, 1):
+            for v in claims.TEXT2D:
+                final = {k: float(rng.random()) for k in claims.TEXT2D_KEYS}
+                final["attr_all"] = 1.0 if v == "vdm+dca300" else 0.0
+                t2d.append({"prompt": prompt, "seed": seed, "variant": v, "steps": 100, "lr": 0.03, "snapshot_every": 50,
+                            "final": final, "snapshots": {"50": final, "100": final},
+                            "timings": {"cpu_sec_per_step": 0.1}, "features": rng.normal(size=(1, 4)).tolist()})
+    out = claims.write_report(claims.load_records(plan.records), tmp_path / "docs", "cmd", records_dir=plan.records,
+                              text2d_records=t2d)
+    text = out.read_text()
+    assert "| 6b | …and in text-to-2D" in text and "## Text-to-2D (claim 6b)" in text
+    assert "attribute accuracy, VDM+DCA300 − CSD > 0 (n=6): +1.000 [+1.000, +1.000] ✓" in text
+    assert "Pooled classifier-feature FID" in text
+    assert "## Ablation: Mψ as the paper builds it" in text and "| `vdm+dca300+ulite` | 3 |" in text

@@ -601,6 +601,43 @@ def test_noise_ignores_a_smooth_colour_shift_and_a_one_pixel_silhouette_shift():
     assert ev.high_frequency_noise(shifted, flat, flat_alpha) < 0.01
 
 
+# ---- text-to-2D: statistics of an image without a pose, on known answers -----------------------------------------
+def test_foreground_mask_finds_a_flat_object_on_white_and_its_mean_colour():
+    img, alpha = composite(disc(32, 32, 16, 16, 9), (0.9, 0.2, 0.1))
+    assert torch.equal(ev.foreground_mask(img), alpha)
+    assert ev.mean_color(img, alpha).tolist() == pytest.approx([0.9, 0.2, 0.1])
+    # a pale object closer to white than the threshold counts as background
+    pale, _ = composite(disc(32, 32, 16, 16, 9), (0.95, 0.95, 0.95))
+    assert float(ev.foreground_mask(pale).sum()) == 0.0 and bool(ev.mean_color(pale, ev.foreground_mask(pale)).isnan().all())
+
+
+def test_mean_edge_energy_is_per_image_and_falls_with_blur():
+    truth, _ = shaded_truth()
+    one = ev.mean_edge_energy(truth[:1])
+    assert ev.mean_edge_energy(truth[[0, 0, 0]]) == pytest.approx(one)  # a mean over images, not a sum
+    # for one image against one image it is the edge energy ratio
+    assert one / ev.mean_edge_energy(truth[1:]) == pytest.approx(ev.edge_energy_ratio(truth[:1], truth[1:]))
+    assert ev.mean_edge_energy(blurred(truth, 1.5)) < ev.mean_edge_energy(blurred(truth, 0.7)) < one
+
+
+def test_interior_high_frequency_is_zero_for_a_flat_object_and_the_known_value_for_speckle():
+    from scipy import ndimage
+
+    flat, alpha = composite(disc(96, 96, 48, 48, 40), (0.5, 0.5, 0.5))
+    # 0 up to the Gaussian tail of the silhouette's step past the 2 px erosion (~0.5 % of the speckle below)
+    assert ev.interior_high_frequency(flat, alpha) < 1e-3
+    s = 0.05
+    noise = s * torch.randn(flat.shape[:3], generator=torch.Generator().manual_seed(0))[..., None] * alpha
+    impulse = np.zeros((1, 21, 21))
+    impulse[0, 10, 10] = 1.0
+    kernel = impulse - ndimage.gaussian_filter(impulse, sigma=(0, ev.NOISE_SIGMA, ev.NOISE_SIGMA))
+    expected = s * float(np.sqrt((kernel ** 2).sum()))
+    assert ev.interior_high_frequency(flat + noise, alpha) == pytest.approx(expected, rel=0.05)
+    # a shaded object has some of its own (the inner face edge), less than the speckle
+    truth, talpha = shaded_truth(96)
+    assert 0.0 < ev.interior_high_frequency(truth, talpha) < expected
+
+
 def test_evaluate_run_reports_the_detail_and_noise_metrics(monkeypatch, fake_grammar, tmp_path):
     _fake_world(monkeypatch, fake_grammar, result_rgb=(0.8, 0.4, 0.4), truth_rgb=(0.8, 0.4, 0.4), shift=0)
     m = ev.evaluate_run(_write_run(tmp_path / "run", "a red cube"), resolution=32, num_views=2, fid=False)["metrics"]

@@ -442,6 +442,21 @@ def test_text2img_smoke(method, tiny_prior, tiny_latent_prior):
         assert (image - start).abs().max() > 1e-3
 
 
+def test_text2img_snapshots_are_the_images_after_that_many_steps(tiny_prior):
+    """on_snapshot(k, images) every `snapshot_every` steps: the snapshot after all steps is the returned image,
+    and the one after 2 of 4 steps is what a 2-step run gives (same seed: the same draws up to there)."""
+    from dreammapping.guidance.text2img import text2img
+
+    shots = {}
+    image = text2img("a red cube", method="sds", prior=tiny_prior, steps=4, seed=3, snapshot_every=2,
+                     on_snapshot=lambda k, images: shots.__setitem__(k, images.clone()))
+    assert sorted(shots) == [2, 4]
+    torch.testing.assert_close(shots[4], image)
+    two = text2img("a red cube", method="sds", prior=tiny_prior, steps=2, seed=3)
+    assert (shots[2] - image).abs().max() > 0
+    torch.testing.assert_close(shots[2], two)  # no t annealing by default: the draws do not depend on `steps`
+
+
 def test_cli_text2img_errors_and_output(tmp_path, tiny_pixel_folder, capsys):
     from dreammapping.guidance.text2img import cli_text2img
 

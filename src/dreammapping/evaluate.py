@@ -232,6 +232,42 @@ def high_frequency_noise(images: Tensor, truth: Tensor, truth_alpha: Tensor, sig
     return float(np.sqrt((high[mask] ** 2).mean())) if mask.any() else float("nan")
 
 
+# ---- the same ideas for one generated image without a pose (text-to-2D) ----------------------------------------
+# A text-to-2D result has no camera, so nothing is pixel-aligned with a truth: no IoU, PSNR, edge F-score or
+# residual. What remains are statistics of the image itself compared with the same statistics of the toy world's
+# renders of that prompt (random views, white background).
+FOREGROUND_THRESHOLD = 0.1  # an image pixel is foreground when some channel is this far from the white background
+
+
+def foreground_mask(images: Tensor, threshold: float = FOREGROUND_THRESHOLD) -> Tensor:
+    """[B,H,W,3] in [0,1] over a white background → [B,H,W,1] float mask of the pixels some channel of which is
+    more than `threshold` below white (the toy world's renders and the prior's images have white backgrounds)."""
+    return ((1.0 - images.float()).amax(-1, keepdim=True) > threshold).float()
+
+
+def mean_color(rgb: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean RGB [3] over the pixels of `mask` (pooled over the batch), float64; NaN on an empty mask."""
+    x = rgb.double().reshape(-1, 3)
+    if mask is None:
+        return x.mean(0)
+    m = _plane(mask).bool().reshape(-1)
+    return x[m].mean(0) if m.any() else torch.full((3,), float("nan"), dtype=torch.float64)
+
+
+def mean_edge_energy(images: Tensor) -> float:
+    """Σ|∇L|² (Sobel, luma; as `edge_energy_ratio`) per image of [B,H,W,3], averaged over the batch. The ratio of
+    two sets' values is `edge_energy_ratio` for sets of equal size; here it compares images with no common pose."""
+    return float((_sobel_magnitude(_luminance(images)) ** 2).sum() / images.shape[0])
+
+
+def interior_high_frequency(images: Tensor, alpha: Tensor, sigma: float = NOISE_SIGMA, erode: int = NOISE_ERODE
+                            ) -> float:
+    """RMS of luma − G_σ * luma inside `alpha` (> 0.5) eroded by `erode` px: `high_frequency_noise` against a
+    black truth, i.e. the image's own high frequencies inside its object. A flat object scores 0, speckle of
+    std s ≈ 0.87 s; shading edges inside the object count too, so compare with the truth's renders' value."""
+    return high_frequency_noise(images, torch.zeros_like(images), alpha, sigma, erode)
+
+
 # ---- attribute accuracy ----------------------------------------------------------------------------------------
 def _names(classifier, attr: str, fallback) -> list[str]:
     return list(getattr(classifier, attr, None) or fallback)

@@ -23,11 +23,13 @@ from dreammapping.files import atomic_path
 
 def text2img(prompt: str, method: str = "vdm", prior="embedded", steps: int = 500, lr: float = 0.03, seed: int = 0,
              batch_size: int = 1, guidance_scale: float | None = None, config=None, device=None,
-             callback=None) -> Tensor:
+             callback=None, snapshot_every: int = 0, on_snapshot=None) -> Tensor:
     """Optimise `batch_size` images for `prompt`; returns them as [B,3,R,R] in [0,1].
 
     `prior` is a DiffusionPrior or anything `DiffusionPrior.from_pretrained` accepts; `config` a method Config
-    (overrides `guidance_scale`); `callback(step, out)` is called after every step with the GuidanceOutput.
+    (overrides `guidance_scale`); `callback(step, out)` is called after every step with the GuidanceOutput;
+    `on_snapshot(steps_done, images [B,3,R,R] in [0,1])` after every `snapshot_every` steps (0: never), so that
+    metric-vs-step curves come from the run itself.
     """
     from dreammapping.guidance import METHODS
     from dreammapping.priors import DiffusionPrior
@@ -72,6 +74,9 @@ def text2img(prompt: str, method: str = "vdm", prior="embedded", steps: int = 50
                 z.clamp_(-1.0, 1.0)
         if callback is not None:
             callback(step, out)
+        if on_snapshot is not None and snapshot_every > 0 and (step + 1) % snapshot_every == 0:
+            with torch.no_grad():
+                on_snapshot(step + 1, prior.decode(z.detach()))
     return prior.decode(z.detach())
 
 
