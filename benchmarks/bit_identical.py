@@ -51,9 +51,11 @@ TEXT2IMG = ["text2img", PROMPT, "--method", "sds", "--steps", "5", "--seed", "2"
 
 
 def export_tree(ref: str, dest: Path) -> Path:
-    """REF's src/ under dest (or this working tree's src/ for "worktree")."""
+    """REF's src/ under dest (this working tree's src/ for "worktree"; a folder that holds dreammapping/ as it is)."""
     if ref == "worktree":
         return REPO / "src"
+    if (Path(ref) / "dreammapping").is_dir():
+        return Path(ref)
     dest.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "src"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
@@ -197,7 +199,7 @@ def compare(a: Path, b: Path, configs: dict[Path, dict]) -> tuple[bool, float, l
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--before", required=True, help="a git ref (commit, branch) or 'worktree'")
-    p.add_argument("--after", default="worktree", help="a git ref or 'worktree' (default)")
+    p.add_argument("--after", default="worktree", help="a git ref, 'worktree' (default) or a copy of a src/ folder")
     p.add_argument("--keep", default=None, help="keep the runs in this folder instead of a temporary one")
     p.add_argument("--compare-only", action="store_true", help="only compare the runs already in --keep's folder")
     args = p.parse_args(argv)
