@@ -220,6 +220,13 @@ def run_state(run_dir: str | os.PathLike, cfg: GenerateConfig) -> str:
     return "finished" if finished else "resumable"
 
 
+def on_run_device(options: EvalOptions, run_device: str) -> EvalOptions:
+    """The evaluation's options with device "auto" meaning the run's own device (resolved in the worker)."""
+    if options.device != "auto":
+        return options
+    return dataclasses.replace(options, device=str(resolve_device(run_device)))
+
+
 def cached_evaluation(run_dir: str | os.PathLike, options: EvalOptions) -> dict | None:
     """eval.json when it is newer than the .ply and was made with the same settings, else None."""
     run_dir = Path(run_dir)
@@ -293,9 +300,7 @@ def run_task(task: Task, attempt: int = 1) -> dict:
         record.update(status=status, train_seconds=metrics.get("train_seconds"), final_loss=metrics.get("final_loss"),
                       resumed_from=metrics.get("resumed_from"), iterations=metrics.get("iterations", cfg.iterations))
         if task.evaluate is not None:
-            options = task.evaluate
-            if options.device == "auto":
-                options = dataclasses.replace(options, device=str(resolve_device(cfg.device)))
+            options = on_run_device(task.evaluate, cfg.device)
             evaluation = cached_evaluation(run_dir, options) or evaluate_run(run_dir, options)
             record.update(metrics=dict(evaluation["metrics"]), skipped_metrics=dict(evaluation["skipped"]))
     except (Interrupted, KeyboardInterrupt) as e:  # checkpointed by train: a rerun resumes it
@@ -318,9 +323,7 @@ def finished_record(task: Task) -> dict | None:
     except (OSError, ValueError):
         return None
     if task.evaluate is not None:
-        options = task.evaluate
-        if options.device == "auto":
-            options = dataclasses.replace(options, device=str(resolve_device(task.config.device)))
+        options = on_run_device(task.evaluate, task.config.device)
         evaluation = cached_evaluation(run_dir, options)
         if evaluation is None:
             return None
