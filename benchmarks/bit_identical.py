@@ -17,7 +17,8 @@ few steps of `text2img`; one subprocess per side runs them all in turn through `
   the *after* side's package.
 
 Prints one row per run: identical?, the largest |difference| over all tensors and the files that differ. Exit code
-0 when every run is identical, 1 otherwise. Subprocesses run niced, one thread each.
+0 when every run is identical, 1 otherwise. Subprocesses run at nice 15, one thread each: start the script itself
+without `nice` (niceness adds up; at 19 the runs starve on a busy machine).
 """
 
 from __future__ import annotations
