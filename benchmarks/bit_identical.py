@@ -85,32 +85,52 @@ for argv in json.loads(sys.argv[1]):
 """
 
 
-def run_side(src: Path, out: Path) -> dict[str, Path]:
-    """Every run of one side, in one subprocess (the imports are paid once); returns name → its folder / image.
-    With src None: only the names of the runs already in `out`."""
-    commands, folders = [], {}
+def plan_side(out: Path) -> dict[str, tuple[Path, list[list[str]]]]:
+    """name → (its folder / image under `out`, the command lines that make it)."""
+    plan = {}
     for name, extra in GENERATE_RUNS.items():
         folder = out / name.replace(" ", "-").replace("+", "-")
-        commands.append(["generate", PROMPT, *SHORT, *extra, "--out", str(folder)])
-        folders[name] = folder
+        plan[name] = folder, [["generate", PROMPT, *SHORT, *extra, "--out", str(folder)]]
     # resumed: 8 steps, then continued to 16 from the checkpoint (the checkpoint / RNG / loss-log path)
     folder = out / "resumed"
-    commands += [["generate", PROMPT, *SHORT, *RESUMED, "--iterations", "8", "--out", str(folder)],
-                 ["generate", "--resume", str(folder), "--iterations", "16"]]
-    folders["vdm ulite resumed 8→16"] = folder
+    plan["vdm ulite resumed 8→16"] = folder, [
+        ["generate", PROMPT, *SHORT, *RESUMED, "--iterations", "8", "--out", str(folder)],
+        ["generate", "--resume", str(folder), "--iterations", "16"]]
     image = out / "text2img.png"
-    commands.append([*TEXT2IMG, "--out", str(image)])
-    folders["text2img sds"] = image
-    if src is None:
-        return folders
-    out.mkdir(parents=True)
-    proc = _run(["-c", WORKER, json.dumps(commands)], src, out)
-    if proc.returncode != 0:
-        raise RuntimeError(f"runs on {src} failed:\n{proc.stderr[-3000:]}")
-    package = Path(json.loads(proc.stdout.splitlines()[0])["package"])
-    if not package.resolve().is_relative_to(src.resolve()):
-        raise RuntimeError(f"PYTHONPATH={src} imported {package}: the comparison would not test that tree")
-    return folders
+    plan["text2img sds"] = image, [[*TEXT2IMG, "--out", str(image)]]
+    return plan
+
+
+def run_sides(sides: list[tuple[Path, Path]], parallel: bool) -> list[dict[str, Path]]:
+    """Every run of each (src, out) side: one subprocess per side (the imports are paid once), or with `parallel`
+    one per run, all at once (each niced process gets its own share of a busy machine). → name → folder, per side."""
+    jobs = []  # (src, out, command lines) per subprocess
+    for src, out in sides:
+        out.mkdir(parents=True)
+        plan = plan_side(out)
+        groups = [cmds for _, cmds in plan.values()] if parallel else [[c for _, cmds in plan.values() for c in cmds]]
+        jobs += [(src, out, group) for group in groups]
+
+    def start(src: Path, out: Path, group: list[list[str]]) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(group)], cwd=out, env=_env(src),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: os.nice(15))
+
+    results = []  # (src, process, stdout, stderr)
+    if parallel:
+        procs = [(src, start(src, out, group)) for src, out, group in jobs]
+        results = [(src, proc, *proc.communicate()) for src, proc in procs]
+    else:  # one side after the other
+        for src, out, group in jobs:
+            proc = start(src, out, group)
+            results.append((src, proc, *proc.communicate()))
+    for src, proc, stdout, stderr in results:
+        if proc.returncode != 0:
+            raise RuntimeError(f"runs on {src} failed:\n{stderr[-3000:]}")
+        package = Path(json.loads(stdout.splitlines()[0])["package"])
+        if not package.resolve().is_relative_to(src.resolve()):
+            raise RuntimeError(f"PYTHONPATH={src} imported {package}: the comparison would not test that tree")
+    return [{name: folder for name, (folder, _) in plan_side(out).items()} for _, out in sides]
 
 
 # ------------------------------------------------------------------------------------------------ comparison
@@ -202,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before", required=True, help="a git ref (commit, branch) or 'worktree'")
     p.add_argument("--after", default="worktree", help="a git ref, 'worktree' (default) or a copy of a src/ folder")
     p.add_argument("--keep", default=None, help="keep the runs in this folder instead of a temporary one")
+    p.add_argument("--parallel", action="store_true",
+                   help="one subprocess per run, all at once (faster on a machine busy with higher-priority work)")
     p.add_argument("--compare-only", action="store_true", help="only compare the runs already in --keep's folder")
     args = p.parse_args(argv)
     started = time.perf_counter()
@@ -210,10 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         before_src = export_tree(args.before, Path(tmp) / "tree-before") if not args.compare_only else None
         after_src = export_tree(args.after, Path(tmp) / "tree-after")
         if args.compare_only:
-            before, after = (run_side(None, root / f"runs-{side}") for side in ("before", "after"))
+            before, after = ({name: folder for name, (folder, _) in plan_side(root / f"runs-{side}").items()}
+                             for side in ("before", "after"))
         else:
-            before = run_side(before_src, root / "runs-before")
-            after = run_side(after_src, root / "runs-after")
+            before, after = run_sides([(before_src, root / "runs-before"), (after_src, root / "runs-after")],
+                                      args.parallel)
         configs = load_configs([run / "config.yaml" for side in (before, after) for run in side.values()
                                 if (run / "config.yaml").is_file()], after_src, root)
         rows = [(name, *compare(before[name], after[name], configs)) for name in before]
