@@ -98,7 +98,10 @@ def plan_side(out: Path) -> dict[str, tuple[Path, list[list[str]]]]:
         ["generate", "--resume", str(folder), "--iterations", "16"]]
     image = out / "text2img.png"
     plan["text2img sds"] = image, [[*TEXT2IMG, "--out", str(image)]]
-    return plan
+    return {name: v for name, v in plan.items() if ONLY is None or name in ONLY}
+
+
+ONLY: set[str] | None = None  # --only: the runs to make (all when None)
 
 
 def run_sides(sides: list[tuple[Path, Path]], parallel: bool) -> list[dict[str, Path]]:
@@ -224,8 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", default=None, help="keep the runs in this folder instead of a temporary one")
     p.add_argument("--parallel", action="store_true",
                    help="one subprocess per run, all at once (faster on a machine busy with higher-priority work)")
+    p.add_argument("--only", nargs="+", metavar="RUN", help="only these runs (names as in the table)")
     p.add_argument("--compare-only", action="store_true", help="only compare the runs already in --keep's folder")
     args = p.parse_args(argv)
+    global ONLY
+    ONLY = set(args.only) if args.only else None
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bit-identical-") as tmp:
         root = Path(args.keep) if args.keep else Path(tmp)
