@@ -524,7 +524,8 @@ def _loss_csv_stats(run: Path, after: int = 50) -> dict:
     import yaml
 
     cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
-    vdm = (cfg.get("method_options") or {}).get("vdm") or {}
+    vdm = (cfg.get("guidance") if cfg.get("method") == "vdm" else None) or \
+        (cfg.get("method_options") or {}).get("vdm") or {}  # run folders written before the typed `guidance`
     variant = ("paper" if vdm.get("operator_init") == "random" and vdm.get("operator_size") == "ulite" else
                "random" if vdm.get("operator_init") == "random" else "t" if vdm.get("condition_on_t") else
                "ulite" if vdm.get("operator_size") == "ulite" else "base")

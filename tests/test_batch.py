@@ -182,7 +182,7 @@ def test_generate_options_reach_every_run_and_batch_options_are_not_mixed_up(tin
                                         "--seeds", "3", "4", "--prior", str(tiny_pixel_folder), "--iterations", "9",
                                         "--guidance.guidance-scale", "5"])
     assert list(configs) == ["sds", "vdm"] and args.seeds == [3, 4]
-    assert all(c.iterations == 9 and c.method_options[m]["guidance_scale"] == 5 for m, c in configs.items())
+    assert all(c.iterations == 9 and c.method == m and c.guidance.guidance_scale == 5 for m, c in configs.items())
     tasks = B.plan_tasks(B.read_prompts(prompts, prior=str(tiny_pixel_folder)), configs, args.seeds, tmp_path / "o")
     assert [Path(t.run_dir).name for t in tasks[:4]] == ["a-red-cube-sds-3", "a-red-cube-vdm-3", "a-corgi-sds-3",
                                                          "a-corgi-vdm-3"] and len(tasks) == 8

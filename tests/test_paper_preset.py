@@ -21,17 +21,19 @@ def both():
 
 def test_yaml_and_preset_agree(both):
     preset, from_yaml = both
-    plain = lambda cfg: {k: v for k, v in T.config_to_dict(cfg).items() if k != "method_options"}  # noqa: E731
-    assert plain(from_yaml) == plain(preset)
-    assert set(from_yaml.method_options) == set(preset.method_options) == set(METHODS)
-    for name in METHODS:  # every method's fully resolved options, defaults included
-        resolve = lambda cfg: T.config_to_dict(T.method_config(dataclasses.replace(cfg, method=name)))  # noqa: E731
-        assert resolve(from_yaml) == resolve(preset), name
-    # the file spells out every option (prompt and out are per run)
+    assert T.config_to_dict(from_yaml) == T.config_to_dict(preset)
+    for name in METHODS:  # every method's fully resolved options, defaults included, chosen by name as the CLI does
+        by_preset = T.build_config("x", preset="paper", method=name)
+        by_yaml = T.build_config("x", preset="cpu", config_file=PAPER_YAML, method=name)
+        assert T.config_to_dict(by_yaml) == T.config_to_dict(by_preset), name
+        assert type(by_preset.guidance) is METHODS[name].Config
+    # the file spells out every option (prompt and out are per run; its table of options per method stands for
+    # `guidance`, so that `--config configs/paper.yaml --method ism` gets ISM's own values too)
     import yaml
 
     keys = set(yaml.safe_load(PAPER_YAML.read_text()))
-    assert keys == {f.name for f in dataclasses.fields(T.GenerateConfig)} - {"prompt", "out"}
+    assert keys == {f.name for f in dataclasses.fields(T.GenerateConfig)} - {"prompt", "out", "guidance"} | \
+        {"method_options"}
 
 
 def test_sourced_values(both):

@@ -12,6 +12,8 @@ import torch
 
 from dreammapping import train as T
 from dreammapping.export import load_ply
+from dreammapping.guidance import GuidanceConfig
+from dreammapping.guidance.vdm import VDMConfig
 
 # A few steps on ~200 Gaussians at 16², with densification early enough to change the count mid-run.
 TINY = ["--iterations", "6", "--num-points", "200", "--init", "sphere", "--turntable-size", "16",
@@ -50,11 +52,11 @@ def test_end_to_end_writes_every_output(tiny_pixel_folder, tmp_path, capsys):
     assert rows[0].startswith("step,loss,aux_loss,gaussians") and [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
     # config.yaml round-trips through --config: the same fully resolved config, and flags still override it
     cfg, resume = T.parse_args(["--config", str(run / "config.yaml")])
-    assert resume is None and T.config_to_dict(T.resolved(cfg)) == T.config_to_dict(
+    assert resume is None and T.config_to_dict(cfg) == T.config_to_dict(
         T.load_yaml_config(run / "config.yaml", T.GenerateConfig()))
     assert cfg.prompt == "a red cube" and cfg.iterations == 6 and cfg.density.refine_every == 2
     cfg2, _ = T.parse_args(["--config", str(run / "config.yaml"), "--iterations", "9", "--guidance.dca-cutoff", "100"])
-    assert cfg2.iterations == 9 and cfg2.method_options["vdm"]["dca_cutoff"] == 100 and cfg2.prompt == "a red cube"
+    assert cfg2.iterations == 9 and cfg2.guidance.dca_cutoff == 100 and cfg2.prompt == "a red cube"
 
 
 def test_interrupted_and_resumed_runs_end_identical(tiny_pixel_folder, tmp_path, capsys, monkeypatch):
@@ -217,9 +219,12 @@ def test_python_api_and_presets(tmp_path):
         ("stabilityai/stable-diffusion-2-1-base", 512, 4, 5000, 50_000, "shap-e")
     vdm = T.method_config(paper)
     assert (vdm.guidance_scale, vdm.dca, vdm.dca_cutoff) == (7.5, True, 300)
-    cpu = T.build_config("a red cube", iterations=7, lr={"sh_dc": 0.5}, method_options={"sds": {"t_min": 0.1}})
+    cpu = T.build_config("a red cube", iterations=7, lr={"sh_dc": 0.5}, guidance={"t_min": 0.1})
     assert cpu.prior == "embedded" and cpu.iterations == 7 and cpu.lr.sh_dc == 0.5
-    assert cpu.method_options["sds"]["t_min"] == 0.1
+    assert type(cpu.guidance) is VDMConfig and cpu.guidance.t_min == 0.1
+    # the table of options per method of earlier versions: the chosen method's entry counts, the others not
+    sds = T.build_config("a red cube", method="sds", method_options={"sds": {"t_min": 0.2}, "vdm": {"dca": False}})
+    assert type(sds.guidance) is GuidanceConfig and sds.guidance.t_min == 0.2
     assert T.default_run_dir(cpu) == Path("runs/a-red-cube-vdm-0")
     with pytest.raises(T.ConfigError, match="unknown option"):
         T.build_config("x", iterationz=3)

@@ -84,7 +84,7 @@ def test_overwrite_killed_before_its_first_checkpoint_gives_the_old_run_back(run
 
     def killed_overwrite(run):
         # what a SIGKILL between "old run set aside" and "first checkpoint" leaves: a new config.yaml, the old aside
-        T._set_previous_run_aside(run, [n for n in T.RUN_FILES if (run / n).exists()])
+        T.set_previous_run_aside(run, [n for n in T.RUN_FILES if (run / n).exists()])
         (run / "config.yaml").write_text("prompt: the new run\n")
 
     killed_overwrite(run_copy)

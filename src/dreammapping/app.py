@@ -10,10 +10,10 @@ Two layers, kept apart so the logic is testable without a browser:
 
 - `RunQueue`: the state machine of the runs. `submit(RunRequest)` makes a `Job` (queued → running → done / failed /
   stopped; queued → stopped when cancelled before it starts) and one worker thread runs the jobs in order through
-  `train.train(..., callback=...)` — one run at a time per app, the rest wait. The callback records progress, hands
+  `train(..., callback=...)` — one run at a time per app, the rest wait. The callback records progress, hands
   the detached scene to the live view and returns True once Stop was pressed, so the run stops at a step boundary
   with a checkpoint (`dreammapping generate --resume RUN` continues it). Runs go to ordinary run folders under
-  `runs_root`, named `<prompt-slug>-<method>-<seed>[-k]` by `train.slugify`: a prompt never becomes a path itself.
+  `runs_root`, named `<prompt-slug>-<method>-<seed>[-k]` by `slugify`: a prompt never becomes a path itself.
   Bad input fails the job with the CLI's own one-line message (`str` of the `GenerateError`), never a traceback.
 - `App`: the viser page (form, progress, live view, results, downloads). Downloads are sent over viser's websocket
   from a fixed list of file names inside the app's own run folders (`RunQueue.run_file`); the app serves no other
@@ -44,10 +44,12 @@ from typing import Callable
 import numpy as np
 import viser
 
-from dreammapping import train
+from dreammapping.config import DEFAULT_PRESET, GenerateConfig, build_config, default_run_dir, method_config
+from dreammapping.errors import GenerateError, Interrupted, OutputError
 from dreammapping.evaluate import evaluate_run
 from dreammapping.formats import export
-from dreammapping.guidance import METHODS
+from dreammapping.guidance import METHODS, default_guidance_scale
+from dreammapping.train import GenerateResult, train
 from dreammapping.viewer import LiveView, configure_scene
 
 
@@ -72,16 +74,16 @@ FINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.STOPPED})
 # `export` step may leave in a run folder; their buttons appear only when such a file exists.
 DOWNLOADS = ("gaussians.ply", "turntable.mp4", "turntable.gif", "views.png", "mesh.glb", "mesh.obj", "mesh.ply")
 MESH_FILES = ("mesh.glb", "mesh.obj", "mesh.ply")
-_RUN_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")  # what train.slugify + "-<method>-<seed>[-k]" can produce
+_RUN_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")  # what slugify + "-<method>-<seed>[-k]" can produce
 
 
 @dataclass
 class RunRequest:
-    """What the form holds; turned into a `train.GenerateConfig` on top of the cpu preset."""
+    """What the form holds; turned into a `GenerateConfig` on top of the cpu preset."""
 
     prompt: str
     method: str = "vdm"  # a name in dreammapping.guidance.METHODS
-    guidance_scale: float = 2.0  # CFG scale (2 suits the embedded prior; Stable Diffusion wants ~7.5)
+    guidance_scale: float = default_guidance_scale("embedded")  # CFG scale (Stable Diffusion wants ~7.5)
     dca_cutoff: int = 300  # VDM's DCA cut-off timestep (VDM only)
     iterations: int = 300
     seed: int = 0
@@ -93,7 +95,7 @@ class Job:
     id: int
     request: RunRequest
     state: JobState
-    config: train.GenerateConfig | None = None
+    config: GenerateConfig | None = None
     run_dir: Path | None = None
     step: int = 0
     iterations: int = 0
@@ -102,31 +104,31 @@ class Job:
     gaussians: int = 0
     message: str = ""  # one line: the error, how it stopped, or how to resume
     warnings: list[str] = field(default_factory=list)  # what train() logged as a warning (unknown words, …)
-    result: train.GenerateResult | None = None
+    result: GenerateResult | None = None
     evaluation: dict | None = None  # dreammapping.evaluate's ground-truth metrics (toy-world prompts)
     stop_requested: threading.Event = field(default_factory=threading.Event, repr=False)
 
 
-def job_config(request: RunRequest, run_dir: Path | None = None, **overrides) -> train.GenerateConfig:
+def job_config(request: RunRequest, run_dir: Path | None = None, **overrides) -> GenerateConfig:
     """The run's config: the cpu preset, the form's values, then `overrides` (GenerateConfig fields; tests use them
     for small turntables). Raises the CLI's `GenerateError`s for an unknown method or bad option."""
-    method_options = {"guidance_scale": float(request.guidance_scale)}
+    guidance = {"guidance_scale": float(request.guidance_scale)}
     if request.method == "vdm":
-        method_options["dca_cutoff"] = int(request.dca_cutoff)
-    cfg = train.build_config(request.prompt, preset=train.DEFAULT_PRESET, method=request.method,
+        guidance["dca_cutoff"] = int(request.dca_cutoff)
+    cfg = build_config(request.prompt, preset=DEFAULT_PRESET, method=request.method,
                              iterations=int(request.iterations), seed=int(request.seed), prior=request.prior.strip(),
-                             method_options={request.method: method_options},
+                             guidance=guidance,
                              out=None if run_dir is None else str(run_dir), **overrides)
-    train.method_config(cfg)  # an unknown method or option fails here, before the job waits in the queue
+    method_config(cfg)  # an unknown method or option fails here, before the job waits in the queue
     return cfg
 
 
-Runner = Callable[[train.GenerateConfig, Path, Callable, Callable[[str], None]], train.GenerateResult]
+Runner = Callable[[GenerateConfig, Path, Callable, Callable[[str], None]], GenerateResult]
 
 
-def train_runner(cfg: train.GenerateConfig, run_dir: Path, callback, log) -> train.GenerateResult:
+def train_runner(cfg: GenerateConfig, run_dir: Path, callback, log) -> GenerateResult:
     """The real run: Algorithm 1 in `run_dir`, progress reported only through `callback`; then the mesh download."""
-    result = train.train(cfg, run_dir, progress=False, callback=callback, log=log)
+    result = train(cfg, run_dir, progress=False, callback=callback, log=log)
     write_mesh(run_dir, log)
     return result
 
@@ -184,7 +186,7 @@ class RunQueue:
                 job.iterations = job.config.iterations
                 job.run_dir = self._allocate_run_dir(job.config)
                 job.config = dataclasses.replace(job.config, out=str(job.run_dir))
-            except train.GenerateError as e:
+            except GenerateError as e:
                 job.state, job.message = JobState.FAILED, str(e)
             except (TypeError, ValueError) as e:  # a non-numeric field from the page
                 job.state, job.message = JobState.FAILED, f"bad value: {' '.join(str(e).split())}"
@@ -253,10 +255,10 @@ class RunQueue:
         self._worker.join(timeout)
 
     # ---- internals ----
-    def _allocate_run_dir(self, cfg: train.GenerateConfig) -> Path:
-        base = train.default_run_dir(cfg).name  # "<slug>-<method>-<seed>", as the CLI names it
+    def _allocate_run_dir(self, cfg: GenerateConfig) -> Path:
+        base = default_run_dir(cfg).name  # "<slug>-<method>-<seed>", as the CLI names it
         if not _RUN_NAME.fullmatch(base):  # slugify makes this impossible; checked because the prompt is untrusted
-            raise train.OutputError(f"cannot name a run folder after {base!r}")
+            raise OutputError(f"cannot name a run folder after {base!r}")
         for k in itertools.count(1):
             name = base if k == 1 else f"{base}-{k}"
             path = self.runs_root / name
@@ -310,12 +312,12 @@ class RunQueue:
 
         try:
             job.result = self.runner(job.config, job.run_dir, callback, log)
-        except train.Interrupted as e:
+        except Interrupted as e:
             with self._cv:
                 job.message = str(e)
                 self._move(job, JobState.STOPPED)
             return
-        except train.GenerateError as e:  # the CLI's one-line errors: empty prompt, prior missing, diverged, …
+        except GenerateError as e:  # the CLI's one-line errors: empty prompt, prior missing, diverged, …
             with self._cv:
                 job.message = str(e)
                 self._move(job, JobState.FAILED)
@@ -399,7 +401,8 @@ class App:
         gui.add_markdown("**dreammapping** — text → 3D Gaussian splat")
         self.prompt = gui.add_text("Prompt", initial_value="a red cube", hint="what to generate")
         self.method = gui.add_dropdown("Method", options=tuple(METHODS), initial_value="vdm")
-        self.guidance_scale = gui.add_number("Guidance scale", initial_value=2.0, min=0.0, max=100.0, step=0.1,
+        self.guidance_scale = gui.add_number("Guidance scale", initial_value=RunRequest.guidance_scale, min=0.0,
+                                             max=100.0, step=0.1,
                                              hint="classifier-free guidance; 2 suits the embedded prior")
         self.dca_cutoff = gui.add_number("DCA cut-off", initial_value=300, min=0, max=1000, step=1,
                                          hint="VDM's distribution-coefficient annealing cut-off timestep")

@@ -43,10 +43,27 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
-from dreammapping import train as T
+from dreammapping.checkpoint import CHECKPOINT
+from dreammapping.config import GenerateConfig, config_to_dict, default_run_dir, load_yaml_config, slugify
+from dreammapping.devices import resolve_device
+from dreammapping.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_USAGE,
+    ConfigError,
+    GenerateError,
+    Interrupted,
+    OutputError,
+    RunExistsError,
+)
 from dreammapping.evaluate import EvalOptions, evaluate_run
 from dreammapping.files import atomic_write_text
+from dreammapping.toyworld import grammar
+from dreammapping.toyworld.grammar import unknown_words
+from dreammapping.train import parse_args, train
 
 MAX_PROMPT_CHARS = 300  # CLIP-style text encoders read 77 tokens (~300 characters) and silently drop the rest
 SUMMARY_MD, SUMMARY_CSV, RUN_LOG = "summary.md", "summary.csv", "batch.log"
@@ -58,7 +75,7 @@ OK_STATUSES = ("done", "resumed", "skipped")  # the run's outputs exist
 EXIT_SOME_FAILED = 1
 
 
-class PromptsFileError(T.ConfigError):
+class PromptsFileError(ConfigError):
     """A bad prompts file: every problem on its own line as FILE:LINE: why (exit code 2)."""
 
 
@@ -91,7 +108,7 @@ def read_prompts(path: str | os.PathLike, prior: str = "embedded", max_chars: in
             continue
         why = _prompt_problem(text, prior, max_chars)
         if not why:
-            slug = T.slugify(text)
+            slug = slugify(text)
             if slug in folders:
                 first = folders[slug]
                 why = (f"{text!r} would share the run folder {slug}-… with line {first.line} ({first.prompt!r}); "
@@ -116,8 +133,6 @@ def _prompt_problem(text: str, prior: str, max_chars: int) -> str:
     if len(text) > max_chars:
         return f"the prompt is {len(text)} characters long; at most {max_chars} (the text encoder would cut it)"
     if prior == "embedded":
-        from dreammapping.toyworld.grammar import unknown_words
-
         words = unknown_words(text)
         if words:
             return (f"the embedded prior does not know {', '.join(map(repr, words))} (it knows toy shapes, colours, "
@@ -131,7 +146,7 @@ class Task:
     """One run of a batch: plain data, so that it travels to worker processes and Ray workers unchanged."""
 
     run_dir: str  # absolute: workers may run in another folder
-    config: T.GenerateConfig  # the run's full config (threads are set per worker at dispatch)
+    config: GenerateConfig  # the run's full config (threads are set per worker at dispatch)
     evaluate: EvalOptions | None = None  # what `evaluate` computes after training; None: no evaluation
     label: str = ""  # the name the summary gives this run (its method, or a benchmark's variant)
     line: int | None = None  # its line in the prompts file
@@ -139,8 +154,6 @@ class Task:
 
 def is_toy_world_prompt(prompt: str) -> bool:
     """True when the embedded world's grammar parses the prompt (so it has a ground-truth 3D scene)."""
-    from dreammapping.toyworld import grammar
-
     try:
         grammar.parse(prompt)
     except Exception:  # noqa: BLE001 — ParseError / UnknownWordsError: not a toy-world prompt
@@ -164,7 +177,7 @@ def _absolute_if_path(value: str, suffix: str = "") -> str:
     return str(path.resolve()) if value != "embedded" and value.endswith(suffix) and path.exists() else value
 
 
-def plan_tasks(prompts: Sequence[PromptLine], configs: dict[str, T.GenerateConfig], seeds: Sequence[int],
+def plan_tasks(prompts: Sequence[PromptLine], configs: dict[str, GenerateConfig], seeds: Sequence[int],
                out: str | os.PathLike, evaluate: str = "gt") -> list[Task]:
     """Prompt × seed × method → tasks in OUT/<prompt-slug>-<method>-<seed>, seed-major (a batch stopped half-way has
     every prompt and method on the first seeds). `configs`: method → that method's base config."""
@@ -176,35 +189,42 @@ def plan_tasks(prompts: Sequence[PromptLine], configs: dict[str, T.GenerateConfi
                 cfg = dataclasses.replace(base, prompt=p.prompt, method=method, seed=seed,
                                           prior=_absolute_if_path(base.prior),
                                           init=_absolute_if_path(base.init, ".ply"))
-                run_dir = out / T.default_run_dir(cfg).name
+                run_dir = out / default_run_dir(cfg).name
                 cfg = dataclasses.replace(cfg, out=str(run_dir))
                 tasks.append(Task(str(run_dir), cfg, eval_options_for(p.prompt, evaluate), method, p.line))
     return tasks
 
 
 # ================================================================================================ one task
-def _comparable(cfg: T.GenerateConfig) -> dict:
-    data = T.config_to_dict(T.resolved(cfg))
+def _comparable(cfg: GenerateConfig) -> dict:
+    data = config_to_dict(cfg)
     for name in EXECUTION_FIELDS:
         data.pop(name, None)
     return data
 
 
-def run_state(run_dir: str | os.PathLike, cfg: T.GenerateConfig) -> str:
+def run_state(run_dir: str | os.PathLike, cfg: GenerateConfig) -> str:
     """What a folder holds for `cfg`: "finished", "resumable" (a checkpoint of this config), "fresh" (nothing of
     value) or "different" (outputs or a checkpoint of another config)."""
     run_dir = Path(run_dir)
     finished = (run_dir / "metrics.json").is_file() and (run_dir / "gaussians.ply").is_file()
-    checkpoint = (run_dir / T.CHECKPOINT).is_file()
+    checkpoint = (run_dir / CHECKPOINT).is_file()
     if not (finished or checkpoint):
         return "fresh"
     try:
-        same = _comparable(T.load_yaml_config(run_dir / "config.yaml", T.GenerateConfig())) == _comparable(cfg)
-    except T.GenerateError:  # no or unreadable config.yaml, unknown method …: not this run
+        same = _comparable(load_yaml_config(run_dir / "config.yaml", GenerateConfig())) == _comparable(cfg)
+    except GenerateError:  # no or unreadable config.yaml, unknown method …: not this run
         same = False
     if not same:
         return "different"
     return "finished" if finished else "resumable"
+
+
+def on_run_device(options: EvalOptions, run_device: str) -> EvalOptions:
+    """The evaluation's options with device "auto" meaning the run's own device (resolved in the worker)."""
+    if options.device != "auto":
+        return options
+    return dataclasses.replace(options, device=str(resolve_device(run_device)))
 
 
 def cached_evaluation(run_dir: str | os.PathLike, options: EvalOptions) -> dict | None:
@@ -268,24 +288,22 @@ def run_task(task: Task, attempt: int = 1) -> dict:
     try:
         state = run_state(run_dir, cfg)
         if state == "different" and not cfg.overwrite:
-            raise T.RunExistsError(f"{run_dir} holds a run with another config; pass --overwrite to replace it, or "
+            raise RunExistsError(f"{run_dir} holds a run with another config; pass --overwrite to replace it, or "
                                    "choose another --out")
         if state == "finished":
             status, metrics = "skipped", json.loads((run_dir / "metrics.json").read_text())
         else:
             resume = state == "resumable"
             cfg = dataclasses.replace(cfg, overwrite=cfg.overwrite and state == "different")
-            metrics = T.train(cfg, run_dir, resume=resume, progress=False, callback=_stop_requested, log=log).metrics
+            metrics = train(cfg, run_dir, resume=resume, progress=False, callback=_stop_requested, log=log).metrics
             status = "resumed" if resume else "done"
         record.update(status=status, train_seconds=metrics.get("train_seconds"), final_loss=metrics.get("final_loss"),
                       resumed_from=metrics.get("resumed_from"), iterations=metrics.get("iterations", cfg.iterations))
         if task.evaluate is not None:
-            options = task.evaluate
-            if options.device == "auto":
-                options = dataclasses.replace(options, device=str(T.resolve_device(cfg.device)))
+            options = on_run_device(task.evaluate, cfg.device)
             evaluation = cached_evaluation(run_dir, options) or evaluate_run(run_dir, options)
             record.update(metrics=dict(evaluation["metrics"]), skipped_metrics=dict(evaluation["skipped"]))
-    except (T.Interrupted, KeyboardInterrupt) as e:  # checkpointed by train: a rerun resumes it
+    except (Interrupted, KeyboardInterrupt) as e:  # checkpointed by train: a rerun resumes it
         record.update(status="interrupted", error=_one_line(e))
     except Exception as e:  # noqa: BLE001 — one run's failure is reported, the batch goes on
         record.update(status="failed", error=_one_line(e))
@@ -305,9 +323,7 @@ def finished_record(task: Task) -> dict | None:
     except (OSError, ValueError):
         return None
     if task.evaluate is not None:
-        options = task.evaluate
-        if options.device == "auto":
-            options = dataclasses.replace(options, device=str(T.resolve_device(task.config.device)))
+        options = on_run_device(task.evaluate, task.config.device)
         evaluation = cached_evaluation(run_dir, options)
         if evaluation is None:
             return None
@@ -400,7 +416,7 @@ class RayCluster:
         try:
             import ray
         except ImportError:
-            raise T.ConfigError('--ray needs Ray: pip install -e ".[ray]" (or pip install "ray[default]")') from None
+            raise ConfigError('--ray needs Ray: pip install -e ".[ray]" (or pip install "ray[default]")') from None
         self.ray = ray
         self.started_here = not ray.is_initialized()
         if self.started_here:
@@ -411,7 +427,7 @@ class RayCluster:
                 try:
                     ray.init(address=address, log_to_driver=False, configure_logging=False)
                 except (ConnectionError, RuntimeError, ValueError) as e:
-                    raise T.ConfigError(f"--ray {address}: cannot connect to a Ray cluster ({_one_line(e, 200)}); "
+                    raise ConfigError(f"--ray {address}: cannot connect to a Ray cluster ({_one_line(e, 200)}); "
                                         "start one with `ray start --head`, or use --ray local") from None
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
@@ -495,8 +511,6 @@ def run_batch(tasks: Sequence[Task], *, workers: int = 0, threads: int = 0, ray:
     """Run every task (locally, or on Ray when `ray` is "auto", "local" or an address); returns one record per task
     in the order given, and writes summary.md / summary.csv into `summary_dir` when given. `workers` 0: one per GPU or
     core group; `threads` 0: the cores divided among the workers (or the tasks' own `threads` for Ray)."""
-    from tqdm.auto import tqdm
-
     log = log or (lambda message: tqdm.write(message, file=sys.stderr))
     records: dict[str, dict] = {}
     todo = []
@@ -522,7 +536,7 @@ def run_batch(tasks: Sequence[Task], *, workers: int = 0, threads: int = 0, ray:
     return ordered
 
 
-class BatchInterrupted(T.Interrupted):
+class BatchInterrupted(Interrupted):
     """Ctrl-C stopped the batch; `records` says where each run stands (every started run has a checkpoint)."""
 
     def __init__(self, records: list[dict]):
@@ -545,8 +559,6 @@ def _make_backend(todo: Sequence[Task], workers: int, threads: int, ray: str | N
 
 def _drive(backend, todo: Sequence[Task], records: dict, retries: int, progress: bool, total: int, log) -> bool:
     """Keep the back-end's slots busy, retry failures, honour Ctrl-C; True when interrupted."""
-    from tqdm.auto import tqdm
-
     pending: deque[tuple[Task, int]] = deque((t, 1) for t in todo)
     running: dict[object, tuple[Task, int]] = {}
     counts = {"ok": 0, "failed": 0}
@@ -676,8 +688,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Every other option is a `dreammapping generate` option (--iterations, --preset, --config, --prior, "
                "--guidance.*, …; see dreammapping generate --help) and applies to every run; --threads sets the "
                "cores of one run on a CPU (the pool runs cores ÷ threads at once). Exit codes: 0 every run finished, "
-               f"1 some failed, {T.EXIT_USAGE} bad options or prompts file, {T.EXIT_OUTPUT} OUT not writable, "
-               f"{T.EXIT_INTERRUPTED} interrupted (rerun the same command to resume).")
+               f"1 some failed, {EXIT_USAGE} bad options or prompts file, {EXIT_OUTPUT} OUT not writable, "
+               f"{EXIT_INTERRUPTED} interrupted (rerun the same command to resume).")
     p.add_argument("prompts", help="text file, one prompt per line; # starts a comment, blank lines are skipped")
     p.add_argument("--out", required=True, help="folder of the run folders and of summary.md / summary.csv")
     p.add_argument("--method", "--methods", nargs="+", dest="methods", metavar="METHOD",
@@ -698,18 +710,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_batch_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, T.GenerateConfig]]:
+def parse_batch_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, GenerateConfig]]:
     """argv → (batch options, method → base GenerateConfig of every run of that method)."""
     args, rest = _parser().parse_known_args(list(argv))
     for flag in ("--resume", "--out", "--method", "--seed"):
         if any(a == flag or a.startswith(flag + "=") for a in rest):
-            raise T.ConfigError(f"{flag} is not a batch option here (a rerun of the batch resumes its runs)")
+            raise ConfigError(f"{flag} is not a batch option here (a rerun of the batch resumes its runs)")
     if args.retries < 0 or args.workers < 0:
-        raise T.ConfigError("--retries and --workers must be ≥ 0")
+        raise ConfigError("--retries and --workers must be ≥ 0")
     configs = {}
-    methods = args.methods or [T.parse_args(["batch", *rest])[0].method]
+    methods = args.methods or [parse_args(["batch", *rest])[0].method]
     for method in dict.fromkeys(methods):
-        cfg, _ = T.parse_args(["batch", *rest, "--method", method])
+        cfg, _ = parse_args(["batch", *rest, "--method", method])
         configs[method] = cfg
     return args, configs
 
@@ -721,34 +733,34 @@ def cli_batch(argv: Sequence[str] | None = None) -> int:
         try:
             args, configs = parse_batch_args(argv)
         except SystemExit as e:  # argparse / tyro printed help or a usage error
-            return int(e.code or 0) if not isinstance(e.code, str) else T.EXIT_USAGE
+            return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
         prior = next(iter(configs.values())).prior
         prompts = read_prompts(args.prompts, prior=prior)
         out = Path(args.out)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise T.OutputError(f"cannot create the output folder {out}: {e.strerror or e}") from None
+            raise OutputError(f"cannot create the output folder {out}: {e.strerror or e}") from None
         tasks = plan_tasks(prompts, configs, args.seeds, out, evaluate=args.evaluate)
         records = run_batch(tasks, workers=args.workers, ray=args.ray, retries=args.retries,
                             progress=not args.no_progress, summary_dir=out)
     except BatchInterrupted as e:
         print(f"dreammapping batch: {e}; summary in {Path(args.out) / SUMMARY_MD}", file=sys.stderr)
-        return T.EXIT_INTERRUPTED
-    except T.GenerateError as e:
+        return EXIT_INTERRUPTED
+    except GenerateError as e:
         for line in str(e).splitlines():
             print(f"dreammapping batch: {line}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # before any run started
         print("dreammapping batch: interrupted before any run started", file=sys.stderr)
-        return T.EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
     failed = [r for r in records if r["status"] not in OK_STATUSES]
     counts = {s: sum(r["status"] == s for r in records) for s in dict.fromkeys(r["status"] for r in records)}
     print(f"dreammapping batch: {len(records)} runs (" + ", ".join(f"{n} {s}" for s, n in counts.items())
           + f"); summary: {out / SUMMARY_MD}, {out / SUMMARY_CSV}")
     for r in failed:
         print(f"  {r['status']}: {r['run_dir']}: {r['error']}", file=sys.stderr)
-    return EXIT_SOME_FAILED if failed else T.EXIT_OK
+    return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
 __all__ = ["Task", "PromptLine", "read_prompts", "plan_tasks", "run_task", "run_batch", "run_state", "write_summary",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from dreammapping import __version__
+
 # name → (module, function, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("dreammapping.train", "cli_generate", "text → 3D Gaussian splat (Algorithm 1)"),
@@ -38,8 +40,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from dreammapping import __version__
-
         print(f"dreammapping {__version__}")
         return 0
     name, rest = argv[0], argv[1:]

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from dreammapping import gaussians as G
+from dreammapping.export import check_finite, load_ply
 
 SHAP_E_HUB_ID = "openai/shap-e"
 
@@ -94,8 +95,6 @@ def _simple(kind: str, n: int, cfg: InitOptions, sh_degree: int, generator: torc
 
 def load_user_ply(path: str | os.PathLike, sh_degree: int) -> G.Gaussians:
     """A user's .ply (standard 3DGS layout) with its SH bands padded or truncated to `sh_degree`."""
-    from dreammapping.export import check_finite, load_ply
-
     if not Path(path).is_file():
         raise InitError(f"init .ply not found: {path}")
     try:

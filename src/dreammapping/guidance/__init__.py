@@ -15,6 +15,7 @@ from dreammapping.guidance.base import (
     GuidanceOutput,
     OptimizerConfig,
     dca_lambda,
+    default_guidance_scale,
     grad_to_loss,
 )
 from dreammapping.guidance.csd import CSD
@@ -28,4 +29,5 @@ from dreammapping.guidance.vsd import VSD
 METHODS: dict[str, type[Guidance]] = {"sds": SDS, "vdm": VDM, "csd": CSD, "nfsd": NFSD, "ism": ISM, "vsd": VSD}
 
 __all__ = ["METHODS", "WEIGHTINGS", "Guidance", "GuidanceConfig", "GuidanceOutput", "OptimizerConfig", "dca_lambda",
+           "default_guidance_scale",
            "grad_to_loss", "ULite", "SDS", "VDM", "CSD", "NFSD", "ISM", "VSD"]

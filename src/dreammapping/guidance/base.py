@@ -79,6 +79,15 @@ class GuidanceConfig:
     perp_neg_side_decay: float = 10.0  # decay of the side negative (side_decay_factor)
 
 
+def default_guidance_scale(prior: DiffusionPrior | str) -> float:
+    """The CFG scale s when none is given: 7.5 for latent (Stable Diffusion) priors, 2.0 for pixel-space priors.
+
+    A prior may be given by name: "embedded" is the pixel-space toy prior, any other name counts as latent (the
+    name alone says no more; a loaded DiffusionPrior knows)."""
+    latent = prior.is_latent if not isinstance(prior, str) else prior != "embedded"
+    return 7.5 if latent else 2.0
+
+
 def dca_lambda(t: Tensor | int, alphas_cumprod: Tensor, cutoff: int = 300) -> Tensor:
     """Distribution coefficient annealing, Eq. (18): λ_t = 1 for t > cutoff, 1 − ᾱ_t for t ≤ cutoff."""
     t = torch.as_tensor(t, device=alphas_cumprod.device).long()
@@ -109,7 +118,7 @@ class Guidance:
                              f"choose one of {', '.join(VIEW_PROMPTS)}")
         scale = self.config.guidance_scale
         self.progress = 0.0
-        self.guidance_scale = float(scale if scale is not None else (7.5 if prior.is_latent else 2.0))
+        self.guidance_scale = float(scale if scale is not None else default_guidance_scale(prior))
 
     # ---------------------------------------------------------------------------------- the trainer's side
     def parameters(self) -> list[torch.nn.Parameter]:

@@ -18,7 +18,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dreammapping.files import atomic_path
+from dreammapping.devices import check_device
+from dreammapping.errors import EXIT_OUTPUT, EXIT_USAGE, ConfigError
+from dreammapping.files import atomic_path, check_writable_folder, describe_write_error
+from dreammapping.guidance import METHODS
+from dreammapping.priors import DiffusionPrior, PriorNotFoundError
 
 
 def text2img(prompt: str, method: str = "vdm", prior="embedded", steps: int = 500, lr: float = 0.03, seed: int = 0,
@@ -31,9 +35,6 @@ def text2img(prompt: str, method: str = "vdm", prior="embedded", steps: int = 50
     `on_snapshot(steps_done, images [B,3,R,R] in [0,1])` after every `snapshot_every` steps (0: never), so that
     metric-vs-step curves come from the run itself.
     """
-    from dreammapping.guidance import METHODS
-    from dreammapping.priors import DiffusionPrior
-
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty" if isinstance(prompt, str) else
                          f"the prompt must be a string, got {prompt!r}")
@@ -97,11 +98,6 @@ def cli_text2img(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse has printed its one-line message; hand back its code instead of exiting
         return int(e.code or 0)
-
-    from dreammapping.files import check_writable_folder, describe_write_error
-    from dreammapping.guidance import METHODS
-    from dreammapping.priors import DiffusionPrior, PriorNotFoundError
-    from dreammapping.train import EXIT_OUTPUT, EXIT_USAGE, ConfigError, check_device
 
     def fail(message: str, code: int = EXIT_USAGE) -> int:
         print(f"dreammapping text2img: error: {message}", file=sys.stderr)
