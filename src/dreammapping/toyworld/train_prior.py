@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from dreammapping.files import atomic_dir, atomic_path, atomic_write_text, remove_stale_temporaries
+from dreammapping.priors import sample_with_cfg
 
 MODEL_CLASS_NAME = "DreamMappingToyPrior"
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -249,7 +250,8 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu",
 def sample(models: PriorModels | str | Path, prompts: Sequence[str], steps: int = 30, guidance_scale: float = 2.0,
            generator: torch.Generator | None = None, device: str | torch.device | None = None,
            batch_size: int = 512, negative_prompt: str = "", eta: float = 1.0) -> Tensor:
-    """DDIM (`DDIMScheduler.from_config` of the saved scheduler) with classifier-free guidance.
+    """DDIM (`DDIMScheduler.from_config` of the saved scheduler) with classifier-free guidance, by the loop every
+    prior here samples with (`priors.sample_with_cfg`).
 
     `eta=1` (the default) is the stochastic, DDPM-like DDIM: with the shipped prior it gave clean white backgrounds
     where deterministic DDIM (`eta=0`) left visible noise (background error 0.041 vs 0.176, 16 samples, CFG 3).
@@ -270,21 +272,18 @@ def sample(models: PriorModels | str | Path, prompts: Sequence[str], steps: int 
     unet.eval()
     text_encoder.eval()
     out = []
-    uncond_ids = tokenize(tokenizer, [negative_prompt]).to(device)
-    uncond = text_encoder(uncond_ids)[0].to(dtype)
+    uncond = text_encoder(tokenize(tokenizer, [negative_prompt]).to(device))[0].to(dtype)
     x_all = torch.randn(len(prompts), 3, res, res, generator=generator, dtype=torch.float32)
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        b = len(chunk)
         cond = text_encoder(tokenize(tokenizer, chunk).to(device))[0].to(dtype)
-        emb = torch.cat([cond, uncond.expand(b, -1, -1)])
-        x = x_all[start:start + b].to(device)
-        scheduler.set_timesteps(steps, device=device)
-        for t in scheduler.timesteps:
-            eps = unet(torch.cat([x, x]).to(dtype), t, encoder_hidden_states=emb).sample.float()
-            eps_c, eps_u = eps.chunk(2)
-            eps = eps_u + guidance_scale * (eps_c - eps_u)
-            x = scheduler.step(eps, t, x, eta=eta, generator=generator if eta > 0 else None).prev_sample
+        emb = torch.cat([cond, uncond.expand(len(chunk), -1, -1)])
+
+        def cond_uncond(x: Tensor, t: Tensor, emb: Tensor = emb) -> tuple[Tensor, Tensor]:
+            return unet(torch.cat([x, x]).to(dtype), t, encoder_hidden_states=emb).sample.float().chunk(2)
+
+        x = sample_with_cfg(cond_uncond, x_all[start:start + len(chunk)].to(device), scheduler, steps,
+                            guidance_scale, generator=generator, eta=eta)
         out.append(((x.clamp(-1, 1) + 1) / 2).float().cpu())
     unet.train(was_training[0])
     text_encoder.train(was_training[1])
