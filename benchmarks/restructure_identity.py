@@ -173,6 +173,7 @@ def compare(before: Path, after: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before-src", help="src/ folder of the older checkout")
+    parser.add_argument("--after-src", default=str(REPO / "src"), help="src/ folder of the newer one (default: this)")
     parser.add_argument("--save", help=argparse.SUPPRESS)  # internal: one side, into this file
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DREAMMAPPING_CACHE": str(tmp / "cache")}
-        for side, src in (("before", Path(args.before_src).resolve()), ("after", REPO / "src")):
+        for side, src in (("before", Path(args.before_src).resolve()), ("after", Path(args.after_src).resolve())):
             (tmp / side).mkdir()
             print(f"{side}: {src}", flush=True)
             subprocess.run([sys.executable, __file__, "--save", str(tmp / f"{side}.safetensors"),
