@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before-src", help="src/ folder of the older checkout")
     parser.add_argument("--after-src", default=str(REPO / "src"), help="src/ folder of the newer one (default: this)")
+    parser.add_argument("--before-file", help="keep the older checkout's outputs in this file and reuse them when "
+                                              "it exists (checking several steps against one older commit)")
     parser.add_argument("--save", help=argparse.SUPPRESS)  # internal: one side, into this file
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -185,13 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DREAMMAPPING_CACHE": str(tmp / "cache")}
-        for side, src in (("before", Path(args.before_src).resolve()), ("after", Path(args.after_src).resolve())):
-            (tmp / side).mkdir()
-            print(f"{side}: {src}", flush=True)
-            subprocess.run([sys.executable, __file__, "--save", str(tmp / f"{side}.safetensors"),
-                            "--work", str(tmp / side)], env={**env, "PYTHONPATH": str(src)}, check=True,
-                           stdout=subprocess.DEVNULL)
-        return compare(tmp / "before.safetensors", tmp / "after.safetensors")
+        before = Path(args.before_file) if args.before_file else tmp / "before.safetensors"
+        for side, src, path in (("before", Path(args.before_src).resolve(), before),
+                                ("after", Path(args.after_src).resolve(), tmp / "after.safetensors")):
+            print(f"{side}: {src}{' (kept from an earlier run)' if path.is_file() else ''}", flush=True)
+            if not path.is_file():
+                (tmp / side).mkdir()
+                subprocess.run([sys.executable, __file__, "--save", str(path), "--work", str(tmp / side)],
+                               env={**env, "PYTHONPATH": str(src)}, check=True, stdout=subprocess.DEVNULL)
+        return compare(before, tmp / "after.safetensors")
 
 
 if __name__ == "__main__":

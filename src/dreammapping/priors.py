@@ -27,12 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-VIEW_SUFFIXES: dict[str, str] = {
-    "front": ", front view",
-    "side": ", side view",
-    "back": ", back view",
-    "overhead": ", overhead view",
-}
+from dreammapping.cameras import VIEW_TAGS
+
+VIEW_SUFFIXES: dict[str, str] = {tag: f", {tag} view" for tag in VIEW_TAGS}  # DreamFusion's view prompts
 EMBEDDED = "embedded"
 
 
