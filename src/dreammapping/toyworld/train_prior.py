@@ -68,7 +68,7 @@ VIEW_SUFFIX = re.compile(rf"\s*,\s*({'|'.join(VIEW_TAGS)})\s+view\s*$", re.IGNOR
 
 # Architecture presets. "small" is the shipped model: 6.2M-parameter UNet (fp16 12.4 MB; blocks 32/64/128, two layers
 # per block, cross-attention at 16² and 8²) + 0.6M-parameter 3-layer text encoder of width 128. On one CPU thread its
-# forward ×8 costs ~1.25× that of the 4.2M (32/64/128, one layer per block) model of DESIGN.md, whereas a 64/128/128
+# forward ×8 costs ~1.25× that of a 4.2M (32/64/128, one layer per block) model first planned, whereas a 64/128/128
 # one-layer variant (6.7M) cost 2.2×. "tiny" is for tests.
 PRESETS: dict[str, dict] = {
     "small": dict(block_out_channels=(32, 64, 128), layers_per_block=2, attention_head_dim=4, norm_num_groups=16,
