@@ -27,11 +27,15 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def collect(work: Path) -> tuple[dict, dict]:
+CASES = ("sample", "train", "evaluate")
+
+
+def collect(work: Path, cases: Sequence[str] = CASES) -> tuple[dict, dict]:
     """(tensors name → Tensor, numbers name → JSON value) of every case, computed by the package on sys.path."""
     import torch
     from diffusers import DPMSolverMultistepScheduler
@@ -54,7 +58,7 @@ def collect(work: Path) -> tuple[dict, dict]:
         return torch.Generator().manual_seed(seed)
 
     # ---- DiffusionPrior.sample ---------------------------------------------------------------------------------
-    for latent in (False, True):
+    for latent in (False, True) if "sample" in cases else ():
         kind = "latent" if latent else "pixel"
         folder = work / f"tiny_{kind}"
         if not folder.is_dir():
@@ -67,23 +71,26 @@ def collect(work: Path) -> tuple[dict, dict]:
                                                              generator=gen(1), eta=1.0, negative_prompt="blurry")
         tensors[f"prior.{kind}.dpm"] = prior.sample(prompts, num_steps=4, guidance_scale=3.0, generator=gen(),
                                                    scheduler=DPMSolverMultistepScheduler)
-    embedded = DiffusionPrior.from_pretrained("embedded", device="cpu")
-    tensors["prior.embedded.ddim"] = embedded.sample(prompts, num_steps=6, guidance_scale=2.0, generator=gen())
+    if "sample" in cases:
+        embedded = DiffusionPrior.from_pretrained("embedded", device="cpu")
+        tensors["prior.embedded.ddim"] = embedded.sample(prompts, num_steps=6, guidance_scale=2.0, generator=gen())
 
     # ---- train_prior.sample -----------------------------------------------------------------------------------
-    models = tp.load_model_folder(embedded_prior_path())
-    tensors["train_prior.sample"] = tp.sample(models, prompts, steps=6, guidance_scale=2.0, generator=gen())
-    tensors["train_prior.sample_batches_of_1"] = tp.sample(models, prompts, steps=6, guidance_scale=3.0,
-                                                           generator=gen(2), batch_size=1)
-    tensors["train_prior.sample_eta0"] = tp.sample(models, prompts, steps=6, guidance_scale=2.0, generator=gen(),
-                                                   eta=0.0)
+    if "sample" in cases:
+        models = tp.load_model_folder(embedded_prior_path())
+        tensors["train_prior.sample"] = tp.sample(models, prompts, steps=6, guidance_scale=2.0, generator=gen())
+        tensors["train_prior.sample_batches_of_1"] = tp.sample(models, prompts, steps=6, guidance_scale=3.0,
+                                                               generator=gen(2), batch_size=1)
+        tensors["train_prior.sample_eta0"] = tp.sample(models, prompts, steps=6, guidance_scale=2.0,
+                                                       generator=gen(), eta=0.0)
 
     # ---- train_prior.train: straight, and stopped + resumed ------------------------------------------------------
     from safetensors.torch import load_file
 
     base = dict(steps=3, batch_size=4, preset="tiny", resolution=16, max_length=16, warmup_steps=1, log_every=1,
                 checkpoint_every=0, samples_per_prompt=1, sample_steps=2, device="cpu", lr=1e-3)
-    for name, runs in (("straight", [dict()]), ("resumed", [dict(stop_after=2), dict(resume=True)])):
+    for name, runs in (("straight", [dict()]), ("resumed", [dict(stop_after=2), dict(resume=True)])
+                       ) if "train" in cases else ():
         out = work / f"prior_{name}"
         for extra in runs:
             summary = tp.train(tp.TrainPriorConfig(out=str(out), **base, **extra), command="identity-check")
@@ -104,7 +111,7 @@ def collect(work: Path) -> tuple[dict, dict]:
     points = torch.rand(6000, 3, generator=gen()) * 2.2 - 1.1
     points = points[scene.occupancy(points)][:800]
     splats = from_points(points, scene.color_at(points), opacity=0.95, scale=0.05)
-    for prompt in ("a red cube", "a photo of a corgi"):
+    for prompt in ("a red cube", "a photo of a corgi") if "evaluate" in cases else ():
         run = work / f"run_{prompt.replace(' ', '_')}"
         run.mkdir(exist_ok=True)
         save_ply(run / "gaussians.ply", splats)
@@ -117,11 +124,11 @@ def collect(work: Path) -> tuple[dict, dict]:
     return tensors, numbers
 
 
-def save(path: Path, work: Path) -> None:
+def save(path: Path, work: Path, cases: Sequence[str]) -> None:
     import torch
     from safetensors.torch import save_file
 
-    tensors, numbers = collect(work)
+    tensors, numbers = collect(work, cases)
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path),
               metadata={"numbers": json.dumps(numbers, sort_keys=True, default=str)})
     del torch
@@ -176,11 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after-src", default=str(REPO / "src"), help="src/ folder of the newer one (default: this)")
     parser.add_argument("--before-file", help="keep the older checkout's outputs in this file and reuse them when "
                                               "it exists (checking several steps against one older commit)")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="which cases to run")
     parser.add_argument("--save", help=argparse.SUPPRESS)  # internal: one side, into this file
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.save:
-        save(Path(args.save), Path(args.work))
+        save(Path(args.save), Path(args.work), args.cases)
         return 0
     if not args.before_src:
         parser.error("--before-src is required")
@@ -193,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{side}: {src}{' (kept from an earlier run)' if path.is_file() else ''}", flush=True)
             if not path.is_file():
                 (tmp / side).mkdir()
-                subprocess.run([sys.executable, __file__, "--save", str(path), "--work", str(tmp / side)],
+                subprocess.run([sys.executable, __file__, "--save", str(path), "--work", str(tmp / side),
+                                "--cases", *args.cases],
                                env={**env, "PYTHONPATH": str(src)}, check=True, stdout=subprocess.DEVNULL)
         return compare(before, tmp / "after.safetensors")
 
