@@ -20,9 +20,15 @@ def _tokenizer(folder: Path):
     return letter_tokenizer(folder, TINY_MAX_LENGTH)
 
 
-def build_tiny_pipeline(folder: Path, latent: bool = False, prediction_type: str = "epsilon") -> Path:
-    """Save a tiny SD-format pipeline into `folder` and return it (pixel space 16², or 4×8² latents of 16²)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+def build_tiny_pipeline(folder: Path, latent: bool = False, prediction_type: str = "epsilon",
+                        stable_diffusion: bool = False) -> Path:
+    """Save a tiny SD-format pipeline into `folder` and return it (pixel space 16², or 4×8² latents of 16²).
+
+    `stable_diffusion=True` (latent): the layout a hub checkpoint has — a `StableDiffusionPipeline` with its
+    model_index.json, SD 2.1-base's PNDM scheduler config, and a VAE that down-samples ×8 as SD's does (4×8² latents
+    of 64² images)."""
+    from diffusers import (AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusionPipeline,
+                           UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
@@ -36,6 +42,19 @@ def build_tiny_pipeline(folder: Path, latent: bool = False, prediction_type: str
         sample_size=8 if latent else 16, in_channels=channels, out_channels=channels, layers_per_block=1,
         block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=16, attention_head_dim=2,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    if stable_diffusion:
+        vae = AutoencoderKL(  # four levels: ×8 down-sampling, as SD's VAE
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(4, 4, 8, 8), norm_num_groups=4,
+            layers_per_block=1, sample_size=64, scaling_factor=0.18215,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+        # SD 2.1-base's own scheduler config (PNDM); the prior reads it as DDPM for ᾱ_t
+        scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  num_train_timesteps=1000, set_alpha_to_one=False, skip_prk_steps=True,
+                                  steps_offset=1, prediction_type=prediction_type)
+        StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                requires_safety_checker=False).save_pretrained(folder)
+        return folder
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                               beta_end=0.012, prediction_type=prediction_type, clip_sample=False)
     unet.save_pretrained(folder / "unet")

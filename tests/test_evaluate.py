@@ -143,10 +143,7 @@ def fake_grammar(monkeypatch):
     grammar.COLORS = {"red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1)}
     grammar.SHAPES = ("cube", "sphere")
     grammar.RELATIONS = ("on top of", "next to")
-    package = types.ModuleType("dreammapping.toyworld")
-    package.grammar = grammar
-    monkeypatch.setitem(sys.modules, "dreammapping.toyworld", package)
-    monkeypatch.setitem(sys.modules, "dreammapping.toyworld.grammar", grammar)
+    monkeypatch.setattr(ev, "grammar", grammar)
     return grammar
 
 
@@ -342,14 +339,10 @@ def _fake_world(monkeypatch, fake_grammar, result_rgb, truth_rgb, shift):
         img, a = composite(m, rgb)
         return img.expand(len(cameras), -1, -1, -1), a.expand(len(cameras), -1, -1, -1)
 
-    render = types.ModuleType("dreammapping.render")
-    render.rasterize = lambda g, cameras, background=None, **kw: _FakeOut(*draw(cameras, result_rgb, shift))
-    export = types.ModuleType("dreammapping.export")
-    export.load_ply = lambda path, device="cpu": "gaussians"
-    sdf = types.ModuleType("dreammapping.toyworld.sdf")
-    sdf.render_scenes = lambda scenes, cameras: draw(cameras, truth_rgb, 0)
-    classifier_mod = types.ModuleType("dreammapping.toyworld.classifier")
-    classifier_mod.AttributeClassifier = types.SimpleNamespace(from_pretrained=lambda path=None: _ColourClassifier())
+    monkeypatch.setattr(ev, "rasterize", lambda g, cameras, background=None, **kw: _FakeOut(*draw(cameras, result_rgb, shift)))
+    monkeypatch.setattr(ev, "load_ply", lambda path, device="cpu": "gaussians")
+    monkeypatch.setattr(ev, "render_scenes", lambda scenes, cameras: draw(cameras, truth_rgb, 0))
+    monkeypatch.setattr(ev, "AttributeClassifier", types.SimpleNamespace(from_pretrained=lambda path=None: _ColourClassifier()))
 
     def parse(prompt):
         if "red cube" not in prompt:
@@ -357,11 +350,6 @@ def _fake_world(monkeypatch, fake_grammar, result_rgb, truth_rgb, shift):
         return _Scene([_Obj("cube", "red")])
 
     fake_grammar.parse = parse
-    pkg = sys.modules["dreammapping.toyworld"]
-    pkg.sdf, pkg.classifier = sdf, classifier_mod
-    for name, mod in [("dreammapping.render", render), ("dreammapping.export", export),
-                      ("dreammapping.toyworld.sdf", sdf), ("dreammapping.toyworld.classifier", classifier_mod)]:
-        monkeypatch.setitem(sys.modules, name, mod)
 
     class _Prior:
         device = "cpu"
@@ -370,9 +358,8 @@ def _fake_world(monkeypatch, fake_grammar, result_rgb, truth_rgb, shift):
             assert num_steps == 50 and scheduler.__name__ == "DPMSolverMultistepScheduler"
             return torch.rand(len(prompts), 3, 16, 16, generator=generator)
 
-    monkeypatch.setattr(ev, "_load_prior", lambda prior_id, device: _Prior())
-    for cache in ("_REFERENCE_CACHE", "_CLASSIFIER_CACHE", "_CLIP_CACHE", "_PRIOR_CACHE"):
-        monkeypatch.setattr(ev, cache, {})
+    monkeypatch.setattr(ev.ModelCache, "prior", lambda self, prior_id, device: _Prior())
+    monkeypatch.setattr(ev, "MODELS", ev.ModelCache())  # nothing loaded by earlier tests
 
     def load_clip(name, tag, device="cpu"):
         if name == "ViT-L-14":
@@ -417,6 +404,36 @@ def test_evaluate_run_on_a_prompt_outside_the_toy_world_skips_ground_truth(monke
         assert name in result["skipped"] and name not in result["metrics"]
     assert "does not parse" in result["skipped"]["iou"]
     assert "clip_ViT-L-14" in result["metrics"] and "mean_saturation" in result["metrics"]
+
+
+def test_evaluate_run_leaves_the_callers_options_alone(monkeypatch, fake_grammar, tmp_path):
+    _fake_world(monkeypatch, fake_grammar, result_rgb=(0.9, 0.1, 0.1), truth_rgb=(0.8, 0.4, 0.4), shift=0)
+    options = ev.EvalOptions(resolution=32, num_views=2, fid=False)
+    result = ev.evaluate_run(_write_run(tmp_path / "run", "a red cube"), options, clip=False)
+    assert options == ev.EvalOptions(resolution=32, num_views=2, fid=False)  # the override applied to a copy only
+    assert result["settings"]["clip"] is False and result["settings"]["resolution"] == 32
+    assert "disabled" in result["skipped"]["clip_ViT-L-14"]
+
+
+def test_read_run_config_reads_what_generate_writes_and_refuses_anything_else(tmp_path):
+    from dreammapping.train import GenerateConfig, save_yaml_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_yaml_config(run / "config.yaml", GenerateConfig(prompt="a blue cone", prior="/some/folder"))
+    info = ev.read_run_config(run)
+    assert (info.prompt, info.prior) == ("a blue cone", "/some/folder") and info.config["method"] == "vdm"
+    (run / "config.yaml").write_text("prompt: a red cube\n")  # a run from before `prior` was recorded
+    assert ev.read_run_config(run).prior == "embedded"
+    for text, words in (("train:\n  prompt: nested\n", "no prompt"), ("text: a red cube\n", "no prompt"),
+                        ("- a list\n", "not a run config"), ("prompt: [unclosed\n", "cannot read"),
+                        ("prompt: a red cube\nprior:\n  id_or_folder: x\n", "prior")):
+        (run / "config.yaml").write_text(text)
+        with pytest.raises(ValueError, match=words) as error:
+            ev.read_run_config(run)
+        assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="no config.yaml"):
+        ev.read_run_config(tmp_path)
 
 
 def test_cli_evaluate_prints_a_table_and_one_line_errors(monkeypatch, fake_grammar, tmp_path, capsys):
@@ -710,10 +727,10 @@ def test_evaluate_run_samples_the_prior_once_across_processes(monkeypatch, fake_
     monkeypatch.setattr(ev, "prior_reference_images", counting)
     run = _write_run(tmp_path / "run", "a red cube")
     first = ev.evaluate_run(run, resolution=32, num_views=4, fid_reference=6)["metrics"]["fid_classifier"]
-    ev._REFERENCE_CACHE.clear()
+    ev.MODELS.references.clear()
     second = ev.evaluate_run(run, resolution=32, num_views=4, fid_reference=6)["metrics"]["fid_classifier"]
     assert len(calls) == 1 and second == pytest.approx(first)
-    ev._REFERENCE_CACHE.clear()
+    ev.MODELS.references.clear()
     ev.evaluate_run(run, resolution=32, num_views=4, fid_reference=6, fid_cache=False)
     assert len(calls) == 2  # --no-fid-cache samples again
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import _tokenizer
+from conftest import _tokenizer, build_tiny_pipeline
 
 from dreammapping import train as T
 from dreammapping.guidance import METHODS
@@ -27,34 +27,6 @@ from dreammapping.guidance.text2img import cli_text2img
 
 RESOLUTION = 64  # rendered side; the tiny VAE maps 64² images to 4×8×8 latents like SD maps 512² to 4×64×64
 NUM_POINTS = 1000  # Shap-E's surface points upsampled to this many starting Gaussians
-
-
-def build_tiny_sd(folder: Path) -> Path:
-    """A Stable-Diffusion-format folder (model_index.json + components) with random tiny weights."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    tokenizer = _tokenizer(folder / "_vocab")
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=tokenizer.model_max_length, bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        norm_num_groups=4, cross_attention_dim=16, attention_head_dim=2,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
-    vae = AutoencoderKL(  # four levels: ×8 down-sampling, as SD's VAE
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(4, 4, 8, 8), norm_num_groups=4,
-        layers_per_block=1, sample_size=RESOLUTION, scaling_factor=0.18215,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-    # SD 2.1-base's own scheduler config (PNDM); the prior reads it as DDPM for ᾱ_t
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.save_pretrained(folder)
-    return folder
 
 
 def build_tiny_shap_e(folder: Path) -> Path:
@@ -85,7 +57,7 @@ def build_tiny_shap_e(folder: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> Path:
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd"))
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_sd"), latent=True, stable_diffusion=True)
 
 
 @pytest.fixture(scope="session")

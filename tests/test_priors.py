@@ -124,6 +124,29 @@ def test_sample_ddim_and_dpm_solver(tiny_latent_prior):
     assert dpm.shape == (1, 3, 16, 16) and torch.isfinite(dpm).all()
 
 
+def test_sample_with_cfg_guides_from_the_unconditional_towards_the_conditional_output():
+    """CFG scale 0 samples the unconditional model alone, scale 1 the conditional one alone (the loop of both priors)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from dreammapping.priors import sample_with_cfg
+
+    config = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False).config
+    cond_model = lambda x, t: 0.3 * x + 0.1  # noqa: E731 — two different linear "UNets"
+    uncond_model = lambda x, t: -0.2 * x  # noqa: E731
+
+    def run(pair, scale, eta=0.0):
+        noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+        return sample_with_cfg(pair, noise, DDIMScheduler.from_config(config), 5, scale,
+                               generator=torch.Generator().manual_seed(1), eta=eta)
+
+    both = lambda x, t: (cond_model(x, t), uncond_model(x, t))  # noqa: E731
+    for eta in (0.0, 1.0):
+        torch.testing.assert_close(run(both, 0.0, eta), run(lambda x, t: (uncond_model(x, t),) * 2, 0.0, eta))
+        torch.testing.assert_close(run(both, 1.0, eta), run(lambda x, t: (cond_model(x, t),) * 2, 0.0, eta))
+    assert not torch.allclose(run(both, 3.0), run(both, 1.0))
+    assert not torch.allclose(run(both, 1.0, 1.0), run(both, 1.0, 0.0))  # eta > 0 draws DDIM's noise
+
+
 def test_sample_default_eta_is_stochastic_for_pixel_priors_only(tiny_prior, tiny_latent_prior):
     def run(prior, **kw):
         return prior.sample(["a cube"], num_steps=4, guidance_scale=2.0, generator=torch.Generator().manual_seed(0),

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from dreammapping.gaussians import Gaussians, num_sh_bases
+from dreammapping.render import eval_sh  # the renderer's own SH basis, so the conventions cannot drift apart
 
 FILE_FROM_WORLD = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]], dtype=torch.float64)
 MESH_FROM_WORLD = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
@@ -56,8 +57,6 @@ def _fibonacci_directions(n: int) -> Tensor:
 
 def sh_basis(dirs: Tensor, degree: int) -> Tensor:
     """The real SH basis [P,K] the renderer uses (render.eval_sh, 3DGS signs) at unit directions [P,3]."""
-    from dreammapping.render import eval_sh  # the renderer's own basis, so the conventions cannot drift apart
-
     K = num_sh_bases(degree)
     eye = torch.eye(K, dtype=dirs.dtype)[:, :, None]  # one Gaussian per basis function
     return eval_sh(eye, dirs[:, None, :].expand(-1, K, -1))[..., 0]  # [P,K]

@@ -11,7 +11,10 @@ Three layers, kept apart so that the maths is testable without any model:
    when weights are missing, so the caller can skip that metric with a one-line reason and carry on.
 3. **`evaluate_run(run_dir)`** and **`cli_evaluate(argv)`** (`dreammapping evaluate RUN [RUN...]`): render the
    result and, when the prompt parses in the toy world, the true scene at the same cameras, compute every metric
-   that can be computed, list the rest under `skipped`, and write `run_dir/eval.json`.
+   that can be computed, list the rest under `skipped`, and write `run_dir/eval.json`. Each metric group
+   (`canonical_metrics`, `ground_truth_metrics`, `attribute_metrics`, `clip_metric`, `inception_fid_metric`,
+   `classifier_fid_metric`) is a plain function of an `EvalContext` (the renders, the true scene, the options);
+   the models they load live in a `ModelCache` (the process-wide `MODELS` unless one is passed).
 
 Definitions worth knowing when reading the numbers:
 - PSNR is computed per view from that view's MSE and capped at `PSNR_CAP` = 100 dB (identical views give exactly
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -45,9 +49,20 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from scipy import linalg, ndimage
 from torch import Tensor
 
-from dreammapping.files import atomic_write_text
+from dreammapping import cameras as C
+from dreammapping.export import load_ply
+from dreammapping.files import atomic_path, atomic_write_text
+from dreammapping.priors import DiffusionPrior, embedded_prior_path
+from dreammapping.render import rasterize
+from dreammapping.toyworld import grammar
+from dreammapping.toyworld.classifier import AttributeClassifier
+from dreammapping.toyworld.sdf import render_scenes
 
 PSNR_CAP = 100.0  # dB; the PSNR of two identical images
 
@@ -173,8 +188,6 @@ def _luminance(images: Tensor) -> np.ndarray:
 
 def _sobel_magnitude(luma: np.ndarray) -> np.ndarray:
     """|∇| per view of [B,H,W] luma (Sobel / 8, so a unit step gives ≈ 0.5 at the step), border replicated."""
-    from scipy import ndimage
-
     gy = ndimage.sobel(luma, axis=1, mode="nearest") / 8.0
     gx = ndimage.sobel(luma, axis=2, mode="nearest") / 8.0
     return np.hypot(gx, gy)
@@ -195,8 +208,6 @@ def edge_f_score(images: Tensor, truth: Tensor, threshold: float = EDGE_THRESHOL
     """F1 of the edge maps (Sobel magnitude > `threshold`) of `images` against `truth` ([B,H,W,3] each), an edge
     pixel matching when the other map has an edge within `tolerance` px (pooled over the batch). 1 = the truth's
     edges and no others; blur loses edges (recall), speckle adds false ones (precision)."""
-    from scipy import ndimage
-
     ea = _sobel_magnitude(_luminance(images)) > threshold
     eb = _sobel_magnitude(_luminance(truth)) > threshold
     if not ea.any() and not eb.any():
@@ -220,8 +231,6 @@ def high_frequency_noise(images: Tensor, truth: Tensor, truth_alpha: Tensor, sig
     low-frequency), nor does a silhouette that is slightly off (the border is eroded away). Detail that is missing
     (a blurred inner edge) leaves a residual too, smaller than speckle's: read it with `edge_energy_ratio`, which
     is < 1 for lost detail and > 1 for added texture. NaN on an empty mask."""
-    from scipy import ndimage
-
     r = _luminance(images) - _luminance(truth)
     high = r - ndimage.gaussian_filter(r, sigma=(0, sigma, sigma), mode="nearest")
     mask = (_plane(truth_alpha) > 0.5).detach().cpu().numpy()
@@ -276,12 +285,10 @@ def _names(classifier, attr: str, fallback) -> list[str]:
 def scene_attribute_targets(scene, color_names: Sequence[str], shape_names: Sequence[str]) -> dict[str, int]:
     """Class ids of a scene: first object's colour / shape, second object's (−1 when alone), relation
     (−1 none, else the index in `toyworld.grammar.RELATIONS`)."""
-    from dreammapping.toyworld import grammar
-
     objs = scene.objects
     second = objs[1] if len(objs) > 1 else None
     relation = getattr(scene, "relation", None)
-    relations = list(getattr(grammar, "RELATIONS", ()))
+    relations = list(grammar.RELATIONS)
     return {
         "color": list(color_names).index(objs[0].color), "shape": list(shape_names).index(objs[0].shape),
         "second_color": -1 if second is None else list(color_names).index(second.color),
@@ -308,8 +315,6 @@ def attribute_accuracy(classifier, images: Tensor, scene) -> dict[str, float]:
     has that head). Two objects (order-free, as `toyworld.classifier.match_pair`): `color` = both colours right,
     `shape` = both shapes right, `all` = colour and shape paired correctly and the relation right (when
     predicted). Class ids follow the classifier's `color_names` / `shape_names` (else the grammar's order)."""
-    from dreammapping.toyworld import grammar
-
     colors = _names(classifier, "color_names", grammar.COLORS)
     shapes = _names(classifier, "shape_names", grammar.SHAPES)
     t = scene_attribute_targets(scene, colors, shapes)
@@ -348,8 +353,6 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2):
     ||mu1 − mu2||² + tr(sigma1 + sigma2 − 2 (sigma1 sigma2)^½). As in pytorch-fid: if the product is singular
     (fewer samples than dimensions), add eps·I to both; drop a negligible imaginary part."""
-    from scipy import linalg
-
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     diff = mu1 - mu2
@@ -599,9 +602,9 @@ def load_clip(name: str = "ViT-L-14", pretrained: str = "openai", device: str | 
 
 
 # ================================================================================================================
-# 3. Evaluating a run
+# 3. Evaluating a run: a context, metric groups as plain functions over it, and the models they load
 # ================================================================================================================
-@dataclass
+@dataclass(frozen=True)
 class EvalOptions:
     """What `evaluate_run` renders and computes."""
 
@@ -626,37 +629,27 @@ class RunInfo:
     config: dict = field(default_factory=dict)
 
 
-def _find_key(tree, keys: Sequence[str]):
-    """First value under any of `keys` in a nested dict (breadth first)."""
-    queue = [tree]
-    while queue:
-        node = queue.pop(0)
-        if isinstance(node, dict):
-            for k in keys:
-                if k in node and not isinstance(node[k], dict):
-                    return node[k]
-            queue.extend(v for v in node.values() if isinstance(v, dict))
-    return None
-
-
-def read_run_config(run_dir: Path) -> RunInfo:
-    """Prompt and prior of a run from its `config.yaml` (prior defaults to "embedded")."""
-    import yaml
-
+def read_run_config(run_dir: str | Path) -> RunInfo:
+    """Prompt and prior of a run from the `config.yaml` that `dreammapping generate` writes (GenerateConfig's
+    fields at the top level: `prompt`, `prior`, …). A missing, unreadable or foreign file raises ValueError with one
+    line; a config without `prior` (older runs) means "embedded", GenerateConfig's default."""
     path = Path(run_dir) / "config.yaml"
-    config = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    config = config or {}
-    prompt = _find_key(config, ("prompt", "text"))
-    prior = config.get("prior") if isinstance(config.get("prior"), str) else None
-    if prior is None:
-        prior = _find_key(config.get("prior", {}) if isinstance(config.get("prior"), dict) else {},
-                          ("id_or_folder", "id", "name", "path")) or _find_key(config, ("prior_id", "prior_name"))
-    if prompt is None:
-        raise ValueError(f"{path}: no prompt found")
-    return RunInfo(str(prompt), str(prior or "embedded"), config)
+    if not path.is_file():
+        raise ValueError(f"{run_dir}: no config.yaml (not a run folder of `dreammapping generate`)")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: cannot read it ({_one_line(error)})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a run config (expected the mapping that `dreammapping generate` writes)")
+    prompt, prior = config.get("prompt"), config.get("prior", "embedded")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"{path}: no prompt (expected a non-empty `prompt:` string)")
+    if not isinstance(prior, str) or not prior:
+        raise ValueError(f"{path}: `prior:` must be a prior id or folder, got {prior!r}")
+    return RunInfo(prompt, prior, config)
 
 
-_REFERENCE_CACHE: dict[str, Tensor] = {}
 REFERENCE_CACHE_VERSION = 1  # bump when the way reference images are made changes
 
 
@@ -672,8 +665,6 @@ def reference_cache_dir() -> Path:
 def prior_fingerprint(prior_id: str) -> str:
     """Names, sizes and mtimes of the prior's files (the embedded prior's folder, or a local folder), so that
     retraining the prior invalidates its cached reference samples; a hub id stands for itself."""
-    from dreammapping.priors import embedded_prior_path
-
     folder = embedded_prior_path() if prior_id == "embedded" else Path(prior_id)
     if not folder.is_dir():
         return prior_id
@@ -688,16 +679,10 @@ def cached_reference(settings: dict, sample: Callable[[], Tensor]) -> Tensor:
     One safetensors file per settings (named by their hash, the settings stored inside and compared on load):
     a file that cannot be read, holds other settings, or has the wrong shape or values is recomputed and
     replaced, never trusted. Written through `files.atomic_path`, so concurrent evaluations never see half a file."""
-    from safetensors.torch import load_file, save_file
-
-    from dreammapping.files import atomic_path
-
     key = json.dumps(settings, sort_keys=True)
     path = reference_cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
     if path.is_file():
         try:
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as f:
                 stored = (f.metadata() or {}).get("settings")
             images = load_file(str(path))["images"]
@@ -714,37 +699,63 @@ def cached_reference(settings: dict, sample: Callable[[], Tensor]) -> Tensor:
     except OSError:  # a read-only cache is not an error, only slower
         pass
     return images
-_PRIOR_CACHE: dict[str, Any] = {}
-_CLASSIFIER_CACHE: dict[Any, Any] = {}
-_CLIP_CACHE: dict[tuple, Any] = {}
 
 
-def _load_prior(prior_id: str, device: str):
-    key = f"{prior_id}@{device}"
-    if key not in _PRIOR_CACHE:
-        from dreammapping.priors import DiffusionPrior
+@dataclass
+class ModelCache:
+    """The models an evaluation loads, kept between evaluations in one process: priors, attribute classifiers
+    and CLIP encoders by (what, device), FID reference samples by their settings. A classifier or CLIP encoder
+    that cannot be loaded is remembered as its `MetricUnavailable`, so each evaluation reports it in one line
+    without trying again."""
 
-        _PRIOR_CACHE[key] = DiffusionPrior.from_pretrained(prior_id, device=device)
-    return _PRIOR_CACHE[key]
+    priors: dict[tuple[str, str], Any] = field(default_factory=dict)
+    classifiers: dict[tuple[str | None, str], Any] = field(default_factory=dict)
+    clips: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    references: dict[str, Tensor] = field(default_factory=dict)
+
+    def prior(self, prior_id: str, device: str):
+        key = (prior_id, device)
+        if key not in self.priors:
+            self.priors[key] = DiffusionPrior.from_pretrained(prior_id, device=device)
+        return self.priors[key]
+
+    def classifier(self, path: str | None, device: str):
+        """The attribute classifier at `path` (None: the shipped one), or MetricUnavailable."""
+        key = (path, device)
+        if key not in self.classifiers:
+            try:
+                self.classifiers[key] = AttributeClassifier.from_pretrained(path).to(device).eval()
+            except FileNotFoundError as error:
+                self.classifiers[key] = MetricUnavailable(_one_line(error))
+            except Exception as error:  # noqa: BLE001
+                self.classifiers[key] = MetricUnavailable(f"attribute classifier unavailable ({_one_line(error)})")
+        return _raise_or_return(self.classifiers[key])
+
+    def clip(self, name: str, tag: str, device: str) -> ClipEncoder:
+        key = (name, tag, device)
+        if key not in self.clips:
+            try:
+                self.clips[key] = load_clip(name, tag, device)
+            except MetricUnavailable as error:
+                self.clips[key] = error
+        return _raise_or_return(self.clips[key])
+
+    def reference(self, settings: dict, sample: Callable[[], Tensor], on_disk: bool) -> Tensor:
+        """The FID reference images for `settings`: from memory, else the disk cache (when `on_disk`), else
+        `sample()`."""
+        key = json.dumps(settings, sort_keys=True)
+        if key not in self.references:
+            self.references[key] = cached_reference(settings, sample) if on_disk else sample()
+        return self.references[key]
 
 
-def _load_classifier(path: str | None, device: str):
-    """The attribute classifier (cached, failures too, so that a missing file is reported once per metric)."""
-    key = (path, device)
-    if key not in _CLASSIFIER_CACHE:
-        try:
-            from dreammapping.toyworld.classifier import AttributeClassifier
+def _raise_or_return(value):
+    if isinstance(value, Exception):
+        raise value
+    return value
 
-            clf = AttributeClassifier.from_pretrained(path)
-            _CLASSIFIER_CACHE[key] = clf.to(device).eval() if hasattr(clf, "eval") else clf
-        except FileNotFoundError as error:
-            _CLASSIFIER_CACHE[key] = MetricUnavailable(_one_line(error))
-        except Exception as error:  # noqa: BLE001
-            _CLASSIFIER_CACHE[key] = MetricUnavailable(f"attribute classifier unavailable ({_one_line(error)})")
-    clf = _CLASSIFIER_CACHE[key]
-    if isinstance(clf, Exception):
-        raise clf
-    return clf
+
+MODELS = ModelCache()  # what `evaluate_run` and `evaluate_gaussians` use unless given their own
 
 
 def _one_line(error: BaseException, limit: int = 240) -> str:
@@ -754,21 +765,142 @@ def _one_line(error: BaseException, limit: int = 240) -> str:
 
 
 @torch.no_grad()
-def _render(gaussians, cameras):
-    from dreammapping.render import rasterize
-
+def _render(gaussians, cameras) -> tuple[Tensor, Tensor]:
+    """The result on white at `cameras`: rgb [B,H,W,3] in [0,1], alpha [B,H,W,1]."""
     out = rasterize(gaussians, cameras, background=torch.ones(3, device=cameras.device))
     return out.rgb.clamp(0, 1), out.alpha
 
 
-def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **overrides) -> dict:
-    """Every metric of one run folder (`gaussians.ply` + `config.yaml`); writes and returns `eval.json`'s dict:
-    {"run", "prompt", "prior", "metrics": name → float, "skipped": name → reason, "settings", "seconds"}."""
-    from dreammapping.export import load_ply
+@dataclass
+class EvalContext:
+    """What the metric groups read: one scene, rendered at the canonical views and (with `num_views` > 0) at
+    random orbit views, beside the prompt's true toy-world scene at the same cameras when the prompt parses."""
 
-    opt = options or EvalOptions()
-    for k, v in overrides.items():
-        setattr(opt, k, v)
+    gaussians: Any
+    prompt: str
+    prior: str
+    options: EvalOptions
+    models: ModelCache
+    canonical: C.Cameras  # the four canonical views at options.resolution
+    rgb: Tensor  # [4,R,R,3] the result at the canonical views
+    alpha: Tensor  # [4,R,R,1]
+    scene: Any  # the true `grammar.Scene`, or None
+    not_in_toy_world: str = ""  # why `scene` is None (one line)
+    random_views: C.Cameras | None = None  # options.num_views orbit views (seeded by options.seed)
+    rand_rgb: Tensor | None = None  # [N,R,R,3] the result at the random views
+    gt_rand_rgb: Tensor | None = None  # [N,R,R,3] the true scene at the random views (None: none, or it failed)
+    clip_rgb: Tensor | None = None  # [N,S,S,3] the random views at options.clip_resolution, rendered when needed
+
+    @property
+    def foreground(self) -> Tensor:
+        """[4,R,R] bool: where the result covers the canonical views."""
+        return _plane(self.alpha) > 0.5
+
+
+GROUND_TRUTH_METRICS = ("iou", "psnr", "ssim", "color_error", "saturation_error", "edge_energy_ratio",
+                        "edge_f_score", "hf_noise")
+ATTRIBUTE_METRICS = ("attr_color", "attr_shape", "attr_all")
+
+
+def canonical_metrics(ctx: EvalContext) -> dict[str, float]:
+    """Reference-free statistics of the canonical views: mean saturation over the result's foreground, and the
+    fraction of pixels it covers."""
+    fg = ctx.foreground
+    return {"mean_saturation": mean_saturation(ctx.rgb, fg), "coverage": float(fg.float().mean())}
+
+
+def ground_truth_metrics(ctx: EvalContext) -> dict[str, float]:
+    """The result against the true scene at the canonical views: shape, colour, detail and noise."""
+    gt_rgb, gt_alpha = render_scenes([ctx.scene], ctx.canonical)
+    gt_rgb, gt_alpha = gt_rgb.to(ctx.rgb), gt_alpha.to(ctx.alpha)
+    both = ctx.foreground & (_plane(gt_alpha) > 0.5)
+    rgb = ctx.rgb
+    return {
+        "iou": silhouette_iou(ctx.alpha, gt_alpha),
+        "psnr": psnr(rgb, gt_rgb),
+        "ssim": ssim(rgb, gt_rgb),
+        "color_error": mean_color_error(rgb, gt_rgb, both),
+        "saturation_error": saturation_error(rgb, gt_rgb, both),
+        "gt_saturation": mean_saturation(gt_rgb, _plane(gt_alpha) > 0.5),
+        "edge_energy_ratio": edge_energy_ratio(rgb, gt_rgb),
+        "edge_f_score": edge_f_score(rgb, gt_rgb),
+        "hf_noise": high_frequency_noise(rgb, gt_rgb, gt_alpha),
+    }
+
+
+def attribute_metrics(ctx: EvalContext) -> dict[str, float]:
+    """The shipped classifier's accuracy on the random views (`attr_*`), and on the true scene at the same views
+    (`attr_*_gt`, the classifier's own ceiling)."""
+    classifier = ctx.models.classifier(ctx.options.classifier_path, ctx.options.device)
+    out = {f"attr_{k}": v for k, v in attribute_accuracy(classifier, ctx.rand_rgb, ctx.scene).items()}
+    if ctx.gt_rand_rgb is not None:
+        out.update({f"attr_{k}_gt": v for k, v in attribute_accuracy(classifier, ctx.gt_rand_rgb, ctx.scene).items()})
+    return out
+
+
+def clip_metric(ctx: EvalContext, name: str, tag: str) -> float:
+    """The paper's CLIP score with open_clip's (name, tag) on the random views at `clip_resolution`."""
+    encoder = ctx.models.clip(name, tag, ctx.options.device)
+    if ctx.clip_rgb is None:  # rendered once, and only when some encoder is there to read it
+        size = ctx.options.clip_resolution
+        ctx.clip_rgb = _render(ctx.gaussians, ctx.random_views.with_size(size, size))[0]
+    return clip_score(ctx.clip_rgb, ctx.prompt, encoder)
+
+
+def fid_reference(ctx: EvalContext) -> Tensor:
+    """[n,H,W,3] images of the prompt sampled from the run's prior (`fid_reference`, `fid_steps`), cached in
+    `ctx.models` and, with `fid_cache`, on disk under their settings."""
+    opt = ctx.options
+    cfg = opt.fid_guidance_scale
+    if cfg is None:  # the embedded 32² prior falls apart at CFG ≥ 5; SD's default is 7.5
+        cfg = 2.0 if ctx.prior == "embedded" else 7.5
+    settings = {"prior": ctx.prior, "prior_fingerprint": prior_fingerprint(ctx.prior), "prompt": ctx.prompt,
+                "n": opt.fid_reference, "steps": opt.fid_steps, "guidance_scale": float(cfg), "seed": opt.seed,
+                "version": REFERENCE_CACHE_VERSION}
+
+    def sample() -> Tensor:
+        prior = ctx.models.prior(ctx.prior, opt.device)
+        g = torch.Generator(device=getattr(prior, "device", "cpu")).manual_seed(opt.seed)
+        return prior_reference_images(prior, ctx.prompt, opt.fid_reference, opt.fid_steps, g, guidance_scale=cfg)
+
+    return ctx.models.reference(settings, sample, on_disk=opt.fid_cache)
+
+
+def inception_fid_metric(ctx: EvalContext) -> float:
+    inception_fid_available()  # before sampling the reference: skipping must cost nothing
+    return inception_fid(ctx.rand_rgb, fid_reference(ctx), ctx.options.device)
+
+
+def classifier_fid_metric(ctx: EvalContext, reference: Tensor | None = None) -> float:
+    """Classifier-feature FID of the random views against `reference` (default: the prior's samples)."""
+    classifier = ctx.models.classifier(ctx.options.classifier_path, ctx.options.device)
+    return classifier_fid(classifier, ctx.rand_rgb, fid_reference(ctx) if reference is None else reference)
+
+
+def _attempt(names: str | Sequence[str], fn: Callable[[], dict | float | None], metrics: dict[str, float],
+             skipped: dict[str, str]) -> None:
+    """Run one metric group into `metrics`; any failure skips exactly that group's `names` with a one-line reason."""
+    names = [names] if isinstance(names, str) else list(names)
+    try:
+        value = fn()
+    except MetricUnavailable as error:
+        skipped.update({n: str(error) for n in names})
+        return
+    except Exception as error:  # noqa: BLE001 — a broken metric must not hide the others
+        skipped.update({n: _one_line(error) for n in names})
+        return
+    if isinstance(value, dict):
+        metrics.update(value)
+    elif value is not None:
+        metrics[names[0]] = float(value)
+
+
+def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, models: ModelCache | None = None,
+                 **overrides) -> dict:
+    """Every metric of one run folder (`gaussians.ply` + `config.yaml`); writes and returns `eval.json`'s dict:
+    {"run", "prompt", "prior", "metrics": name → float, "skipped": name → reason, "settings", "seconds"}.
+    `overrides` replace fields of `options` (which is left as it is)."""
+    opt = dataclasses.replace(options or EvalOptions(), **overrides)
     run_dir = Path(run_dir)
     ply = run_dir / "gaussians.ply"
     if not ply.is_file():
@@ -776,187 +908,83 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, **over
     t0 = time.perf_counter()
     info = read_run_config(run_dir)
     gaussians = load_ply(ply, device=opt.device)
-    metrics, skipped = evaluate_gaussians(gaussians, info.prompt, info.prior, opt)
+    metrics, skipped = evaluate_gaussians(gaussians, info.prompt, info.prior, opt, models)
     result = {
         "run": str(run_dir),
         "prompt": info.prompt,
         "prior": info.prior,
         "metrics": metrics,
         "skipped": skipped,
-        "settings": {k: getattr(opt, k) for k in EvalOptions.__dataclass_fields__},
+        "settings": dataclasses.asdict(opt),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     atomic_write_text(run_dir / "eval.json", json.dumps(_jsonable(result), indent=2) + "\n")
     return result
 
 
-def evaluate_gaussians(gaussians, prompt: str, prior_id: str = "embedded", options: EvalOptions | None = None
-                       ) -> tuple[dict[str, float], dict[str, str]]:
+def evaluate_gaussians(gaussians, prompt: str, prior_id: str = "embedded", options: EvalOptions | None = None,
+                       models: ModelCache | None = None) -> tuple[dict[str, float], dict[str, str]]:
     """Every metric of one scene (a `Gaussians` on `options.device`) for `prompt`: (metrics name → float,
     skipped name → one-line reason). `evaluate_run` is this plus reading and writing the run folder; benchmarks
     call it on snapshots taken during training."""
-    from dreammapping import cameras as cams
-
     opt = options or EvalOptions()
-    info = RunInfo(prompt, prior_id)
-    device = opt.device
     metrics: dict[str, float] = {}
     skipped: dict[str, str] = {}
 
-    def attempt(names: str | Sequence[str], fn: Callable[[], dict | float | None]) -> None:
-        """Run one metric group; any failure skips exactly that group with a one-line reason."""
-        names = [names] if isinstance(names, str) else list(names)
-        try:
-            value = fn()
-        except MetricUnavailable as error:
-            skipped.update({n: str(error) for n in names})
-            return
-        except Exception as error:  # noqa: BLE001 — a broken metric must not hide the others
-            skipped.update({n: _one_line(error) for n in names})
-            return
-        if isinstance(value, dict):
-            metrics.update(value)
-        elif value is not None:
-            metrics[names[0]] = float(value)
-
-    R = opt.resolution
-    canonical = cams.canonical_views(R, R).to(device)
+    # 1. the result at the canonical views, and the prompt's true scene when it is a toy-world prompt
+    canonical = C.canonical_views(opt.resolution, opt.resolution).to(opt.device)
     rgb, alpha = _render(gaussians, canonical)
-    fg = _plane(alpha) > 0.5
-    metrics["mean_saturation"] = mean_saturation(rgb, fg)
-    metrics["coverage"] = float(fg.float().mean())  # fraction of canonical pixels the result covers
-
-    # ---- ground truth: the embedded world's true scene at the same cameras ------------------------------------
-    scene, gt_names = None, ["iou", "psnr", "ssim", "color_error", "saturation_error", "edge_energy_ratio",
-                             "edge_f_score", "hf_noise"]
+    scene, why = None, ""
     try:
-        from dreammapping.toyworld import grammar
+        scene = grammar.parse(prompt)
+    except ValueError as error:  # UnknownWordsError / ParseError: not a toy-world prompt
+        why = f"prompt does not parse in the toy world ({_one_line(error)})"
+    ctx = EvalContext(gaussians, prompt, prior_id, opt, MODELS if models is None else models, canonical, rgb, alpha,
+                      scene, why)
+    metrics.update(canonical_metrics(ctx))
 
-        scene = grammar.parse(info.prompt)
-    except ImportError as error:
-        skipped.update({n: f"toyworld unavailable ({_one_line(error)})" for n in gt_names})
-    except Exception as error:  # noqa: BLE001 — UnknownWordsError / ParseError: not a toy-world prompt
-        skipped.update({n: f"prompt does not parse in the toy world ({_one_line(error)})" for n in gt_names})
-    gt_rand_rgb = None
-    if scene is not None:
-        def ground_truth():
-            from dreammapping.toyworld.sdf import render_scenes
-
-            gt_rgb, gt_alpha = render_scenes([scene], canonical)
-            gt_rgb, gt_alpha = gt_rgb.to(rgb), gt_alpha.to(alpha)
-            both = fg & (_plane(gt_alpha) > 0.5)
-            return {
-                "iou": silhouette_iou(alpha, gt_alpha),
-                "psnr": psnr(rgb, gt_rgb),
-                "ssim": ssim(rgb, gt_rgb),
-                "color_error": mean_color_error(rgb, gt_rgb, both),
-                "saturation_error": saturation_error(rgb, gt_rgb, both),
-                "gt_saturation": mean_saturation(gt_rgb, _plane(gt_alpha) > 0.5),
-                "edge_energy_ratio": edge_energy_ratio(rgb, gt_rgb),
-                "edge_f_score": edge_f_score(rgb, gt_rgb),
-                "hf_noise": high_frequency_noise(rgb, gt_rgb, gt_alpha),
-            }
-
-        attempt(gt_names, ground_truth)
-
+    # 2. ground truth at the canonical views
+    if ctx.scene is None:
+        skipped.update({n: ctx.not_in_toy_world for n in GROUND_TRUTH_METRICS})
+    else:
+        _attempt(GROUND_TRUTH_METRICS, lambda: ground_truth_metrics(ctx), metrics, skipped)
     if opt.num_views <= 0:  # canonical views only (cheap: benchmarks score every snapshot this way)
-        for name in ("attr_color", "attr_shape", "attr_all", "fid_inception", "fid_classifier",
-                     *(f"clip_{n}" for n, _ in CLIP_MODELS)):
+        for name in (*ATTRIBUTE_METRICS, "fid_inception", "fid_classifier", *(f"clip_{n}" for n, _ in CLIP_MODELS)):
             skipped[name] = "no random views (num_views=0)"
         return metrics, skipped
-    gen = torch.Generator().manual_seed(opt.seed)
-    random_views = cams.sample_orbit(opt.num_views, R, R, cams.OrbitConfig(), generator=gen).to(device)
-    rand_rgb, _ = _render(gaussians, random_views)
-    if scene is not None:
-        def gt_random():
-            from dreammapping.toyworld.sdf import render_scenes
 
-            return render_scenes([scene], random_views)[0].to(rand_rgb).clamp(0, 1)
-
+    # 3. random views of the result (and of the truth: reported through the metrics that need it when it fails)
+    ctx.random_views = C.sample_orbit(opt.num_views, opt.resolution, opt.resolution, C.OrbitConfig(),
+                                      generator=torch.Generator().manual_seed(opt.seed)).to(opt.device)
+    ctx.rand_rgb = _render(gaussians, ctx.random_views)[0]
+    if ctx.scene is not None:
         try:
-            gt_rand_rgb = gt_random()
-        except Exception:  # noqa: BLE001 — reported through the metrics that need it
-            gt_rand_rgb = None
+            ctx.gt_rand_rgb = render_scenes([ctx.scene], ctx.random_views)[0].to(ctx.rand_rgb).clamp(0, 1)
+        except Exception:  # noqa: BLE001
+            ctx.gt_rand_rgb = None
 
-    # ---- attribute accuracy of the shipped classifier on random views ------------------------------------------
-    classifier = None
-    acc_names = ["attr_color", "attr_shape", "attr_all"]
-    if scene is None:
-        skipped.update({n: "needs a toy-world prompt" for n in acc_names})
+    # 4. attribute accuracy of the shipped classifier
+    if ctx.scene is None:
+        skipped.update({n: "needs a toy-world prompt" for n in ATTRIBUTE_METRICS})
     else:
-        def accuracy():
-            nonlocal classifier
-            classifier = _load_classifier(opt.classifier_path, device)
-            out = {f"attr_{k}": v for k, v in attribute_accuracy(classifier, rand_rgb, scene).items()}
-            if gt_rand_rgb is not None:  # the classifier's ceiling on the true scene, same views
-                out.update({f"attr_{k}_gt": v for k, v in attribute_accuracy(classifier, gt_rand_rgb, scene).items()})
-            return out
+        _attempt(ATTRIBUTE_METRICS, lambda: attribute_metrics(ctx), metrics, skipped)
 
-        attempt(acc_names, accuracy)
-
-    # ---- CLIP score (paper protocol) ---------------------------------------------------------------------------
-    if opt.clip:
-        clip_views = None
-        for name, tag in CLIP_MODELS:
-            def clip_metric(name=name, tag=tag):
-                nonlocal clip_views
-                key = (name, tag, device)
-                if key not in _CLIP_CACHE:
-                    try:
-                        _CLIP_CACHE[key] = load_clip(name, tag, device)
-                    except MetricUnavailable as error:
-                        _CLIP_CACHE[key] = error
-                encoder = _CLIP_CACHE[key]
-                if isinstance(encoder, Exception):
-                    raise encoder
-                if clip_views is None:
-                    clip_views = _render(gaussians, random_views.with_size(opt.clip_resolution, opt.clip_resolution))[0]
-                return clip_score(clip_views, info.prompt, encoder)
-
-            attempt(f"clip_{name}", clip_metric)
-    else:
-        for name, _ in CLIP_MODELS:
+    # 5. CLIP score (paper protocol)
+    for name, tag in CLIP_MODELS:
+        if opt.clip:
+            _attempt(f"clip_{name}", lambda: clip_metric(ctx, name, tag), metrics, skipped)
+        else:
             skipped[f"clip_{name}"] = "disabled (--no-clip)"
 
-    # ---- 3D-FID: random views vs samples of the 2D prior (paper protocol) --------------------------------------
+    # 6. 3D-FID: random views against samples of the 2D prior (paper protocol), and against the truth's views
     if opt.fid:
-        reference: Tensor | None = None
-
-        def get_reference() -> Tensor:
-            nonlocal reference
-            if reference is None:
-                cfg = opt.fid_guidance_scale
-                if cfg is None:  # the embedded 32² prior falls apart at CFG ≥ 5; SD's default is 7.5
-                    cfg = 2.0 if info.prior == "embedded" else 7.5
-                settings = {"prior": info.prior, "prior_fingerprint": prior_fingerprint(info.prior),
-                            "prompt": info.prompt, "n": opt.fid_reference, "steps": opt.fid_steps,
-                            "guidance_scale": float(cfg), "seed": opt.seed, "version": REFERENCE_CACHE_VERSION}
-                key = json.dumps(settings, sort_keys=True)
-                if key not in _REFERENCE_CACHE:
-                    def sample() -> Tensor:
-                        prior = _load_prior(info.prior, device)
-                        g = torch.Generator(device=getattr(prior, "device", "cpu")).manual_seed(opt.seed)
-                        return prior_reference_images(prior, info.prompt, opt.fid_reference, opt.fid_steps, g,
-                                                      guidance_scale=cfg)
-
-                    _REFERENCE_CACHE[key] = (cached_reference(settings, sample) if opt.fid_cache else sample())
-                reference = _REFERENCE_CACHE[key]
-            return reference
-
-        attempt("fid_inception", lambda: (inception_fid_available(), inception_fid(rand_rgb, get_reference(), device))[1])
-
-        def fid_classifier():
-            clf = classifier or _load_classifier(opt.classifier_path, device)
-            return classifier_fid(clf, rand_rgb, get_reference())
-
-        attempt("fid_classifier", fid_classifier)
-        if gt_rand_rgb is not None:
-            attempt("fid_classifier_gt",
-                    lambda: classifier_fid(classifier or _load_classifier(opt.classifier_path, device), rand_rgb, gt_rand_rgb))
+        _attempt("fid_inception", lambda: inception_fid_metric(ctx), metrics, skipped)
+        _attempt("fid_classifier", lambda: classifier_fid_metric(ctx), metrics, skipped)
+        if ctx.gt_rand_rgb is not None:
+            _attempt("fid_classifier_gt", lambda: classifier_fid_metric(ctx, ctx.gt_rand_rgb), metrics, skipped)
     else:
-        for n in ("fid_inception", "fid_classifier"):
-            skipped[n] = "disabled (--no-fid)"
-
+        for name in ("fid_inception", "fid_classifier"):
+            skipped[name] = "disabled (--no-fid)"
     return metrics, skipped
 
 
@@ -1033,7 +1061,7 @@ def cli_evaluate(argv: Sequence[str] | None = None) -> int:
     results, failures = [], 0
     for run in args.runs:
         try:
-            results.append(evaluate_run(run, EvalOptions(**vars(opt))))
+            results.append(evaluate_run(run, opt))
         except Exception as error:  # noqa: BLE001 — one line per broken run, the others still evaluated
             print(f"dreammapping evaluate: {run}: {_one_line(error)}", file=sys.stderr)
             failures += 1

@@ -28,8 +28,10 @@ import torch
 from torch import Tensor
 
 from dreammapping.axes import from_file, to_file
-from dreammapping.files import atomic_path
+from dreammapping.cameras import canonical_views, turntable
+from dreammapping.files import atomic_path, check_writable_folder, describe_write_error
 from dreammapping.gaussians import Gaussians, num_sh_bases
+from dreammapping.render import rasterize
 
 _LEAD = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
 _TAIL = ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
@@ -159,8 +161,6 @@ def check_finite(gaussians: Gaussians, path) -> None:
 # ---- pictures ----------------------------------------------------------------------------------------------------
 def _render_frames(gaussians: Gaussians, cameras, chunk: int = 8, background=None) -> np.ndarray:
     """uint8 frames [B,H,W,3], rendering `chunk` cameras at a time to bound memory."""
-    from dreammapping.render import rasterize  # lazy: the renderer pulls in optional backends
-
     g = gaussians.detach()
     cameras = cameras.to(g.device)
     frames = []
@@ -174,8 +174,6 @@ def _render_frames(gaussians: Gaussians, cameras, chunk: int = 8, background=Non
 def save_turntable(path: str | os.PathLike, gaussians: Gaussians, n_frames: int = 60, size: int = 256,
                    fps: int = 20, elevation: float = 15.0, background=None) -> Path:
     """A turntable of `n_frames` views around the object, starting at the front; .mp4 (H.264) or .gif (loops)."""
-    from dreammapping.cameras import turntable
-
     import imageio.v3 as iio
 
     path = Path(path)
@@ -211,8 +209,6 @@ def save_turntable(path: str | os.PathLike, gaussians: Gaussians, n_frames: int 
 
 def save_view_grid(path: str | os.PathLike, gaussians: Gaussians, size: int = 256, background=None) -> Path:
     """One PNG row of the canonical views: front, side, back, overhead."""
-    from dreammapping.cameras import canonical_views
-
     import imageio.v3 as iio
 
     frames = _render_frames(gaussians, canonical_views(size, size), background=background)
@@ -237,8 +233,7 @@ def cli_render(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse has printed its message; hand back its code instead of exiting
         return int(e.code or 0)
-    from dreammapping.files import check_writable_folder, describe_write_error
-    from dreammapping.train import EXIT_OUTPUT, EXIT_USAGE
+    from dreammapping.train import EXIT_OUTPUT, EXIT_USAGE  # lazy: the exit codes live in train, which imports this module
 
     def fail(message: str, code: int = EXIT_USAGE) -> int:
         print(f"dreammapping render: {message}", file=sys.stderr)

@@ -23,6 +23,7 @@ from dreammapping.axes import from_file, to_file
 from dreammapping.export import PlyError, load_ply, save_ply
 from dreammapping.files import atomic_path
 from dreammapping.gaussians import Gaussians, rgb_to_sh, sh_to_rgb
+from dreammapping.mesh import MeshConfig, extract_mesh, mesh_report, save_mesh
 
 FORMATS = ("ply", "splat", "glb", "obj")
 SPLAT_DTYPE = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])
@@ -82,8 +83,6 @@ def load_any(path: str | os.PathLike) -> Gaussians:
 def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None, resolution: int = 128,
            decimate: float = 0.0) -> tuple[Path, str]:
     """Write `source` (run folder, .ply or .splat) as `fmt`; returns (path written, a one-line summary)."""
-    from dreammapping.mesh import MeshConfig, extract_mesh, mesh_report, save_mesh
-
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     source = Path(source)

@@ -113,12 +113,6 @@ class Gaussians:
                     **options) -> "Gaussians":
         return random_ball(n, radius, generator, **options)
 
-    @staticmethod
-    def from_ply(path, device="cpu") -> "Gaussians":
-        from dreammapping.export import load_ply  # lazy: export imports this module
-
-        return load_ply(path, device=device)
-
 
 PARAM_NAMES = tuple(f.name for f in fields(Gaussians))
 

@@ -21,17 +21,15 @@ import importlib.resources
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-VIEW_SUFFIXES: dict[str, str] = {
-    "front": ", front view",
-    "side": ", side view",
-    "back": ", back view",
-    "overhead": ", overhead view",
-}
+from dreammapping.cameras import VIEW_TAGS
+
+VIEW_SUFFIXES: dict[str, str] = {tag: f", {tag} view" for tag in VIEW_TAGS}  # DreamFusion's view prompts
 EMBEDDED = "embedded"
 
 
@@ -451,25 +449,44 @@ class DiffusionPrior:
             scheduler = DDIMScheduler.from_config(self.scheduler.config)
         elif isinstance(scheduler, type):
             scheduler = scheduler.from_config(self.scheduler.config)
-        scheduler.set_timesteps(num_steps, device=self.device)
-        step_kwargs = {}
-        if isinstance(scheduler, DDIMScheduler):
-            eta = (0.0 if self.is_latent else 1.0) if eta is None else eta
-            step_kwargs = dict(eta=eta, generator=generator) if eta > 0 else {}
+        eta = (0.0 if self.is_latent else 1.0) if eta is None else eta
         cond = torch.cat([self.text_embedding(p) for p in prompts])
         uncond = self.text_embedding(negative_prompt).expand_as(cond)
         hidden = torch.cat([uncond, cond])
+
+        def cond_uncond(z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+            inp = torch.cat([z, z])
+            raw = self.checked("UNet", "unet", lambda m, dt: m(inp.to(dt), t, encoder_hidden_states=hidden.to(dt))
+                               .sample.float(), inp)
+            raw_uncond, raw_cond = raw.chunk(2)  # CFG is linear, so it holds for ε and v outputs alike
+            return raw_cond, raw_uncond
+
         side = self.resolution // self.downsample
         shape = (len(prompts), self.latent_channels, side, side)
         gen_device = generator.device if generator is not None else self.device
         z = torch.randn(shape, generator=generator, device=gen_device).to(self.device) * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
-            inp = scheduler.scale_model_input(torch.cat([z, z]), t)
-            raw = self.checked("UNet", "unet", lambda m, dt: m(inp.to(dt), t, encoder_hidden_states=hidden.to(dt))
-                               .sample.float(), inp)
-            raw_uncond, raw_cond = raw.chunk(2)  # CFG is linear, so it holds for ε and v outputs alike
-            z = scheduler.step(raw_uncond + guidance_scale * (raw_cond - raw_uncond), t, z, **step_kwargs).prev_sample
+        z = sample_with_cfg(cond_uncond, z, scheduler, num_steps, guidance_scale, generator=generator, eta=eta)
         return self.decode(z)
+
+
+@torch.no_grad()
+def sample_with_cfg(cond_uncond: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], noise: Tensor, scheduler,
+                    num_steps: int, guidance_scale: float, generator: torch.Generator | None = None,
+                    eta: float = 0.0) -> Tensor:
+    """The sampling loop of every prior here (`DiffusionPrior.sample`, `toyworld.train_prior.sample`): `num_steps`
+    of `scheduler` from `noise` [B,C,h,w] (already scaled by the scheduler's `init_noise_sigma`), each step on the
+    classifier-free-guided output u + s·(c − u). `cond_uncond(x, t)` gives the model's (conditional,
+    unconditional) outputs [B,C,h,w] for the scaled input x at timestep t. `eta` is DDIM's stochasticity (its
+    noise drawn from `generator`); other schedulers ignore it. Returns the final sample [B,C,h,w], model space."""
+    from diffusers import DDIMScheduler
+
+    scheduler.set_timesteps(num_steps, device=noise.device)
+    step_kwargs = dict(eta=eta, generator=generator) if isinstance(scheduler, DDIMScheduler) and eta > 0 else {}
+    x = noise
+    for t in scheduler.timesteps:
+        cond, uncond = cond_uncond(scheduler.scale_model_input(x, t), t)
+        x = scheduler.step(uncond + guidance_scale * (cond - uncond), t, x, **step_kwargs).prev_sample
+    return x
 
 
 def _freeze(module, device, dtype):
@@ -530,4 +547,5 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 __all__ = ["DiffusionPrior", "NonFiniteOutputError", "PriorNotFoundError", "PromptEmbeddings", "TextEmbeddings",
-           "VIEW_PROMPTS", "VIEW_SUFFIXES", "embedded_prior_path", "perpendicular", "view_embeddings"]
+           "VIEW_PROMPTS", "VIEW_SUFFIXES", "embedded_prior_path", "perpendicular", "sample_with_cfg",
+           "view_embeddings"]

@@ -27,7 +27,13 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from dreammapping.files import atomic_path
+from dreammapping.toyworld.dataset import sample_batch
+from dreammapping.toyworld.grammar import COLOR_NAMES, SHAPES
 
 FORMAT = "dreammapping-attribute-classifier-v1"
 RELATION_NAMES = ("none", "on top of", "next to")
@@ -108,10 +114,6 @@ class AttributeClassifier(nn.Module):
     # ------------------------------------------------------------------------------------------------ storage
 
     def save(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        from dreammapping.files import atomic_path
-
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         with atomic_path(path) as tmp:  # creates the parent folder too
             save_file(state, str(tmp), metadata={"format": FORMAT, "config": json.dumps(self.config)})
@@ -122,8 +124,6 @@ class AttributeClassifier(nn.Module):
                         ) -> "AttributeClassifier":
         """Load weights (default: the shipped `dreammapping/assets/classifier.safetensors`). A missing or unreadable
         file raises FileNotFoundError / ValueError with a one-line message naming it."""
-        from safetensors import safe_open
-
         path = Path(path) if path is not None else default_weights_path()
         if not path.is_file():
             raise FileNotFoundError(f"attribute classifier weights not found: {path} (train them with "
@@ -206,11 +206,8 @@ def train_classifier(steps: int = 1500, batch: int = 256, device: str | torch.de
     Returns (model in eval mode, metrics: validation accuracy per head on clean renders, steps, seconds).
     Saves to `out_path` when given. `sample_fn(batch, resolution=, generator=, device=, include_held_out=)` and the
     class names default to the toy world's."""
-    if sample_fn is None:
-        from dreammapping.toyworld.dataset import sample_batch as sample_fn
+    sample_fn = sample_batch if sample_fn is None else sample_fn
     if color_names is None or shape_names is None:
-        from dreammapping.toyworld.grammar import COLOR_NAMES, SHAPES
-
         color_names, shape_names = color_names or COLOR_NAMES, shape_names or SHAPES
     device = torch.device(device)
     torch.manual_seed(seed)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from dreammapping.cameras import VIEW_TAGS
+
 # --------------------------------------------------------------------------------------------------------- words
 
 SHAPES: tuple[str, ...] = ("cube", "sphere", "cone", "cylinder", "torus")
@@ -49,7 +51,6 @@ COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
 SIZES: dict[str, float] = {"small": 0.7, "large": 1.3}
 
 RELATIONS: tuple[str, ...] = ("on top of", "next to")  # index = the dataset's `relation` label
-VIEW_TAGS: tuple[str, ...] = ("front", "side", "back", "overhead")  # same order as dreammapping.cameras.VIEW_TAGS
 
 # (colour, shape) pairs never shown to the embedded prior during training (each shape once, each colour at most
 # once), so evaluation can test compositional generalisation: does "a blue cone" work when only other blue
@@ -146,9 +147,9 @@ class Scene:
 
     def caption(self) -> str:
         """Canonical text, e.g. "a red cube", "an orange cone on top of a small blue sphere"."""
-        parts = [_with_article(self.objects[0].phrase())]
+        parts = [with_article(self.objects[0].phrase())]
         if self.relation is not None:
-            parts += [self.relation, _with_article(self.objects[1].phrase())]
+            parts += [self.relation, with_article(self.objects[1].phrase())]
         return " ".join(parts)
 
     def sdf(self, points: Tensor) -> Tensor:
@@ -172,8 +173,9 @@ class Scene:
         return packed.rgb[0][nearest[0]]
 
 
-def _with_article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+def with_article(phrase: str) -> str:
+    """"a red cube" / "an orange cube": how captions and prompts write an object phrase."""
+    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
 
 
 # ---------------------------------------------------------------------------------------------------------- layout
@@ -256,7 +258,7 @@ def content_words(prompt: str) -> list[str]:
 
 def split_view(prompt: str) -> tuple[str, str | None]:
     """("a red cube", "front") from "a red cube, front view"; the tag is None when there is no view suffix."""
-    m = re.search(r"[\s,;]*\b(front|side|back|overhead)\s+view\W*$", prompt, flags=re.IGNORECASE)
+    m = re.search(rf"[\s,;]*\b({'|'.join(VIEW_TAGS)})\s+view\W*$", prompt, flags=re.IGNORECASE)
     if m is None:
         return prompt, None
     return prompt[: m.start()], m.group(1).lower()

@@ -27,6 +27,7 @@ Run `dreammapping train-prior --help` or `python -m dreammapping.toyworld.train_
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -39,9 +40,20 @@ from pathlib import Path
 from typing import Callable, Literal, NamedTuple, Sequence
 
 import torch
+import tyro
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from dreammapping.cameras import VIEW_TAGS
 from dreammapping.files import atomic_dir, atomic_path, atomic_write_text, remove_stale_temporaries
+from dreammapping.priors import sample_with_cfg
+from dreammapping.toyworld import grammar
+from dreammapping.toyworld.classifier import match_pair
+from dreammapping.toyworld.dataset import EVAL_PROMPTS, sample_batch
+from dreammapping.toyworld.grammar import with_article
 
 MODEL_CLASS_NAME = "DreamMappingToyPrior"
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -49,14 +61,14 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 PUNCTUATION = (",", ".", "-", "'", ";", ":", "!", "?", "(", ")", "&", "/")
 # Words every vocabulary holds besides what the grammar knows: view tags, caption glue, common filler.
 BASE_WORDS = (
-    "a", "an", "the", "and", "of", "on", "top", "next", "to", "in", "front", "side", "back", "overhead", "view",
+    "a", "an", "the", "and", "of", "on", "top", "next", "to", "in", *VIEW_TAGS, "view",
     "left", "right", "behind", "above", "below", "under", "beside", "with", "small", "large", "big", "tiny",
 )
-VIEW_SUFFIX = re.compile(r"\s*,\s*(front|side|back|overhead)\s+view\s*$", re.IGNORECASE)
+VIEW_SUFFIX = re.compile(rf"\s*,\s*({'|'.join(VIEW_TAGS)})\s+view\s*$", re.IGNORECASE)
 
 # Architecture presets. "small" is the shipped model: 6.2M-parameter UNet (fp16 12.4 MB; blocks 32/64/128, two layers
 # per block, cross-attention at 16² and 8²) + 0.6M-parameter 3-layer text encoder of width 128. On one CPU thread its
-# forward ×8 costs ~1.25× that of the 4.2M (32/64/128, one layer per block) model of DESIGN.md, whereas a 64/128/128
+# forward ×8 costs ~1.25× that of a 4.2M (32/64/128, one layer per block) model first planned, whereas a 64/128/128
 # one-layer variant (6.7M) cost 2.2×. "tiny" is for tests.
 PRESETS: dict[str, dict] = {
     "small": dict(block_out_channels=(32, 64, 128), layers_per_block=2, attention_head_dim=4, norm_num_groups=16,
@@ -71,31 +83,8 @@ PRESETS: dict[str, dict] = {
 
 
 def grammar_words() -> list[str]:
-    """Every word the toy-world grammar knows (empty list if the grammar module is not importable)."""
-    try:
-        from dreammapping.toyworld import grammar
-    except Exception:  # noqa: BLE001 - the grammar is optional for the tiny test configurations
-        return []
-    for name in ("VOCABULARY", "KNOWN_WORDS", "WORDS", "vocabulary", "known_words"):
-        value = getattr(grammar, name, None)
-        if callable(value):
-            value = value()
-        if value:
-            return sorted({w.lower() for w in value})
-    words: set[str] = set()
-    for name in dir(grammar):  # fall back on every module-level collection of strings (SHAPES, COLORS, ...)
-        if name.startswith("_"):
-            continue
-        value = getattr(grammar, name)
-        if isinstance(value, dict):
-            value = list(value.keys())
-        if isinstance(value, (list, tuple, set, frozenset)):
-            for item in value:
-                items = item if isinstance(item, tuple) else (item,)
-                for s in items:
-                    if isinstance(s, str):
-                        words.update(_split_words(s))
-    return sorted(words)
+    """Every word the toy-world grammar knows (`grammar.KNOWN_WORDS`), sorted."""
+    return sorted({w.lower() for w in grammar.KNOWN_WORDS})
 
 
 def _split_words(text: str) -> list[str]:
@@ -187,8 +176,6 @@ def build_models(preset: str, vocabulary: Sequence[str], resolution: int = 32, b
 
 def save_model_folder(models: PriorModels, folder: str | Path, unet_fp16: bool = True) -> Path:
     """Write the diffusers folder (UNet in fp16 when `unet_fp16`, text encoder fp32)."""
-    import copy
-
     import diffusers
 
     folder = Path(folder)
@@ -249,7 +236,8 @@ def load_model_folder(folder: str | Path, device: str | torch.device = "cpu",
 def sample(models: PriorModels | str | Path, prompts: Sequence[str], steps: int = 30, guidance_scale: float = 2.0,
            generator: torch.Generator | None = None, device: str | torch.device | None = None,
            batch_size: int = 512, negative_prompt: str = "", eta: float = 1.0) -> Tensor:
-    """DDIM (`DDIMScheduler.from_config` of the saved scheduler) with classifier-free guidance.
+    """DDIM (`DDIMScheduler.from_config` of the saved scheduler) with classifier-free guidance, by the loop every
+    prior here samples with (`priors.sample_with_cfg`).
 
     `eta=1` (the default) is the stochastic, DDPM-like DDIM: with the shipped prior it gave clean white backgrounds
     where deterministic DDIM (`eta=0`) left visible noise (background error 0.041 vs 0.176, 16 samples, CFG 3).
@@ -270,21 +258,18 @@ def sample(models: PriorModels | str | Path, prompts: Sequence[str], steps: int 
     unet.eval()
     text_encoder.eval()
     out = []
-    uncond_ids = tokenize(tokenizer, [negative_prompt]).to(device)
-    uncond = text_encoder(uncond_ids)[0].to(dtype)
+    uncond = text_encoder(tokenize(tokenizer, [negative_prompt]).to(device))[0].to(dtype)
     x_all = torch.randn(len(prompts), 3, res, res, generator=generator, dtype=torch.float32)
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        b = len(chunk)
         cond = text_encoder(tokenize(tokenizer, chunk).to(device))[0].to(dtype)
-        emb = torch.cat([cond, uncond.expand(b, -1, -1)])
-        x = x_all[start:start + b].to(device)
-        scheduler.set_timesteps(steps, device=device)
-        for t in scheduler.timesteps:
-            eps = unet(torch.cat([x, x]).to(dtype), t, encoder_hidden_states=emb).sample.float()
-            eps_c, eps_u = eps.chunk(2)
-            eps = eps_u + guidance_scale * (eps_c - eps_u)
-            x = scheduler.step(eps, t, x, eta=eta, generator=generator if eta > 0 else None).prev_sample
+        emb = torch.cat([cond, uncond.expand(len(chunk), -1, -1)])
+
+        def cond_uncond(x: Tensor, t: Tensor, emb: Tensor = emb) -> tuple[Tensor, Tensor]:
+            return unet(torch.cat([x, x]).to(dtype), t, encoder_hidden_states=emb).sample.float().chunk(2)
+
+        x = sample_with_cfg(cond_uncond, x_all[start:start + len(chunk)].to(device), scheduler, steps,
+                            guidance_scale, generator=generator, eta=eta)
         out.append(((x.clamp(-1, 1) + 1) / 2).float().cpu())
     unet.train(was_training[0])
     text_encoder.train(was_training[1])
@@ -293,8 +278,6 @@ def sample(models: PriorModels | str | Path, prompts: Sequence[str], steps: int 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int, scale: int = 2) -> None:
     """Save `[N,3,H,W]` in [0,1] as a PNG grid with `nrow` images per row (nearest upscaling by `scale`)."""
-    from PIL import Image
-
     n, _, h, w = images.shape
     rows = math.ceil(n / nrow)
     pad = 2
@@ -312,13 +295,7 @@ def save_grid(images: Tensor, path: str | Path, nrow: int, scale: int = 2) -> No
 
 def default_sample_prompts() -> list[str]:
     """One prompt per shape (cycling colours), the held-out pairs and two two-object scenes."""
-    try:
-        from dreammapping.toyworld import grammar
-
-        shapes, colors = list(grammar.SHAPES), list(grammar.COLORS)
-        held = [tuple(p) for p in getattr(grammar, "HELD_OUT", [])]
-    except Exception:  # noqa: BLE001
-        shapes, colors, held = ["cube", "sphere", "cone", "cylinder", "torus"], ["red", "blue", "green", "yellow"], []
+    shapes, colors, held = list(grammar.SHAPES), list(grammar.COLORS), list(grammar.HELD_OUT)
     prompts = [with_article(f"{colors[i % len(colors)]} {s}") for i, s in enumerate(shapes)]
     prompts += [with_article(f"{c} {s}") for c, s in held[:4]]
     if len(shapes) >= 2 and len(colors) >= 2:
@@ -326,11 +303,6 @@ def default_sample_prompts() -> list[str]:
                     f"{with_article(f'{colors[2 % len(colors)]} {shapes[2 % len(shapes)]}')} next to "
                     f"{with_article(f'{colors[3 % len(colors)]} {shapes[3 % len(shapes)]}')}"]
     return prompts
-
-
-def with_article(phrase: str) -> str:
-    """"a red cube" / "an orange cube", as the dataset's captions write it."""
-    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -508,16 +480,12 @@ def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict) -> dict:
 def save_checkpoint(path: Path, tensors: dict[str, Tensor], meta: dict) -> None:
     """One safetensors file (weights, EMA, optimiser, RNG states) with the json state in its metadata; written to a
     temporary file and renamed, so a checkpoint on disk is always whole."""
-    from safetensors.torch import save_file
-
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
                   metadata={"dreammapping": json.dumps(meta)})
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["dreammapping"])
@@ -527,16 +495,90 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict]:
     return tensors, meta
 
 
+@dataclass
+class TrainState:
+    """What a training run carries from step to step, and what its checkpoint saves and restores."""
+
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    named: list[str]  # "unet.<name>" / "text.<name>" of each parameter, the checkpoint's keys
+    params: list[Tensor]  # the UNet's parameters, then the text encoder's
+    ema: list[Tensor]  # float32 EMA of `params`
+    optimizer: torch.optim.Optimizer
+    data_gen: torch.Generator  # the training batches (CPU: the same batches on any device)
+    noise_gen: torch.Generator  # ε and t of the loss (on the training device)
+    cap_gen: torch.Generator  # caption and view-suffix dropout
+    step: int = 0
+    train_seconds: float = 0.0
+    samples_seen: int = 0
+    loss_history: list = dataclasses.field(default_factory=list)  # [[step, mean loss over the log interval], …]
+
+
+def _progress(cfg: TrainPriorConfig, state: TrainState) -> float:
+    """How far along the schedule is: by steps, or by time when `max_minutes` runs out first."""
+    p = state.step / max(cfg.steps, 1)
+    budget = cfg.max_minutes * 60.0
+    return max(p, state.train_seconds / budget) if budget > 0 else p
+
+
+def _save_state(path: Path, cfg: TrainPriorConfig, state: TrainState, vocabulary: list[str]) -> None:
+    tensors = {n: p for n, p in zip(state.named, state.params)}
+    tensors.update({"ema." + n: e for n, e in zip(state.named, state.ema)})
+    opt_tensors, opt_meta = _flatten_optimizer(state.optimizer)
+    tensors.update(opt_tensors)
+    tensors.update({"rng.data": state.data_gen.get_state(), "rng.noise": state.noise_gen.get_state(),
+                    "rng.captions": state.cap_gen.get_state(), "rng.torch": torch.get_rng_state()})
+    save_checkpoint(path, tensors, {
+        "step": state.step, "train_seconds": state.train_seconds, "samples_seen": state.samples_seen,
+        "loss_history": state.loss_history, "config": dataclasses.asdict(cfg), "vocabulary": vocabulary,
+        "optimizer": opt_meta})
+
+
+def _restore_state(state: TrainState, tensors: dict[str, Tensor], meta: dict) -> None:
+    """Weights, EMA, optimiser, the four random streams (torch's global one included) and the counters."""
+    with torch.no_grad():
+        for n, p, e in zip(state.named, state.params, state.ema):
+            p.copy_(tensors[n])
+            e.copy_(tensors["ema." + n])
+    state.optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+    state.data_gen.set_state(tensors["rng.data"])
+    state.noise_gen.set_state(tensors["rng.noise"])
+    state.cap_gen.set_state(tensors["rng.captions"])
+    torch.set_rng_state(tensors["rng.torch"])
+    state.step, state.train_seconds = meta["step"], meta["train_seconds"]
+    state.samples_seen, state.loss_history = meta["samples_seen"], meta["loss_history"]
+
+
+def _ema_models(state: TrainState, models: PriorModels) -> PriorModels:
+    """Copies of the UNet and text encoder holding the EMA weights (what gets saved and sampled)."""
+    unet, text_encoder = copy.deepcopy(state.unet), copy.deepcopy(state.text_encoder)
+    with torch.no_grad():
+        for p, e in zip(list(unet.parameters()) + list(text_encoder.parameters()), state.ema):
+            p.copy_(e)
+    return PriorModels(unet.eval(), text_encoder.eval(), models.tokenizer, models.scheduler)
+
+
+def _save_samples(cfg: TrainPriorConfig, state: TrainState, models: PriorModels, path: Path,
+                  device: torch.device) -> None:
+    """`samples_per_prompt` EMA samples of each `default_sample_prompts()` as a PNG grid (fixed seed)."""
+    n = cfg.samples_per_prompt
+    if n <= 0:
+        return
+    prompts = default_sample_prompts()
+    imgs = sample(_ema_models(state, models), [p for p in prompts for _ in range(n)], steps=cfg.sample_steps,
+                  guidance_scale=cfg.sample_guidance, generator=torch.Generator().manual_seed(1234), device=device)
+    save_grid(imgs, path, nrow=n)
+
+
 def train(config: TrainPriorConfig, sample_fn: Callable | None = None, command: str | None = None) -> dict:
     """Train (or resume) and write the EMA model folder, MODEL_CARD.md and samples.png into `config.out`.
 
     `sample_fn(batch_size, resolution=, generator=, device=)` defaults to `toyworld.dataset.sample_batch`.
     Returns a summary dict (steps, samples_seen, wall_s, final_loss, ...)."""
-    from tqdm.auto import tqdm
-
     cfg = config
-    if sample_fn is None:
-        from dreammapping.toyworld.dataset import sample_batch as sample_fn
+    sample_fn = sample_batch if sample_fn is None else sample_fn
+
+    # 1. Device, precision and the output folder
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = _resolve_device(cfg.device)
@@ -551,8 +593,10 @@ def train(config: TrainPriorConfig, sample_fn: Callable | None = None, command: 
     ckpt_path = out / CHECKPOINT_NAME
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
 
+    # 2. Vocabulary: the resumed checkpoint's, the continued prior's, or the grammar's words + probe captions' words
     resume = cfg.resume and ckpt_path.exists()
     ckpt_tensors, meta = (load_checkpoint(ckpt_path) if resume else ({}, {}))
+    init = None
     if resume:
         saved = meta["config"]
         for key in ("preset", "resolution", "beta_schedule", "max_length"):
@@ -572,10 +616,11 @@ def train(config: TrainPriorConfig, sample_fn: Callable | None = None, command: 
             probe += list(caps)
         vocabulary = build_vocabulary(captions=probe)
 
+    # 3. Models (seeded; the continued prior's weights when `init_from`), their EMA copy and the optimiser
     torch.manual_seed(cfg.seed)
     models = build_models(cfg.preset, vocabulary, cfg.resolution, cfg.beta_schedule, cfg.max_length)
     unet, text_encoder = models.unet.to(device).train(), models.text_encoder.to(device).train()
-    if cfg.init_from and not resume:
+    if init is not None:
         try:
             unet.load_state_dict(init.unet.state_dict())
             text_encoder.load_state_dict(init.text_encoder.state_dict())
@@ -584,155 +629,110 @@ def train(config: TrainPriorConfig, sample_fn: Callable | None = None, command: 
                              f"({str(e).splitlines()[0]})") from None
         del init
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    named = [f"unet.{n}" for n, _ in unet.named_parameters()] + [f"text.{n}" for n, _ in text_encoder.named_parameters()]
-    ema = [p.detach().clone().float() for p in params]
     opt_kwargs = dict(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8)
     if device.type == "cuda":
         opt_kwargs["fused"] = True
-    opt = torch.optim.AdamW(params, **opt_kwargs)
 
-    data_gen = _data_generator(device, cfg.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    cap_gen = torch.Generator().manual_seed(cfg.seed + 2)
-    step, train_seconds, samples_seen, loss_hist = 0, 0.0, 0, []
+    # 4. The random streams (data, noise, captions); resuming restores them with everything else
+    state = TrainState(
+        unet, text_encoder,
+        named=[f"unet.{n}" for n, _ in unet.named_parameters()] + [f"text.{n}" for n, _ in text_encoder.named_parameters()],
+        params=params, ema=[p.detach().clone().float() for p in params],
+        optimizer=torch.optim.AdamW(params, **opt_kwargs),
+        data_gen=_data_generator(device, cfg.seed), noise_gen=torch.Generator(device=device).manual_seed(cfg.seed + 1),
+        cap_gen=torch.Generator().manual_seed(cfg.seed + 2))
     if resume:
-        with torch.no_grad():
-            for n, p, e in zip(named, params, ema):
-                p.copy_(ckpt_tensors[n])
-                e.copy_(ckpt_tensors["ema." + n])
-        opt.load_state_dict(_unflatten_optimizer(ckpt_tensors, meta["optimizer"]))
-        data_gen.set_state(ckpt_tensors["rng.data"])
-        noise_gen.set_state(ckpt_tensors["rng.noise"])
-        cap_gen.set_state(ckpt_tensors["rng.captions"])
-        torch.set_rng_state(ckpt_tensors["rng.torch"])
-        step, train_seconds = meta["step"], meta["train_seconds"]
-        samples_seen, loss_hist = meta["samples_seen"], meta["loss_history"]
-        print(f"resumed from {ckpt_path} at step {step}", flush=True)
+        _restore_state(state, ckpt_tensors, meta)
+        print(f"resumed from {ckpt_path} at step {state.step}", flush=True)
 
-    sched = models.scheduler
-    ac = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
+    # 5. What every step reads: the noise schedule, min-SNR-γ loss weights, token ids per caption
+    ac = models.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     sqrt_ac, sqrt_1mac = ac.sqrt(), (1 - ac).sqrt()
     loss_w = min_snr_weights(ac, cfg.min_snr_gamma)
     tokens = _TokenCache(models.tokenizer)
     unet_fwd = torch.compile(unet) if (cfg.compile and device.type == "cuda") else unet
     budget = cfg.max_minutes * 60.0
 
-    def progress() -> float:
-        p = step / max(cfg.steps, 1)
-        return max(p, train_seconds / budget) if budget > 0 else p
-
-    def checkpoint() -> None:
-        tensors = {n: p for n, p in zip(named, params)}
-        tensors.update({"ema." + n: e for n, e in zip(named, ema)})
-        opt_tensors, opt_meta = _flatten_optimizer(opt)
-        tensors.update(opt_tensors)
-        tensors.update({"rng.data": data_gen.get_state(), "rng.noise": noise_gen.get_state(),
-                        "rng.captions": cap_gen.get_state(), "rng.torch": torch.get_rng_state()})
-        save_checkpoint(ckpt_path, tensors, {
-            "step": step, "train_seconds": train_seconds, "samples_seen": samples_seen, "loss_history": loss_hist,
-            "config": dataclasses.asdict(cfg), "vocabulary": vocabulary, "optimizer": opt_meta})
-
-    def ema_models() -> PriorModels:
-        import copy
-
-        u, te = copy.deepcopy(unet), copy.deepcopy(text_encoder)
-        with torch.no_grad():
-            for p, e in zip(list(u.parameters()) + list(te.parameters()), ema):
-                p.copy_(e)
-        return PriorModels(u.eval(), te.eval(), models.tokenizer, sched)
-
-    def sample_grid(path: Path) -> None:
-        prompts = default_sample_prompts()
-        n = cfg.samples_per_prompt
-        if n <= 0:
-            return
-        g = torch.Generator().manual_seed(1234)
-        imgs = sample(ema_models(), [p for p in prompts for _ in range(n)], steps=cfg.sample_steps,
-                      guidance_scale=cfg.sample_guidance, generator=g, device=device)
-        save_grid(imgs, path, nrow=n)
-
+    # 6. The loop: a fresh batch, the loss, an optimiser step and an EMA step; logs, checkpoints, sample grids
     print(f"train-prior: {cfg.preset} UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, text "
           f"encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f}M, vocabulary {len(vocabulary)}, "
           f"device {device}{' bf16' if amp else ''}, batch {cfg.batch_size}", flush=True)
-    bar = tqdm(total=cfg.steps, initial=step, desc="train-prior", dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="train-prior", dynamic_ncols=True, mininterval=1.0)
     loss_acc = torch.zeros((), device=device)
-    n_acc, last_log, last_log_step, last_loss = 0, time.perf_counter(), step, float("nan")
+    n_acc, last_log, last_log_step, last_loss = 0, time.perf_counter(), state.step, float("nan")
     stopped_by = "steps"
-    start_step = step
-    while step < cfg.steps:
-        if cfg.stop_after > 0 and step - start_step >= cfg.stop_after:
+    start_step = state.step
+    while state.step < cfg.steps:
+        if cfg.stop_after > 0 and state.step - start_step >= cfg.stop_after:
             stopped_by = "stop_after"
             break
-        if budget > 0 and train_seconds >= budget:
+        if budget > 0 and state.train_seconds >= budget:
             stopped_by = "max_minutes"
             break
         t0 = time.perf_counter()
-        lr = _lr_at(cfg, step, progress())
-        for g in opt.param_groups:
+        lr = _lr_at(cfg, state.step, _progress(cfg, state))
+        for g in state.optimizer.param_groups:
             g["lr"] = lr
-        images, captions, _ = sample_fn(cfg.batch_size, resolution=cfg.resolution, generator=data_gen,
+        images, captions, _ = sample_fn(cfg.batch_size, resolution=cfg.resolution, generator=state.data_gen,
                                         device=device)
         b = images.shape[0]
-        ids = tokens(augment_captions(captions, cap_gen, cfg.caption_dropout, cfg.view_dropout)).to(
+        ids = tokens(augment_captions(captions, state.cap_gen, cfg.caption_dropout, cfg.view_dropout)).to(
             device, non_blocking=True)
         x0 = images.to(device, torch.float32) * 2 - 1
-        loss, per = denoising_loss(unet_fwd, text_encoder, x0, ids, noise_gen, sqrt_ac, sqrt_1mac, loss_w,
+        loss, per = denoising_loss(unet_fwd, text_encoder, x0, ids, state.noise_gen, sqrt_ac, sqrt_1mac, loss_w,
                                    cfg.offset_noise, amp)
-        opt.zero_grad(set_to_none=True)
+        state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+        state.optimizer.step()
         with torch.no_grad():
-            d = min(cfg.ema_decay, (1 + step) / (10 + step))
-            torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1 - d)
+            d = min(cfg.ema_decay, (1 + state.step) / (10 + state.step))  # the usual warm-up of the decay
+            torch._foreach_lerp_(state.ema, [p.detach().float() for p in params], 1 - d)
         loss_acc += per.detach().mean()
         n_acc += 1
-        step += 1
-        samples_seen += b
+        state.step += 1
+        state.samples_seen += b
         bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if state.step % cfg.log_every == 0 or state.step == cfg.steps:
             last_loss = float(loss_acc) / n_acc  # one sync per log interval
             now = time.perf_counter()
-            loss_hist.append([step, round(last_loss, 6)])
+            state.loss_history.append([state.step, round(last_loss, 6)])
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}",
-                            sps=f"{(step - last_log_step) * b / max(now - last_log, 1e-9):.0f}")
+                            sps=f"{(state.step - last_log_step) * b / max(now - last_log, 1e-9):.0f}")
             loss_acc.zero_()
-            n_acc, last_log, last_log_step = 0, now, step
-        if device.type == "cuda" and step % cfg.log_every == 0:
+            n_acc, last_log, last_log_step = 0, now, state.step
+        if device.type == "cuda" and state.step % cfg.log_every == 0:
             torch.cuda.synchronize(device)
-        train_seconds += time.perf_counter() - t0
-        if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            checkpoint()
-        if cfg.sample_every > 0 and step % cfg.sample_every == 0:
-            sample_grid(out / f"samples_{step:06d}.png")
+        state.train_seconds += time.perf_counter() - t0
+        if cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
+            _save_state(ckpt_path, cfg, state, vocabulary)
+        if cfg.sample_every > 0 and state.step % cfg.sample_every == 0:
+            _save_samples(cfg, state, models, out / f"samples_{state.step:06d}.png", device)
     bar.close()
     if n_acc:
         last_loss = float(loss_acc) / n_acc
-        loss_hist.append([step, round(last_loss, 6)])
-    checkpoint()
-    final = ema_models()
-    save_model_folder(final, out)
-    sample_grid(out / "samples.png")
-    summary = dict(steps=step, samples_seen=samples_seen, train_seconds=round(train_seconds, 1),
+        state.loss_history.append([state.step, round(last_loss, 6)])
+
+    # 7. The last checkpoint, the EMA model folder, its sample grid and MODEL_CARD.md
+    _save_state(ckpt_path, cfg, state, vocabulary)
+    save_model_folder(_ema_models(state, models), out)
+    _save_samples(cfg, state, models, out / "samples.png", device)
+    loss_hist = state.loss_history
+    summary = dict(steps=state.step, samples_seen=state.samples_seen, train_seconds=round(state.train_seconds, 1),
                    final_loss=(loss_hist[-1][1] if loss_hist else float("nan")), device=str(device),
                    stopped_by=stopped_by,
                    unet_params=sum(p.numel() for p in unet.parameters()),
                    text_params=sum(p.numel() for p in text_encoder.parameters()))
     _write_model_card(out, cfg, summary, command, vocabulary, loss_hist)
-    print(f"train-prior: done, {step} steps, {samples_seen} samples, {train_seconds:.0f} s, "
+    print(f"train-prior: done, {state.step} steps, {state.samples_seen} samples, {state.train_seconds:.0f} s, "
           f"final loss {summary['final_loss']:.4f} → {out}", flush=True)
     return summary
 
 
 def _write_model_card(out: Path, cfg: TrainPriorConfig, s: dict, command: str, vocabulary: list[str],
                       loss_hist: list) -> None:
-    try:
-        from dreammapping.toyworld import grammar
-
-        held = ", ".join(f"{c} {sh}" for c, sh in getattr(grammar, "HELD_OUT", []))
-    except Exception:  # noqa: BLE001
-        held = "(grammar not importable)"
+    held = ", ".join(f"{c} {sh}" for c, sh in grammar.HELD_OUT)
     n = 12
     idx = sorted({round(i * (len(loss_hist) - 1) / (n - 1)) for i in range(n)}) if len(loss_hist) > n else \
         range(len(loss_hist))
@@ -784,10 +784,7 @@ def accuracy_report(models: PriorModels | str | Path, classifier, n_per_prompt: 
 
     Columns: colour / shape accuracy on trained and held-out pairs; for two-object prompts the fraction with both
     colours / both shapes right (either order); bg err = mean |1 − pixel| over a `border`-pixel frame."""
-    from dreammapping.toyworld.classifier import match_pair
-    from dreammapping.toyworld.dataset import EVAL_PROMPTS
-    from dreammapping.toyworld.grammar import COLOR_NAMES, HELD_OUT, SHAPES, parse
-
+    COLOR_NAMES, HELD_OUT, SHAPES, parse = grammar.COLOR_NAMES, grammar.HELD_OUT, grammar.SHAPES, grammar.parse
     if isinstance(models, (str, Path)):
         models = load_model_folder(models, device)
     held = set(HELD_OUT)
@@ -833,8 +830,6 @@ def accuracy_report(models: PriorModels | str | Path, classifier, n_per_prompt: 
 
 
 def cli_train_prior(argv: Sequence[str] | None = None) -> int:
-    import tyro
-
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = tyro.cli(TrainPriorConfig, args=argv, prog="dreammapping train-prior")
     command = "dreammapping train-prior " + " ".join(shlex.quote(a) for a in argv)
