@@ -56,8 +56,11 @@ from scipy import linalg, ndimage
 from torch import Tensor
 
 from dreammapping import cameras as C
+from dreammapping.devices import check_device, resolve_device
+from dreammapping.errors import ConfigError
 from dreammapping.export import load_ply
 from dreammapping.files import atomic_path, atomic_write_text
+from dreammapping.guidance.base import default_guidance_scale
 from dreammapping.priors import DiffusionPrior, embedded_prior_path
 from dreammapping.render import rasterize
 from dreammapping.toyworld import grammar
@@ -853,7 +856,7 @@ def fid_reference(ctx: EvalContext) -> Tensor:
     opt = ctx.options
     cfg = opt.fid_guidance_scale
     if cfg is None:  # the embedded 32² prior falls apart at CFG ≥ 5; SD's default is 7.5
-        cfg = 2.0 if ctx.prior == "embedded" else 7.5
+        cfg = default_guidance_scale(ctx.prior)
     settings = {"prior": ctx.prior, "prior_fingerprint": prior_fingerprint(ctx.prior), "prompt": ctx.prompt,
                 "n": opt.fid_reference, "steps": opt.fid_steps, "guidance_scale": float(cfg), "seed": opt.seed,
                 "version": REFERENCE_CACHE_VERSION}
@@ -1035,7 +1038,7 @@ def cli_evaluate(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-fid-cache", action="store_true",
                         help="sample the prior's FID reference afresh instead of reusing the on-disk cache "
                              "($DREAMMAPPING_CACHE, else ~/.cache/dreammapping)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto")
     parser.add_argument("--classifier", default=None, help="attribute classifier folder (default: shipped)")
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -1046,7 +1049,6 @@ def cli_evaluate(argv: Sequence[str] | None = None) -> int:
                 (("resolution", args.resolution, 8), ("views", args.views, 1), ("fid-reference", args.fid_reference, 1))
                 if value < low]
     try:
-        from dreammapping.train import ConfigError, check_device
 
         check_device(args.device)
     except ConfigError as error:
@@ -1056,7 +1058,7 @@ def cli_evaluate(argv: Sequence[str] | None = None) -> int:
         return 2
     opt = EvalOptions(resolution=args.resolution, num_views=args.views, seed=args.seed, clip=not args.no_clip,
                       fid=not args.no_fid, fid_reference=args.fid_reference, fid_cache=not args.no_fid_cache,
-                      device=args.device,
+                      device=str(resolve_device(args.device)),
                       classifier_path=args.classifier)
     results, failures = [], 0
     for run in args.runs:

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from dreammapping.axes import from_file, to_file
 from dreammapping.cameras import canonical_views, turntable
+from dreammapping.errors import EXIT_OUTPUT, EXIT_USAGE
 from dreammapping.files import atomic_path, check_writable_folder, describe_write_error
 from dreammapping.gaussians import Gaussians, num_sh_bases
 from dreammapping.render import rasterize
@@ -233,7 +234,6 @@ def cli_render(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse has printed its message; hand back its code instead of exiting
         return int(e.code or 0)
-    from dreammapping.train import EXIT_OUTPUT, EXIT_USAGE  # lazy: the exit codes live in train, which imports this module
 
     def fail(message: str, code: int = EXIT_USAGE) -> int:
         print(f"dreammapping render: {message}", file=sys.stderr)

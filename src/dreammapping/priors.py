@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dreammapping.cameras import VIEW_TAGS
+from dreammapping.devices import resolve_device
 
 VIEW_SUFFIXES: dict[str, str] = {tag: f", {tag} view" for tag in VIEW_TAGS}  # DreamFusion's view prompts
 EMBEDDED = "embedded"
@@ -189,7 +190,7 @@ class DiffusionPrior:
 
     def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, device=None, dtype=None,
                  text_device=None, name: str = ""):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device or "auto")
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.name = name
         self.text_device = torch.device(text_device or self.device)
@@ -258,7 +259,7 @@ class DiffusionPrior:
             source, kwargs = name, {"local_files_only": _offline()}
             if not kwargs["local_files_only"] and not _in_hf_cache(name):
                 kwargs["local_files_only"] = not _hub_reachable()
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = resolve_device(device or "auto")
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
         bars = _quiet_loading()
         try:

@@ -31,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from dreammapping.devices import resolve_device
 from dreammapping.files import atomic_path
 from dreammapping.toyworld.dataset import sample_batch
 from dreammapping.toyworld.grammar import COLOR_NAMES, SHAPES
@@ -258,9 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto")
     a = ap.parse_args(argv)
-    _, metrics = train_classifier(a.steps, a.batch_size, a.device, a.out, seed=a.seed, lr=a.lr)
+    _, metrics = train_classifier(a.steps, a.batch_size, str(resolve_device(a.device)), a.out, seed=a.seed, lr=a.lr)
     print(json.dumps(metrics))
     return 0
 

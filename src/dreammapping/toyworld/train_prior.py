@@ -48,6 +48,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dreammapping.cameras import VIEW_TAGS
+from dreammapping.devices import resolve_device
 from dreammapping.files import atomic_dir, atomic_path, atomic_write_text, remove_stale_temporaries
 from dreammapping.priors import sample_with_cfg
 from dreammapping.toyworld import grammar
@@ -396,12 +397,6 @@ def denoising_loss(unet, text_encoder, x0: Tensor, ids: Tensor, noise_gen: torch
     return (per * loss_w[t]).mean(), per
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _lr_at(cfg: TrainPriorConfig, step: int, progress: float) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -581,7 +576,7 @@ def train(config: TrainPriorConfig, sample_fn: Callable | None = None, command: 
     # 1. Device, precision and the output folder
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     amp = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
