@@ -777,6 +777,14 @@ def plot_curves(records: list[dict], variants, path: Path) -> Path | None:
     return path
 
 
+def _seconds_range(records: list[dict]) -> str:
+    """'min–max s (median m s)' of the runs' training seconds, for the report's compute line."""
+    t = sorted(r["timings"]["train_seconds"] for r in records if r.get("timings", {}).get("train_seconds"))
+    if not t:
+        return "an unknown time"
+    return f"{t[0]:.0f}–{t[-1]:.0f} s (median {t[len(t) // 2]:.0f} s over {len(t)} runs)"
+
+
 def write_report(records: list[dict], docs: Path, command: str, probe: Path | None = None,
                  records_dir: Path | None = None, text2d_records: list[dict] | None = None) -> Path:
     """docs/claims.md (+ docs/claims/curves.png) from the records alone."""
@@ -909,8 +917,8 @@ def write_report(records: list[dict], docs: Path, command: str, probe: Path | No
               "- A 32² prior trained on a toy world of five shapes and seven flat colours stands in for Stable "
               "Diffusion: 'detail' here is face shading and sharp silhouettes, not texture. A claim that does not "
               "reproduce here may still hold at 512² with SD; one that does is evidence, not proof.",
-              "- Compute: one process on a 2-core machine shared by ~8 people (load average ~15 while this ran); a "
-              "300-iteration run took 10–30 minutes instead of ~1.5. Seconds per iteration are therefore noisy and "
+              f"- Compute: a 2-core machine shared with other jobs (one or two runner processes, one thread each); "
+              f"a run's training took {_seconds_range(records)}. Seconds per iteration are therefore noisy and "
               "only comparable within a pair run at about the same time.",
               "- Budget: 300 iterations, the `cpu` preset's own schedule (densification stops at 250, learning "
               "rates decay to their final values at the last step). The change over the last 100 iterations above "
