@@ -42,15 +42,16 @@ import time
 
 _T0 = time.perf_counter()  # the child's own clock starts here, before any import of ours or torch's
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import shlex  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OLD_REV = "ca719f3"  # the release before the speed work (issue 16)
@@ -73,7 +74,7 @@ class PhaseClock:
         self.stack: list[str] = ["other"]
         self.stage = "start-up"  # → "loop" at the first training render, → "end" at the first output
         self.last = _T0
-        self.loop_start = self.loop_end = None
+        self.loop_start = self.loop_end = self.loop_threads = None
 
     def _charge(self, now: float) -> None:
         top = self.stack[-1]
@@ -89,6 +90,9 @@ class PhaseClock:
             phase = top  # rendering, imports … inside an output are the output's cost
         elif phase == "render" and self.stage == "start-up":
             self.stage, self.loop_start = "loop", now
+            import torch
+
+            self.loop_threads = torch.get_num_threads()  # what the run set (train restores the caller's at the end)
         if phase.startswith("outputs") and self.stage != "end":
             self.stage, self.loop_end = "end", now
         self.stack.append(phase)
@@ -199,7 +203,10 @@ def install_hooks(clock: PhaseClock) -> dict[str, bool]:
     def optimizer_post(optimizer, args, kwargs):
         clock.exit()
 
-    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+    from torch.optim.optimizer import (
+        register_optimizer_step_post_hook,
+        register_optimizer_step_pre_hook,
+    )
 
     register_optimizer_step_pre_hook(optimizer_pre)
     register_optimizer_step_post_hook(optimizer_post)
@@ -216,14 +223,12 @@ def child(out_json: str, argv: list[str]) -> int:
     clock._charge(end)
     run_dir = Path(argv[argv.index("--out") + 1])
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
-    import torch
-
     Path(out_json).write_text(json.dumps({
         "exit_code": code, "child_seconds": end - _T0, "phases": clock.totals, "calls": clock.calls,
         "loop_seconds": (clock.loop_end or end) - (clock.loop_start or end), "hooks": found,
         "it_per_s": metrics.get("it_per_s"), "train_seconds": metrics.get("train_seconds"),
         "iterations": metrics.get("iterations"), "gaussians": metrics.get("gaussians"),
-        "torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "torch_threads": clock.loop_threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "file": str(Path(sys.modules["dreammapping"].__file__).resolve()),
     }))
     return code
@@ -253,7 +258,7 @@ def run_one(label: str, src: Path, generate_args: list[str], workdir: Path, nice
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     with open(workdir / f"{label}.log", "w") as log:
-        proc = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+        proc = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0 or not out_json.is_file():
         tail = (workdir / f"{label}.log").read_text()[-2000:]
@@ -274,7 +279,7 @@ def table(results: dict[str, list[dict]], labels: tuple[str, str]) -> str:
     old, new = labels
 
     def row(name: str, a: float, b: float, unit: str = "s", higher_is_better: bool = False) -> str:
-        ratio = (b / a if higher_is_better else a / b) if a and b and a == a and b == b else float("nan")
+        ratio = (b / a if higher_is_better else a / b) if a and b and not math.isnan(a + b) else float("nan")
         fmt = (lambda v: f"{v:.2f}") if unit == "it/s" else (lambda v: f"{v:.1f}")
         return f"| {name} | {fmt(a)} | {fmt(b)} | {ratio:.2f}× |"
 
@@ -348,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if worktree is not None:
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
-                               capture_output=True)
+                               capture_output=True, check=False)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
         if args.only is None:

@@ -85,7 +85,7 @@ class GenerateConfig:
     turntable_size: int = 128  # side of the final turntable / view-grid frames (the splat is 3D: any size)
     turntable_frames: int = 48  # frames of the final turntable
     device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", …
-    threads: int = 0  # CPU threads for torch (0: torch's default; 1 is often faster on a busy machine)
+    threads: int = 0  # CPU threads for torch (0: auto, every core when OpenMP waits passively, else 1)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # the prior's dtype; auto: fp16 on CUDA, fp32 on CPU
     render_backend: str = "auto"  # rasterizer: "auto" (gsplat on CUDA if installed, else torch), "torch", "gsplat"
 
@@ -107,9 +107,7 @@ def _cpu_preset() -> GenerateConfig:
                                 reset_opacity_every=0, max_gaussians=4000),
         checkpoint_every=100,
         turntable_size=128,
-        # One thread: 2 threads are only ~1.4× faster on 2 idle cores (71 s vs 99 s a run) but ~25× slower when
-        # another process keeps a core busy (OpenMP threads waiting on each other); pass --threads 0 to undo.
-        threads=1,
+        threads=0,  # every core: OpenMP waits passively (dreammapping/__init__.py), so a busy core costs no spinning
     )
 
 
@@ -368,6 +366,16 @@ def resolve_dtype(name: str) -> torch.dtype | None:
     return None if name == "auto" else getattr(torch, name)
 
 
+def resolve_threads(threads: int) -> int:
+    """torch's CPU threads for a run: `threads` when > 0; else torch's own count (every core, or OMP_NUM_THREADS)
+    when OpenMP waits passively, one otherwise (spinning threads crawl when another process holds a core)."""
+    import dreammapping
+
+    if threads > 0:
+        return threads
+    return torch.get_num_threads() if dreammapping.OPENMP_PASSIVE else 1
+
+
 def method_class(name: str):
     from dreammapping.guidance import METHODS
 
@@ -602,8 +610,7 @@ def train(cfg: GenerateConfig, run_dir: Path, resume: bool = False, progress: bo
           ) -> GenerateResult:
     """Run (or continue) Algorithm 1 for `cfg` in `run_dir`; writes every output and returns them."""
     threads = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(resolve_threads(cfg.threads))
     run_dir = Path(run_dir)
     try:
         return _train(cfg, run_dir, resume, progress, callback, log)
@@ -879,13 +886,14 @@ class _LossLog:
 def write_outputs(run_dir: Path, gaussians: Gaussians, cfg: GenerateConfig, metrics: dict, wall_start: float,
                   log: Callable[[str], None]) -> GenerateResult:
     """gaussians.ply, turntable.mp4 / .gif, views.png, metrics.json."""
-    from dreammapping.export import save_ply, save_turntable, save_view_grid
+    from dreammapping.export import save_ply, save_turntable, save_view_grid, turntable_frames
 
     ply = save_ply(run_dir / "gaussians.ply", gaussians)
-    size, frames = cfg.turntable_size, cfg.turntable_frames
-    gif = save_turntable(run_dir / "turntable.gif", gaussians, n_frames=frames, size=size)
+    size = cfg.turntable_size
+    frames = turntable_frames(gaussians, cfg.turntable_frames, size)  # rendered once for both files
+    gif = save_turntable(run_dir / "turntable.gif", gaussians, frames=frames)
     try:
-        mp4 = save_turntable(run_dir / "turntable.mp4", gaussians, n_frames=frames, size=size)
+        mp4 = save_turntable(run_dir / "turntable.mp4", gaussians, frames=frames)
     except Exception as e:  # no ffmpeg: the gif is enough, say so (but a full disk is a fault of the run)
         if is_disk_full(e):
             raise
