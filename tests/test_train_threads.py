@@ -54,3 +54,14 @@ def test_run_sets_the_resolved_threads_and_restores_the_callers(monkeypatch, tmp
     T.train(T.build_config("a red cube", threads=0), tmp_path / "run")
     T.train(T.build_config("a red cube", threads=2), tmp_path / "run")
     assert seen == [1, 2] and torch.get_num_threads() == before
+
+
+def test_auto_dtype_is_bf16_only_for_the_embedded_prior_on_a_native_bf16_cpu(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(T, "_native_cpu_bf16", lambda: True)
+    assert T.resolve_dtype("auto", cpu, "embedded") is torch.bfloat16
+    assert T.resolve_dtype("auto", cpu, "stabilityai/stable-diffusion-2-1-base") is None  # not measured: fp32
+    assert T.resolve_dtype("auto", cuda, "embedded") is None  # the prior's own choice (fp16)
+    assert T.resolve_dtype("float32", cpu, "embedded") is torch.float32
+    monkeypatch.setattr(T, "_native_cpu_bf16", lambda: False)
+    assert T.resolve_dtype("auto", cpu, "embedded") is None
