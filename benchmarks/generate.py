@@ -121,6 +121,8 @@ def install_hooks(clock: PhaseClock) -> dict[str, bool]:
     """Wrap the phase functions as their modules are imported; returns target → found (filled in as it goes)."""
     import _frozen_importlib as bootstrap
 
+    import dreammapping  # first, as the CLI does: it sets the OpenMP wait policy before torch loads libgomp
+
     found: dict[str, bool] = {}
     # module-level functions: (module, name, phase); every reference to the function in our loaded modules is
     # replaced, so `from x import f` aliases are timed too

@@ -87,7 +87,7 @@ class GenerateConfig:
     device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", …
     threads: int = 0  # CPU threads for torch (0: auto, every core when OpenMP waits passively, else 1)
     # the prior's dtype; auto: fp16 on CUDA; on a CPU with native bf16 (AMX / AVX512-BF16) bf16 for the embedded
-    # prior (1.6× faster UNet, same quality: docs/performance.md); else fp32
+    # prior (1.6× faster UNet; quality check in docs/performance.md); else fp32
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     render_backend: str = "auto"  # rasterizer: "auto" (gsplat on CUDA if installed, else torch), "torch", "gsplat"
 
@@ -97,7 +97,7 @@ def _cpu_preset() -> GenerateConfig:
     return GenerateConfig(
         prior="embedded",
         method="vdm",
-        iterations=200,  # 300 before: 200 with the densification below scored as well (docs/performance.md)
+        iterations=200,  # 300 before; quality at 200 checked on one prompt only so far (docs/performance.md)
         batch=4,
         orbit=C.OrbitConfig(overhead_probability=0.15),  # as the prior's training views: some from above
         init="sphere",  # Shap-E on a CPU costs minutes and is not available offline; a sphere works for toys
@@ -367,7 +367,7 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_dtype(name: str, device: torch.device | None = None, prior: str = "") -> torch.dtype | None:
     """None lets the prior choose (fp16 on CUDA, fp32 on CPU), except bf16 for the embedded prior on a CPU that
-    computes in bf16 natively: only that combination's quality was measured (docs/performance.md)."""
+    computes in bf16 natively: the only combination measured (docs/performance.md)."""
     if name != "auto":
         return getattr(torch, name)
     if device is not None and device.type == "cpu" and prior == "embedded" and _native_cpu_bf16():
