@@ -150,6 +150,9 @@ def train_options(plan: Plan, job: Job) -> dict:
     method, options = VARIANTS[job.variant]
     return dict(method=method, method_options={method: {**options, "guidance_scale": GUIDANCE_SCALE}},
                 seed=job.seed, iterations=plan.iterations, device="cpu", threads=1, checkpoint_every=100,
+                # the cpu preset's schedule and dtype when the records began (it now has 200 steps and bf16 where
+                # the CPU has it): pinned, so that every record is comparable
+                density={"refine_start": 100, "refine_stop": 250, "refine_every": 50}, dtype="float32",
                 # a small turntable: the preset's (48 frames at 128², written twice) costs minutes on a busy CPU;
                 # `dreammapping render RUN/gaussians.ply` makes a full one of any run worth showing
                 turntable_frames=8, turntable_size=64)

@@ -99,6 +99,10 @@ def test_train_options_apply_the_variant_and_the_scale(claims, tmp_path):
 
     cfg = build_config("a red cube", preset="cpu", **opts)
     assert method_config(cfg).dca_cutoff == 100 and method_config(cfg).guidance_scale == 8.5
+    # the records' schedule and dtype stay pinned whatever the cpu preset becomes
+    d = cfg.density
+    assert (cfg.iterations, d.refine_start, d.refine_stop, d.refine_every, cfg.dtype, cfg.threads) == \
+        (300, 100, 250, 50, "float32", 1)
 
 
 def test_shards_split_the_jobs_without_overlap(claims, tmp_path):

@@ -119,7 +119,7 @@ needs_render = pytest.mark.skipif(not _render_available(), reason="dreammapping.
 def test_turntable_grid_and_cli(tmp_path):
     import imageio.v3 as iio
 
-    from dreammapping.export import save_turntable, save_view_grid
+    from dreammapping.export import save_turntable, save_view_grid, turntable_frames
     from dreammapping.gaussians import sphere
 
     g = sphere(300, radius=0.6, color=(0.9, 0.1, 0.1), opacity=0.9)
@@ -132,6 +132,11 @@ def test_turntable_grid_and_cli(tmp_path):
     assert grid.shape == (32, 128, 3)
     # the red sphere shows in every view, on white
     assert (grid[..., 0].astype(int) - grid[..., 1]).max() > 100 and grid[0, 0].min() > 200
+    # frames rendered once (as generate does for its .gif and .mp4) make the same file as rendering inside
+    frames = turntable_frames(g, 4, 32)
+    assert frames.shape == (4, 32, 32, 3) and frames.dtype == np.uint8
+    again = save_turntable(tmp_path / "t2.gif", g, fps=10, frames=frames)
+    assert again.read_bytes() == gif.read_bytes()
     run = tmp_path / "run"
     save_ply(run / "gaussians.ply", g)
     assert cli_render([str(run), "--frames", "3", "--size", "24", "--gif"]) == 0

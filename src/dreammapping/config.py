@@ -92,7 +92,7 @@ class GenerateConfig:
     turntable_size: int = 128  # side of the final turntable / view-grid frames (the splat is 3D: any size)
     turntable_frames: int = 48  # frames of the final turntable
     device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", …
-    threads: int = 0  # CPU threads for torch (0: torch's default; 1 is often faster on a busy machine)
+    threads: int = 0  # CPU threads for torch (0: every core when OpenMP waits passively, else 1)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # the prior's dtype; auto: fp16 on CUDA, fp32 on CPU
     render_backend: str = "auto"  # rasterizer: "auto" (gsplat on CUDA if installed, else torch), "torch", "gsplat"
 

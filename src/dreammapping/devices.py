@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+import dreammapping
 from dreammapping.errors import ConfigError
 
 
@@ -38,3 +39,12 @@ def check_device(name: str) -> None:
             raise ConfigError(f"device {name!r}: MPS is not available here; use --device cpu")
     elif device.type != "cpu":
         raise ConfigError(f"device {name!r} is not supported; {hint}")
+
+
+def resolve_threads(threads: int) -> int:
+    """torch's CPU threads for a run: `threads` when > 0; else torch's own count (every core, or OMP_NUM_THREADS)
+    when OpenMP waits passively (dreammapping/__init__.py), one otherwise (spinning threads crawl when another
+    process holds a core: docs/performance.md)."""
+    if threads > 0:
+        return threads
+    return torch.get_num_threads() if dreammapping.OPENMP_PASSIVE else 1

@@ -172,9 +172,18 @@ def _render_frames(gaussians: Gaussians, cameras, chunk: int = 8, background=Non
     return torch.cat(frames).numpy()
 
 
+def turntable_frames(gaussians: Gaussians, n_frames: int = 60, size: int = 256, elevation: float = 15.0,
+                     background=None) -> np.ndarray:
+    """uint8 frames [n_frames,size,size,3] of a turntable around the object, starting at the front."""
+    return _render_frames(gaussians, turntable(n_frames, size, size, elevation=elevation), background=background)
+
+
 def save_turntable(path: str | os.PathLike, gaussians: Gaussians, n_frames: int = 60, size: int = 256,
-                   fps: int = 20, elevation: float = 15.0, background=None) -> Path:
-    """A turntable of `n_frames` views around the object, starting at the front; .mp4 (H.264) or .gif (loops)."""
+                   fps: int = 20, elevation: float = 15.0, background=None, frames: np.ndarray | None = None) -> Path:
+    """A turntable of `n_frames` views around the object, starting at the front; .mp4 (H.264) or .gif (loops).
+
+    `frames` [F,H,W,3] uint8 (from `turntable_frames`) are written as given instead of rendering: a .gif and an
+    .mp4 of one scene then cost one rendering."""
     import imageio.v3 as iio
 
     path = Path(path)
@@ -183,7 +192,9 @@ def save_turntable(path: str | os.PathLike, gaussians: Gaussians, n_frames: int 
         raise ValueError(f"{path}: turntable must be .mp4 or .gif")
     if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number, got {fps!r}")
-    frames = _render_frames(gaussians, turntable(n_frames, size, size, elevation=elevation), background=background)
+    if frames is None:
+        frames = turntable_frames(gaussians, n_frames, size, elevation=elevation, background=background)
+    size = frames.shape[1]
     # the temporary's name ends in .tmp, so the format is named explicitly for both writers
     with atomic_path(path) as tmp:
         if suffix == ".gif":  # encoded in memory: a failed write is then one OSError, not one more at exit

@@ -72,7 +72,7 @@ from dreammapping.config import (
     slugify,
     unknown_prompt_words,
 )
-from dreammapping.devices import check_device, resolve_device, resolve_dtype
+from dreammapping.devices import check_device, resolve_device, resolve_dtype, resolve_threads
 from dreammapping.errors import (
     EXIT_CODE_HELP,
     EXIT_DIVERGED,
@@ -98,7 +98,7 @@ from dreammapping.errors import (
     UnknownMethodError,
     UnknownPresetError,
 )
-from dreammapping.export import save_ply, save_turntable, save_view_grid
+from dreammapping.export import save_ply, save_turntable, save_view_grid, turntable_frames
 from dreammapping.files import atomic_write_text, is_disk_full
 from dreammapping.gaussians import Gaussians, make_optimizer, update_learning_rates
 from dreammapping.init import InitError, initialise
@@ -142,8 +142,7 @@ def train(cfg: GenerateConfig, run_dir: Path, resume: bool = False, progress: bo
           ) -> GenerateResult:
     """Run (or continue) Algorithm 1 for `cfg` in `run_dir`; writes every output and returns them."""
     threads = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(resolve_threads(cfg.threads))
     run_dir = Path(run_dir)
     try:
         return _train(cfg, run_dir, resume, progress, callback, log or (lambda msg: print(msg, file=sys.stderr)))
@@ -384,10 +383,11 @@ def write_outputs(run_dir: Path, gaussians: Gaussians, cfg: GenerateConfig, metr
                   log: Callable[[str], None]) -> GenerateResult:
     """gaussians.ply, turntable.mp4 / .gif, views.png, metrics.json."""
     ply = save_ply(run_dir / "gaussians.ply", gaussians)
-    size, frames = cfg.turntable_size, cfg.turntable_frames
-    gif = save_turntable(run_dir / "turntable.gif", gaussians, n_frames=frames, size=size)
+    size = cfg.turntable_size
+    frames = turntable_frames(gaussians, cfg.turntable_frames, size)  # rendered once for both files
+    gif = save_turntable(run_dir / "turntable.gif", gaussians, frames=frames)
     try:
-        mp4 = save_turntable(run_dir / "turntable.mp4", gaussians, n_frames=frames, size=size)
+        mp4 = save_turntable(run_dir / "turntable.mp4", gaussians, frames=frames)
     except Exception as e:  # no ffmpeg: the gif is enough, say so (but a full disk is a fault of the run)
         if is_disk_full(e):
             raise

@@ -1,0 +1,56 @@
+"""How a run picks its CPU threads (devices.resolve_threads), and the OpenMP
+wait policy the package sets before torch starts (dreammapping/__init__.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import dreammapping
+from dreammapping import train as T
+from dreammapping.devices import resolve_threads
+
+SRC = str(Path(T.__file__).resolve().parents[1])
+
+
+def _import_in_fresh_python(code: str, **env) -> str:
+    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, "PYTHONPATH": SRC, **env},
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_importing_the_package_first_makes_openmp_wait_passively():
+    code = "import os, dreammapping; print(os.environ.get('OMP_WAIT_POLICY'), dreammapping.OPENMP_PASSIVE)"
+    assert _import_in_fresh_python(code) == "PASSIVE True"
+    # a user's own choice is kept, and then a run does not assume passive waiting
+    assert _import_in_fresh_python(code, OMP_WAIT_POLICY="active") == "active False"
+
+
+def test_torch_imported_first_leaves_the_policy_alone():
+    # libgomp has read its settings already: setting the variable now would claim a policy that is not in effect
+    code = "import torch, os, dreammapping; print(os.environ.get('OMP_WAIT_POLICY'), dreammapping.OPENMP_PASSIVE)"
+    assert _import_in_fresh_python(code) == "None False"
+
+
+def test_threads_auto_uses_every_core_only_when_waiting_is_passive(monkeypatch):
+    assert resolve_threads(3) == 3  # an explicit count always wins
+    monkeypatch.setattr(dreammapping, "OPENMP_PASSIVE", True)
+    assert resolve_threads(0) == torch.get_num_threads()
+    monkeypatch.setattr(dreammapping, "OPENMP_PASSIVE", False)
+    assert resolve_threads(0) == 1
+
+
+def test_run_sets_the_resolved_threads_and_restores_the_callers(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(T, "_train", lambda *a, **k: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr(dreammapping, "OPENMP_PASSIVE", False)
+    before = torch.get_num_threads()
+    T.train(T.build_config("a red cube", threads=0), tmp_path / "run")
+    T.train(T.build_config("a red cube", threads=2), tmp_path / "run")
+    assert seen == [1, 2] and torch.get_num_threads() == before
