@@ -872,22 +872,7 @@ def write_report(records: list[dict], docs: Path, command: str, probe: Path | No
                          else f"{mean:.3f} (n={len(vals)}, no CI)")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Paired difference to SDS (variant − SDS, same prompt and seed); *italic* = inside the noise.", ""]
-    lines += ["| variant | pairs | " + " | ".join(METRIC_NOTES.get(k, k) for k in SUMMARY_KEYS) + " |",
-              "|" + "---|" * (len(SUMMARY_KEYS) + 2)]
-    for v in variants:
-        if v == "sds":
-            continue
-        cells, n = [], 0
-        for k in SUMMARY_KEYS:
-            vals = paired(records, v, "sds", k)
-            n = max(n, len(vals))
-            ci = bootstrap_ci(vals)
-            if len(vals) < 3:
-                cells.append("—" if not vals else f"{ci[0]:+.3f} (n={len(vals)}, no CI)")
-                continue
-            text = _fmt_ci(ci, k)
-            cells.append(f"*{text}*" if sign_of(ci) == 0 and text != "—" else text)
-        lines.append(f"| `{v}` | {n} | " + " | ".join(cells) + " |")
+    lines += paired_table(records, variants, "sds", SUMMARY_KEYS, METRIC_NOTES)
     curves = plot_curves(records, core, docs / "claims" / "curves.png") if records else None
     lines += ["", "## Metrics vs iteration", ""]
     if curves:
