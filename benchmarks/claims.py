@@ -438,15 +438,16 @@ def text2d_metrics(images, ref: dict, classifier, scene) -> dict[str, float]:
     color = ev.mean_color(x, fg)
     feats = np.asarray(_features(classifier, x))
     ref_mean = np.asarray(ref["features"]).mean(0)
+    coverage, saturation, hf = float(fg.mean()), ev.mean_saturation(x, fg), ev.interior_high_frequency(x, fg)
     out = {
-        "coverage": float(fg.mean()),
-        "coverage_error": float(fg.mean()) - ref["coverage"],
-        "mean_saturation": ev.mean_saturation(x, fg),
-        "saturation_error": ev.mean_saturation(x, fg) - ref["mean_saturation"],
+        "coverage": coverage,
+        "coverage_error": coverage - ref["coverage"],
+        "mean_saturation": saturation,
+        "saturation_error": saturation - ref["mean_saturation"],
         "color_error": float((color - torch.tensor(ref["mean_color"], dtype=torch.float64)).abs().mean()),
         "edge_energy_ratio": ev.mean_edge_energy(x) / ref["edge_energy"] if ref["edge_energy"] > 0 else float("nan"),
-        "hf_noise": ev.interior_high_frequency(x, fg),
-        "hf_noise_excess": ev.interior_high_frequency(x, fg) - ref["hf_interior"],
+        "hf_noise": hf,
+        "hf_noise_excess": hf - ref["hf_interior"],
         # the mean term of the FID for these images alone: squared distance of their classifier features to the
         # renders' mean feature, per image (a per-run number, so it can be paired)
         "feature_distance": float(((feats - ref_mean) ** 2).sum(1).mean()),
