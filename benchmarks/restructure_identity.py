@@ -109,8 +109,12 @@ def collect(work: Path, cases: Sequence[str] = CASES) -> tuple[dict, dict]:
     # ---- evaluate ---------------------------------------------------------------------------------------------
     scene = grammar.parse("a red cube")
     points = torch.rand(6000, 3, generator=gen()) * 2.2 - 1.1
-    points = points[scene.occupancy(points)][:800]
-    splats = from_points(points, scene.color_at(points), opacity=0.95, scale=0.05)
+    try:  # the functions of toyworld.sdf; releases before them had Scene methods
+        from dreammapping.toyworld.sdf import color_at, occupancy
+    except ImportError:
+        occupancy, color_at = type(scene).occupancy, type(scene).color_at
+    points = points[occupancy(scene, points)][:800]
+    splats = from_points(points, color_at(scene, points), opacity=0.95, scale=0.05)
     for prompt in ("a red cube", "a photo of a corgi") if "evaluate" in cases else ():
         run = work / f"run_{prompt.replace(' ', '_')}"
         run.mkdir(exist_ok=True)

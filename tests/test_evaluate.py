@@ -456,12 +456,13 @@ def test_evaluate_run_on_splats_of_the_true_scene(tmp_path):
     from dreammapping.export import save_ply
     from dreammapping.gaussians import from_points
     from dreammapping.toyworld import grammar
+    from dreammapping.toyworld.sdf import color_at, occupancy
 
     scene = grammar.parse("a red cube")
     g = torch.Generator().manual_seed(0)
     points = torch.rand(6000, 3, generator=g) * 2.2 - 1.1
-    points = points[scene.occupancy(points)][:800]
-    splats = from_points(points, scene.color_at(points), opacity=0.95, scale=0.05)
+    points = points[occupancy(scene, points)][:800]
+    splats = from_points(points, color_at(scene, points), opacity=0.95, scale=0.05)
     ious = []
     for name, offset in (("aligned", 0.0), ("moved", 0.4)):
         run = tmp_path / name

@@ -24,8 +24,6 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from torch import Tensor
-
 from dreammapping.cameras import VIEW_TAGS
 
 # --------------------------------------------------------------------------------------------------------- words
@@ -151,26 +149,6 @@ class Scene:
         if self.relation is not None:
             parts += [self.relation, with_article(self.objects[1].phrase())]
         return " ".join(parts)
-
-    def sdf(self, points: Tensor) -> Tensor:
-        """Signed distance [N] of world points [N,3] to the scene (negative inside)."""
-        from dreammapping.toyworld.sdf import pack_scenes, scene_sdf
-
-        packed = pack_scenes([self], device=points.device)
-        d, _ = scene_sdf(points[None].float(), packed)
-        return d[0]
-
-    def occupancy(self, points: Tensor) -> Tensor:
-        """bool [N]: inside some object."""
-        return self.sdf(points) <= 0
-
-    def color_at(self, points: Tensor) -> Tensor:
-        """[N,3] rgb of the object nearest to each point (by signed distance)."""
-        from dreammapping.toyworld.sdf import pack_scenes, scene_sdf
-
-        packed = pack_scenes([self], device=points.device)
-        _, nearest = scene_sdf(points[None].float(), packed)  # [1,N]
-        return packed.rgb[0][nearest[0]]
 
 
 def with_article(phrase: str) -> str:

@@ -146,6 +146,24 @@ def scene_sdf(points: Tensor, scenes: PackedScenes) -> tuple[Tensor, Tensor]:
     return dmin, nearest
 
 
+def signed_distance(scene: Scene, points: Tensor) -> Tensor:
+    """Signed distance [N] of world points [N,3] to the scene (negative inside)."""
+    d, _ = scene_sdf(points[None].float(), pack_scenes([scene], device=points.device))
+    return d[0]
+
+
+def occupancy(scene: Scene, points: Tensor) -> Tensor:
+    """bool [N]: the points [N,3] inside some object of the scene."""
+    return signed_distance(scene, points) <= 0
+
+
+def color_at(scene: Scene, points: Tensor) -> Tensor:
+    """[N,3] rgb of the object nearest to each point [N,3] (by signed distance)."""
+    packed = pack_scenes([scene], device=points.device)
+    _, nearest = scene_sdf(points[None].float(), packed)  # [1,N]
+    return packed.rgb[0][nearest[0]]
+
+
 # ------------------------------------------------------------------------------------------------------- renderer
 
 

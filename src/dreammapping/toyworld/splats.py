@@ -12,11 +12,12 @@ import torch
 
 from dreammapping.gaussians import Gaussians
 from dreammapping.toyworld.grammar import MAX_SCENE_RADIUS, Scene
+from dreammapping.toyworld.sdf import color_at, occupancy, signed_distance
 
 
 def scene_gaussians(scene: Scene, n: int = 20000, opacity: float = 0.5, generator: torch.Generator | None = None,
                     batch: int = 200_000) -> Gaussians:
-    """About `n` Gaussians filling the scene's solid (SH degree 0, colour = `scene.color_at`).
+    """About `n` Gaussians filling the scene's solid (SH degree 0, colour = `sdf.color_at`).
 
     Centres are uniform inside the objects (rejection sampling in the scene's bounding cube); every Gaussian is
     isotropic with σ = the mean spacing, so their summed density is nearly flat inside and halves at the surface.
@@ -28,7 +29,7 @@ def scene_gaussians(scene: Scene, n: int = 20000, opacity: float = 0.5, generato
     while kept < n and tries < 1000:
         tries += 1
         cand = (torch.rand(batch, 3, generator=generator) * 2 - 1) * bound
-        inside = cand[scene.occupancy(cand)]
+        inside = cand[occupancy(scene, cand)]
         points.append(inside)
         kept += len(inside)
         if kept == 0 and tries > 10:
@@ -37,7 +38,7 @@ def scene_gaussians(scene: Scene, n: int = 20000, opacity: float = 0.5, generato
     points = torch.cat(points)[:n]
     volume = fraction * (2 * bound) ** 3
     spacing = (volume / len(points)) ** (1 / 3)
-    colors = scene.color_at(points)
+    colors = color_at(scene, points)
     return Gaussians.from_points(points, colors, sh_degree=0, opacity=opacity, scale=spacing)
 
 
@@ -52,13 +53,13 @@ def surface_gaussians(scene: Scene, n: int = 20000, thickness: float = 0.002, si
         if tries > 1000:
             raise ValueError("the scene has no surface to cover")
         cand = ((torch.rand(batch, 3, generator=generator) * 2 - 1) * MAX_SCENE_RADIUS).requires_grad_(True)
-        d = scene.sdf(cand)
+        d = signed_distance(scene, cand)
         (grad,) = torch.autograd.grad(d.sum(), cand)
         near = d.detach().abs() < 0.02
         pts.append((cand - d[:, None] * grad).detach()[near])
         normals.append(torch.nn.functional.normalize(grad[near], dim=-1))
     points, normal = torch.cat(pts)[:n], torch.cat(normals)[:n]
-    g = Gaussians.from_points(points, scene.color_at(points), opacity=opacity, scale=size[0])
+    g = Gaussians.from_points(points, color_at(scene, points), opacity=opacity, scale=size[0])
     log_scales = torch.empty(len(points), 3).uniform_(*size, generator=generator).log()
     log_scales[:, 2] = math.log(thickness)  # flat along the local z axis, which the rotation turns onto the normal:
     g.log_scales = log_scales
