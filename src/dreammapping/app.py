@@ -44,7 +44,7 @@ from typing import Callable
 import numpy as np
 import viser
 
-from dreammapping.config import DEFAULT_PRESET, GenerateConfig, build_config, default_run_dir, method_config
+from dreammapping.config import DEFAULT_PRESET, PRESETS, GenerateConfig, build_config, default_run_dir, method_config
 from dreammapping.errors import GenerateError, Interrupted, OutputError
 from dreammapping.evaluate import evaluate_run
 from dreammapping.formats import export
@@ -85,7 +85,7 @@ class RunRequest:
     method: str = "vdm"  # a name in dreammapping.guidance.METHODS
     guidance_scale: float = default_guidance_scale("embedded")  # CFG scale (Stable Diffusion wants ~7.5)
     dca_cutoff: int = 300  # VDM's DCA cut-off timestep (VDM only)
-    iterations: int = 300
+    iterations: int = PRESETS[DEFAULT_PRESET]().iterations  # the preset's schedule
     seed: int = 0
     prior: str = "embedded"  # "embedded", a Hugging Face id in the local cache or a diffusers folder
 
@@ -116,9 +116,8 @@ def job_config(request: RunRequest, run_dir: Path | None = None, **overrides) ->
     if request.method == "vdm":
         guidance["dca_cutoff"] = int(request.dca_cutoff)
     cfg = build_config(request.prompt, preset=DEFAULT_PRESET, method=request.method,
-                             iterations=int(request.iterations), seed=int(request.seed), prior=request.prior.strip(),
-                             guidance=guidance,
-                             out=None if run_dir is None else str(run_dir), **overrides)
+                       iterations=int(request.iterations), seed=int(request.seed), prior=request.prior.strip(),
+                       guidance=guidance, out=None if run_dir is None else str(run_dir), **overrides)
     method_config(cfg)  # an unknown method or option fails here, before the job waits in the queue
     return cfg
 
@@ -406,7 +405,7 @@ class App:
                                              hint="classifier-free guidance; 2 suits the embedded prior")
         self.dca_cutoff = gui.add_number("DCA cut-off", initial_value=300, min=0, max=1000, step=1,
                                          hint="VDM's distribution-coefficient annealing cut-off timestep")
-        self.iterations = gui.add_number("Iterations", initial_value=300, min=1, max=100_000, step=1)
+        self.iterations = gui.add_number("Iterations", initial_value=RunRequest.iterations, min=1, max=100_000, step=1)
         self.seed = gui.add_number("Seed", initial_value=0, min=0, max=2**31 - 1, step=1)
         self.prior = gui.add_text("Prior", initial_value="embedded",
                                   hint="embedded, a Hugging Face id in the local cache, or a diffusers folder")
