@@ -147,12 +147,14 @@ class Plan:
 
 def train_options(plan: Plan, job: Job) -> dict:
     """GenerateConfig fields of one run on top of the cpu preset."""
+    from dreammapping.config import read_yaml
+
     method, options = VARIANTS[job.variant]
-    return dict(method=method, method_options={method: {**options, "guidance_scale": GUIDANCE_SCALE}},
-                seed=job.seed, iterations=plan.iterations, device="cpu", threads=1, checkpoint_every=100,
-                # the cpu preset's schedule and dtype when the records began (it now has 200 steps and bf16 where
-                # the CPU has it): pinned, so that every record is comparable
-                density={"refine_start": 100, "refine_stop": 250, "refine_every": 50}, dtype="float32",
+    # the cpu preset as it was when the records began (configs/cpu-v0.1.yaml: its schedule, learning rates, fp32,
+    # one thread; the preset has changed since): pinned, so that every record is comparable
+    first_release = read_yaml(REPO / "configs" / "cpu-v0.1.yaml")
+    return dict(first_release, method=method, method_options={method: {**options, "guidance_scale": GUIDANCE_SCALE}},
+                seed=job.seed, iterations=plan.iterations, device="cpu", checkpoint_every=100,
                 # a small turntable: the preset's (48 frames at 128², written twice) costs minutes on a busy CPU;
                 # `dreammapping render RUN/gaussians.ply` makes a full one of any run worth showing
                 turntable_frames=8, turntable_size=64)

@@ -103,6 +103,7 @@ def test_train_options_apply_the_variant_and_the_scale(claims, tmp_path):
     d = cfg.density
     assert (cfg.iterations, d.refine_start, d.refine_stop, d.refine_every, cfg.dtype, cfg.threads) == \
         (300, 100, 250, 50, "float32", 1)
+    assert (cfg.lr.position_init, cfg.lr.position_final, cfg.lr.opacity_logits, cfg.lr.sh_dc) == (2e-3, 2e-4, 5e-2, 2e-2)
 
 
 def test_shards_split_the_jobs_without_overlap(claims, tmp_path):

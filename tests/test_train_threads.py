@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 import dreammapping
+from dreammapping import devices
 from dreammapping import train as T
 from dreammapping.devices import resolve_threads
 
@@ -38,12 +39,24 @@ def test_torch_imported_first_leaves_the_policy_alone():
     assert _import_in_fresh_python(code) == "None False"
 
 
-def test_threads_auto_uses_every_core_only_when_waiting_is_passive(monkeypatch):
+def test_threads_auto_uses_the_free_cores_only_when_waiting_is_passive(monkeypatch):
     assert resolve_threads(3) == 3  # an explicit count always wins
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)  # an 8-core laptop
     monkeypatch.setattr(dreammapping, "OPENMP_PASSIVE", True)
-    assert resolve_threads(0) == torch.get_num_threads()
+    for load, threads in ((0.0, 8), (0.9, 8), (1.2, 7), (5.5, 3), (7.99, 1), (40.0, 1)):
+        monkeypatch.setattr(devices, "_load_average", lambda load=load: load)
+        assert resolve_threads(0) == threads, load
+    assert resolve_threads(3) == 3  # even on a busy machine
+    monkeypatch.setattr(devices, "_load_average", lambda: 0.0)
     monkeypatch.setattr(dreammapping, "OPENMP_PASSIVE", False)
-    assert resolve_threads(0) == 1
+    assert resolve_threads(0) == 1  # spinning threads: one, however idle the machine
+
+
+def test_load_average_is_the_os_ones_or_zero(monkeypatch):
+    if hasattr(os, "getloadavg"):
+        assert devices._load_average() >= 0.0
+    monkeypatch.delattr(os, "getloadavg", raising=False)  # as on Windows
+    assert devices._load_average() == 0.0
 
 
 def test_run_sets_the_resolved_threads_and_restores_the_callers(monkeypatch, tmp_path):

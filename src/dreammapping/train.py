@@ -178,12 +178,16 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)  # cameras, backgrounds and init draw from this one
     try:
-        prior = DiffusionPrior.from_pretrained(cfg.prior, device=device, dtype=resolve_dtype(cfg.dtype))
+        prior = DiffusionPrior.from_pretrained(cfg.prior, device=device,
+                                               dtype=resolve_dtype(cfg.dtype, device, cfg.prior))
     except PriorNotFoundError as e:
         raise PriorError(str(e).splitlines()[0]) from None
     resolution = cfg.resolution or prior.resolution
+    compute = f"{prior.device}, {str(prior.dtype).removeprefix('torch.')}"
+    if prior.device.type == "cpu":
+        compute += f", {torch.get_num_threads()} threads"
     log(f"{'resuming' if resume else 'run'} {run_dir}: prior {cfg.prior} ({prior.resolution}², "
-        f"{'latent' if prior.is_latent else 'pixel'} space, {prior.device}), method {cfg.method}, "
+        f"{'latent' if prior.is_latent else 'pixel'} space, {compute}), method {cfg.method}, "
         f"{cfg.iterations} steps × {cfg.batch} views at {resolution}²")
     cut = prior.prompt_overflow(cfg.prompt)
     if cut:
