@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -43,20 +44,32 @@ def test_threads_auto_uses_the_free_cores_only_when_waiting_is_passive(monkeypat
     assert resolve_threads(3) == 3  # an explicit count always wins
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)  # an 8-core laptop
     monkeypatch.setattr(dreammapping, "OPENMP_PASSIVE", True)
-    for load, threads in ((0.0, 8), (0.9, 8), (1.2, 7), (5.5, 3), (7.99, 1), (40.0, 1)):
-        monkeypatch.setattr(devices, "_load_average", lambda load=load: load)
-        assert resolve_threads(0) == threads, load
+    for busy, threads in ((0.0, 8), (0.4, 8), (1.2, 7), (5.5, 2), (7.6, 1), (8.0, 1)):
+        monkeypatch.setattr(devices, "busy_cores", lambda busy=busy: busy)
+        assert resolve_threads(0) == threads, busy
     assert resolve_threads(3) == 3  # even on a busy machine
-    monkeypatch.setattr(devices, "_load_average", lambda: 0.0)
+    monkeypatch.setattr(devices, "busy_cores", lambda: 0.0)
     monkeypatch.setattr(dreammapping, "OPENMP_PASSIVE", False)
     assert resolve_threads(0) == 1  # spinning threads: one, however idle the machine
 
 
-def test_load_average_is_the_os_ones_or_zero(monkeypatch):
-    if hasattr(os, "getloadavg"):
-        assert devices._load_average() >= 0.0
-    monkeypatch.delattr(os, "getloadavg", raising=False)  # as on Windows
-    assert devices._load_average() == 0.0
+def test_busy_cores_sees_a_process_that_holds_a_core():
+    # Known answer: a child process spinning on one core shows as ~1 busy core more than without it.
+    if not os.path.exists("/proc/stat"):
+        assert devices.busy_cores() == 0.0
+        return
+    cores = os.cpu_count() or 1
+    quiet = devices.busy_cores(0.3)
+    assert 0.0 <= quiet <= cores
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 5\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.3)  # the interpreter's start
+        busy = devices.busy_cores(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    quiet = min(quiet, devices.busy_cores(0.3))  # the quieter of before and after: other jobs come and go
+    assert busy > quiet + 0.5 or busy > cores - 0.5, (quiet, busy)  # a whole core more (or every core busy)
 
 
 def test_run_sets_the_resolved_threads_and_restores_the_callers(monkeypatch, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -56,20 +57,32 @@ def check_device(name: str) -> None:
 
 def resolve_threads(threads: int) -> int:
     """torch's CPU threads for a run: `threads` when > 0; else the cores other processes leave free — torch's own
-    count (every core, or OMP_NUM_THREADS) less the whole part of the 1-minute load average, at least one — when
-    OpenMP waits passively (dreammapping/__init__.py), and one otherwise. Threads on a core that another process
-    holds wait for each other at every barrier (0.7× one thread's speed even sleeping; spinning, 0.1×:
-    docs/performance.md)."""
+    count (every core, or OMP_NUM_THREADS) less the cores busy right now, at least one — when OpenMP waits passively
+    (dreammapping/__init__.py), and one otherwise. Threads on a core that another process holds wait for each other
+    at every barrier (0.7× one thread's speed even sleeping; spinning, 0.1×: docs/performance.md)."""
     if threads > 0:
         return threads
     if not dreammapping.OPENMP_PASSIVE:
         return 1
-    return max(1, torch.get_num_threads() - int(_load_average()))
+    return max(1, torch.get_num_threads() - round(busy_cores()))
 
 
-def _load_average() -> float:
-    """The 1-minute load average: processes running or waiting for a CPU; 0 where the OS does not say."""
+def busy_cores(interval: float = 0.1) -> float:
+    """How many cores other processes keep busy: the machine's CPU time not idle over `interval` seconds (this
+    process sleeps meanwhile), from Linux's /proc/stat; 0 where there is none. Not the load average, which still
+    counts a run that ended a minute ago."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+        return sum(ticks[:8]), idle  # user … steal (guest time is already in user)
+
     try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):  # Windows has no getloadavg
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
         return 0.0
+    if total1 <= total0:
+        return 0.0
+    return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / (total1 - total0))
