@@ -54,7 +54,8 @@ class OptimizerConfig:
         if not params:
             return None
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.name]
-        fused = all(p.is_cuda and p.dtype == torch.float32 for p in params)  # one kernel, not one per tensor
+        # one kernel for every tensor, not ~10 small ops per tensor (Mψ has ~40: 4 ms a step on a CPU otherwise)
+        fused = all(p.device.type in ("cuda", "cpu") and p.dtype == torch.float32 for p in params)
         return cls(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay, fused=fused or None)
 
 
