@@ -14,10 +14,11 @@ what is missing (a run counts when its eval.json exists), so the benchmark can b
 Variants (flags on top of the current cpu preset; `--threads 1` is added to every run):
     before      the preset of the first release, configs/cpu-v0.1.yaml: 300 steps, densification at steps 150 and
                 200, its learning rates, the prior in fp32
-    after       the preset as it is now (on a CPU with native bf16: 200 steps, densification at 99 and 132,
-                learning rates 1.5× the first release's, the prior in bf16)
+    after       the preset as it is now (on a CPU with native bf16: 160 steps, densification at 81 and 108,
+                learning rates 1.875× the first release's, the prior in bf16)
     bf16-300    the first release's preset with the prior in bf16 (bf16 alone)
-    200-old-lr  the current preset with the first release's learning rates (the shorter schedule alone, bf16)
+    s200-lr1    200 steps (densification at 99 and 132) with the first release's learning rates, bf16
+    s200-lr1.5  the same with learning rates 1.5× the first release's
 
 The report gives, per metric, the mean of the paired differences (variant − before) over prompts × seeds with a
 95% bootstrap interval, and the training seconds as the runs report them (only comparable between runs that ran
@@ -41,13 +42,18 @@ from claims import bootstrap_ci  # noqa: E402  (the claims benchmark's percentil
 from dreammapping.toyworld.grammar import HELD_OUT, with_article  # noqa: E402
 
 FIRST_RELEASE = f"--config {Path(__file__).resolve().parents[1] / 'configs' / 'cpu-v0.1.yaml'}"
-FIRST_RELEASE_LR = ("--lr.position-init 2e-3 --lr.position-final 2e-4 --lr.log-scales 1e-2 --lr.quats 5e-3 "
-                    "--lr.opacity-logits 5e-2 --lr.sh-dc 2e-2")
+
+S200 = "--iterations 200 --density.refine-start 90 --density.refine-stop 140 --density.refine-every 33"
+LR1 = ("--lr.position-init 2e-3 --lr.position-final 2e-4 --lr.log-scales 1e-2 --lr.quats 5e-3 "
+       "--lr.opacity-logits 5e-2 --lr.sh-dc 2e-2")
+LR15 = ("--lr.position-init 3e-3 --lr.position-final 3e-4 --lr.log-scales 1.5e-2 --lr.quats 7.5e-3 "
+        "--lr.opacity-logits 7.5e-2 --lr.sh-dc 3e-2")
 VARIANTS = {
     "before": FIRST_RELEASE,
     "after": "",
     "bf16-300": f"{FIRST_RELEASE} --dtype bfloat16",
-    "200-old-lr": FIRST_RELEASE_LR,
+    "s200-lr1": f"{S200} {LR1}",
+    "s200-lr1.5": f"{S200} {LR15}",
 }
 KEYS = ("iou", "color_error", "psnr", "ssim", "saturation_error", "attr_all")
 LOWER_IS_BETTER = {"color_error"}
