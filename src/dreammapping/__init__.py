@@ -7,8 +7,9 @@ __version__ = "0.1.0"
 
 # OpenMP threads that wait passively (sleep) instead of spinning at every barrier: with spinning, two torch threads
 # on a machine where another process holds a core ran ~8× slower than one (docs/performance.md). libgomp reads this
-# once, when torch loads it, so it only takes effect if torch is not imported yet; `train.resolve_threads` then uses
-# every core, and falls back to one thread when it could not be set (torch came first, or the user chose ACTIVE).
+# once, when torch loads it, so it only takes effect if torch is not imported yet; `devices.resolve_threads` then uses
+# the cores other processes leave free, and one thread when it could not be set (torch came first, or the user chose
+# ACTIVE).
 if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 OPENMP_PASSIVE = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
