@@ -24,15 +24,17 @@ TINY = ["--iterations", "6", "--num-points", "200", "--init", "sphere", "--turnt
 
 
 def batch(prompts: Path, out: Path, prior: Path, *extra) -> int:
+    # one thread a run, as the references: a run left alone in the pool would otherwise get every core
     return B.cli_batch([str(prompts), "--out", str(out), "--prior", str(prior), "--workers", "2", "--no-progress",
-                        *TINY, *map(str, extra)])
+                        "--threads", "1", *TINY, *map(str, extra)])
 
 
 def reference_run(tmp_path: Path, prior: Path, prompt: str, seed: int, *extra) -> Path:
-    """The same run made on its own, in this process, with `train` directly."""
+    """The same run made on its own, in this process, with `train` directly, on one thread as the batch's runs
+    (another thread count sums in another order: equal runs, not bit-identical ones)."""
     run = tmp_path / "reference" / f"{T.slugify(prompt)}-{seed}"
     cfg, _ = T.parse_args([prompt, "--prior", str(prior), *TINY, "--seed", str(seed), "--out", str(run),
-                           *map(str, extra)])
+                           "--threads", "1", *map(str, extra)])
     T.train(cfg, run, progress=False)
     return run
 

@@ -7,8 +7,9 @@ Every task is `train.train(cfg, OUT/<prompt-slug>-<method>-<seed>)`, so `render`
 work on its folder. The same task function (`run_task`) runs in both back-ends:
 
 - local (default): a pool of worker processes sized to the machine: one per GPU, or on a CPU one per core group
-  (`--threads` cores each, 1 by default with the cpu preset); each worker's torch / OpenMP threads are set to its
-  share of the cores, so the pool never oversubscribes the machine.
+  (`--threads` cores each; with the cpu preset's auto, one run per core, and the cores shared out when fewer
+  runs than cores remain); each worker's torch / OpenMP threads are set to its share of the cores, so the pool
+  never oversubscribes the machine.
 - `--ray auto|ADDRESS|local`: each task is a Ray task asking for its resources (`num_gpus=1` on a cluster with GPUs,
   otherwise `num_cpus` = its core group). Ray is an optional extra (`pip install -e ".[ray]"`), imported only here.
 
@@ -552,7 +553,7 @@ def _make_backend(todo: Sequence[Task], workers: int, threads: int, ray: str | N
     workers = min(workers or auto_workers, len(todo))
     share = max(1, machine_cores() // workers)  # never more threads in all than cores
     if not threads:
-        wanted = todo[0].config.threads  # a run's own --threads (the cpu preset's 1) caps its share; 0: the share
+        wanted = todo[0].config.threads  # a run's own --threads caps its share; 0 (auto, the cpu preset's): the share
         threads = share if gpus or wanted <= 0 else min(wanted, share)
     return LocalPool(workers, threads, gpus)
 
