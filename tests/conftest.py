@@ -69,6 +69,36 @@ def build_tiny_pipeline(folder: Path, latent: bool = False, prediction_type: str
     return folder
 
 
+def build_tiny_shap_e(folder: Path, sdf_bias: float | None = None) -> Path:
+    """A `ShapEPipeline` folder with random tiny weights (sizes as in diffusers' own Shap-E tests: the renderer's MLP
+    is 8 wide, the latent 32×16, whose rows params_proj turns into the MLP's first four weight matrices).
+    `sdf_bias`: added to the SDF output's bias, so that the random MLP describes a solid with a surface inside the
+    box (None: as initialised)."""
+    from diffusers import HeunDiscreteScheduler, PriorTransformer, ShapEPipeline
+    from diffusers.pipelines.shap_e import ShapERenderer
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    tokenizer = _tokenizer(folder / "_vocab")
+    text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=tokenizer.model_max_length, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        projection_dim=16))
+    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=8, num_layers=1, embedding_dim=16,
+                             num_embeddings=32, additional_embeddings=0, time_embed_act_fn="gelu",
+                             norm_in_type="layer", encoder_hid_proj_type=None, added_emb_type=None,
+                             time_embed_dim=32, embedding_proj_dim=16, clip_embed_dim=32)
+    renderer = ShapERenderer(param_shapes=((8, 93), (8, 8), (8, 8), (8, 8)), d_latent=16, d_hidden=8, n_output=12)
+    if sdf_bias is not None:
+        with torch.no_grad():
+            renderer.mlp.mlp[-1].bias[0] = sdf_bias  # channel 0 is the SDF
+    scheduler = HeunDiscreteScheduler(beta_schedule="exp", num_train_timesteps=1024, prediction_type="sample",
+                                      use_karras_sigmas=True, clip_sample=True, clip_sample_range=1.0)
+    ShapEPipeline(prior=prior, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+                  shap_e_renderer=renderer).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_pixel_folder(tmp_path_factory) -> Path:
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_pixel"))

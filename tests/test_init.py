@@ -5,38 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_tiny_shap_e
 
 from dreammapping import gaussians as G
 from dreammapping.export import save_ply
 from dreammapping.init import InitError, InitOptions, initialise, normalise
-
-
-def build_tiny_shap_e(folder):
-    """A randomly initialised ShapEPipeline small enough for a test (sizes as in diffusers' own Shap-E tests)."""
-    from diffusers import HeunDiscreteScheduler, PriorTransformer, ShapEPipeline
-    from diffusers.pipelines.shap_e import ShapERenderer
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    from conftest import _tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = _tokenizer(folder / "_vocab")
-    text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=16, projection_dim=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=24, bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    prior = PriorTransformer(
-        num_attention_heads=2, attention_head_dim=8, embedding_dim=16, num_embeddings=32, embedding_proj_dim=16,
-        time_embed_dim=32, num_layers=1, clip_embed_dim=32, additional_embeddings=0, time_embed_act_fn="gelu",
-        norm_in_type="layer", encoder_hid_proj_type=None, added_emb_type=None)
-    renderer = ShapERenderer(param_shapes=((8, 93), (8, 8), (8, 8), (8, 8)), d_latent=16, d_hidden=8, n_output=12,
-                             background=(1.0, 1.0, 1.0))
-    with torch.no_grad():  # SDF channel 0 biased positive: a solid object with a surface inside the box
-        renderer.mlp.mlp[-1].bias[0] = 3.0
-    scheduler = HeunDiscreteScheduler(beta_schedule="exp", num_train_timesteps=1024, prediction_type="sample",
-                                      use_karras_sigmas=True, clip_sample=True, clip_sample_range=1.0)
-    ShapEPipeline(prior=prior, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-                  shap_e_renderer=renderer).save_pretrained(folder)
-    return folder
 
 
 def test_sphere_and_ball():
@@ -87,7 +60,7 @@ def test_shap_e_falls_back_when_weights_are_missing(tmp_path, monkeypatch):
 
 
 def test_shap_e_path_with_a_tiny_random_pipeline(tmp_path):
-    folder = build_tiny_shap_e(tmp_path / "shap-e")
+    folder = build_tiny_shap_e(tmp_path / "shap-e", sdf_bias=3.0)
     options = InitOptions(shap_e_model=str(folder), shap_e_steps=2, shap_e_grid=12, shap_e_surface_points=150,
                           radius=0.8)
     gen = torch.Generator().manual_seed(0)

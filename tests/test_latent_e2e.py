@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import _tokenizer, build_tiny_pipeline
+from conftest import build_tiny_pipeline, build_tiny_shap_e
 
 from dreammapping import train as T
 from dreammapping.guidance import METHODS
@@ -27,32 +27,6 @@ from dreammapping.guidance.text2img import cli_text2img
 
 RESOLUTION = 64  # rendered side; the tiny VAE maps 64² images to 4×8×8 latents like SD maps 512² to 4×64×64
 NUM_POINTS = 1000  # Shap-E's surface points upsampled to this many starting Gaussians
-
-
-def build_tiny_shap_e(folder: Path) -> Path:
-    """A `ShapEPipeline` folder with random tiny weights (the renderer's MLP is 8 wide, the latent 32×16)."""
-    from diffusers import HeunDiscreteScheduler, PriorTransformer, ShapEPipeline
-    from diffusers.pipelines.shap_e import ShapERenderer
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    torch.manual_seed(0)
-    tokenizer = _tokenizer(folder / "_vocab")
-    text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        max_position_embeddings=tokenizer.model_max_length, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-        projection_dim=16))
-    # latent [32 rows, 16]: the renderer's params_proj turns rows into the MLP's first four weight matrices
-    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=8, num_layers=1, embedding_dim=16,
-                             num_embeddings=32, additional_embeddings=0, time_embed_act_fn="gelu",
-                             norm_in_type="layer", encoder_hid_proj_type=None, added_emb_type=None,
-                             time_embed_dim=32, embedding_proj_dim=16, clip_embed_dim=32)
-    renderer = ShapERenderer(param_shapes=((8, 93), (8, 8), (8, 8), (8, 8)), d_latent=16, d_hidden=8, n_output=12,
-                             n_hidden_layers=6, act_fn="swish", insert_direction_at=4)
-    scheduler = HeunDiscreteScheduler(beta_schedule="exp", num_train_timesteps=1024, prediction_type="sample",
-                                      use_karras_sigmas=True, clip_sample=True, clip_sample_range=1.0)
-    ShapEPipeline(prior=prior, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-                  shap_e_renderer=renderer).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
