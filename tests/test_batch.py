@@ -116,7 +116,9 @@ def test_ctrl_c_leaves_every_run_resumable_and_the_rerun_resumes(tiny_pixel_fold
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red cube\na blue sphere\n")
     out = tmp_path / "out"
-    longer = ("--iterations", 40)
+    # the Ctrl-C comes once both runs have a checkpoint (2 steps); 100 steps so that one run seldom finishes while
+    # the other worker is still starting (40 sometimes did on a loaded machine) — and if it does, it must be "done"
+    longer = ("--iterations", 100)
     runs = [out / "a-red-cube-vdm-0", out / "a-blue-sphere-vdm-0"]
 
     returned = threading.Event()
@@ -138,17 +140,22 @@ def test_ctrl_c_leaves_every_run_resumable_and_the_rerun_resumes(tiny_pixel_fold
     assert code == T.EXIT_INTERRUPTED, err
     assert "rerun the same command to resume" in err and "Traceback" not in err
     rows = read_csv(out / "summary.csv")
-    assert {r["status"] for r in rows.values()} == {"interrupted"}
+    status = {name: r["status"] for name, r in rows.items()}
+    assert "interrupted" in status.values() and set(status.values()) <= {"interrupted", "done"}, status
     steps = {}
     for run in runs:
-        assert not (run / "gaussians.ply").exists()
-        steps[run.name] = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
-        assert 0 < steps[run.name] < 40
+        if status[run.name] == "interrupted":
+            assert not (run / "gaussians.ply").exists()
+            steps[run.name] = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
+            assert 0 < steps[run.name] < 100
 
     assert batch(prompts, out, tiny_pixel_folder, "--evaluate", "none", *longer) == 0, capsys.readouterr().err
     rows = read_csv(out / "summary.csv")
     for run in runs:
-        assert rows[run.name]["status"] == "resumed" and int(rows[run.name]["resumed_from"]) == steps[run.name]
+        if status[run.name] == "interrupted":
+            assert rows[run.name]["status"] == "resumed" and int(rows[run.name]["resumed_from"]) == steps[run.name]
+        else:
+            assert rows[run.name]["status"] == "skipped"
         prompt = "a red cube" if "cube" in run.name else "a blue sphere"
         assert_same_run(run, reference_run(tmp_path, tiny_pixel_folder, prompt, 0, *longer))
 
