@@ -185,7 +185,8 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
     resolution = cfg.resolution or prior.resolution
     compute = f"{prior.device}, {str(prior.dtype).removeprefix('torch.')}"
     if prior.device.type == "cpu":
-        compute += f", {torch.get_num_threads()} threads"
+        threads = torch.get_num_threads()
+        compute += f", {threads} thread{'s' * (threads != 1)}"
     log(f"{'resuming' if resume else 'run'} {run_dir}: prior {cfg.prior} ({prior.resolution}², "
         f"{'latent' if prior.is_latent else 'pixel'} space, {compute}), method {cfg.method}, "
         f"{cfg.iterations} steps × {cfg.batch} views at {resolution}²")
