@@ -54,3 +54,11 @@ def test_auto_device_and_checks():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA GPU"):
             check_device("cuda")
+
+
+def test_native_bf16_is_what_torch_reports_and_no_when_torch_cannot_say(monkeypatch):
+    assert devices.native_cpu_bf16() == bool(torch.cpu._is_amx_tile_supported()
+                                             or torch.cpu._is_avx512_bf16_supported())
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert devices.native_cpu_bf16() is False

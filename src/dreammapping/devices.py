@@ -30,8 +30,10 @@ def resolve_dtype(name: str, device: torch.device | None = None, prior: str | No
 
 
 def native_cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware; elsewhere bf16 is emulated and slower than fp32."""
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    """Whether this CPU multiplies bf16 in hardware; elsewhere bf16 is emulated and slower than fp32. (torch's
+    own checks, private: a torch without them counts as no.)"""
+    checks = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(bool(check()) for check in checks if check is not None)
 
 
 def check_device(name: str) -> None:
