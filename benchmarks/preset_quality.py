@@ -17,7 +17,8 @@ Variants (flags on top of the current cpu preset; `--threads 1` is added to ever
     after       the preset as it is now (on a CPU with native bf16: 160 steps, densification at 81 and 108,
                 learning rates 1.875× the first release's, the prior in bf16)
     bf16-300    the first release's preset with the prior in bf16 (bf16 alone)
-    s200-lr1    200 steps (densification at 99 and 132) with the first release's learning rates, bf16
+    s200-lr1    200 steps (densification at 99 and 132) with the first release's learning rates (and the
+                preset's dtype: bf16 where native)
     s200-lr1.5  the same with learning rates 1.5× the first release's
 
 The report gives, per metric, the mean of the paired differences (variant − before) over prompts × seeds with a
@@ -41,7 +42,7 @@ from claims import bootstrap_ci  # noqa: E402  (the claims benchmark's percentil
 
 from dreammapping.toyworld.grammar import HELD_OUT, with_article  # noqa: E402
 
-FIRST_RELEASE = f"--config {Path(__file__).resolve().parents[1] / 'configs' / 'cpu-v0.1.yaml'}"
+FIRST_RELEASE = f"--config {shlex.quote(str(Path(__file__).resolve().parents[1] / 'configs' / 'cpu-v0.1.yaml'))}"
 
 S200 = "--iterations 200 --density.refine-start 90 --density.refine-stop 140 --density.refine-every 33"
 LR1 = ("--lr.position-init 2e-3 --lr.position-final 2e-4 --lr.log-scales 1e-2 --lr.quats 5e-3 "
@@ -56,7 +57,6 @@ VARIANTS = {
     "s200-lr1.5": f"{S200} {LR15}",
 }
 KEYS = ("iou", "color_error", "psnr", "ssim", "saturation_error", "attr_all")
-LOWER_IS_BETTER = {"color_error"}
 
 
 def prompts() -> list[str]:
