@@ -61,9 +61,10 @@ def test_busy_cores_sees_a_process_that_holds_a_core():
     cores = os.cpu_count() or 1
     quiet = devices.busy_cores(0.3)
     assert 0.0 <= quiet <= cores
-    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 5\nwhile time.time() < end: pass"])
+    spin = "import time\nprint('spinning', flush=True)\nend = time.time() + 10\nwhile time.time() < end: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.3)  # the interpreter's start
+        assert spinner.stdout.readline().strip() == "spinning"  # measured only once it spins, however slow its start
         busy = devices.busy_cores(0.5)
     finally:
         spinner.kill()
