@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dreammapping.checkpoint import CHECKPOINT
 from dreammapping.errors import OutputError, RunExistsError
-from dreammapping.files import atomic_path, describe_write_error, remove_stale_temporaries
+from dreammapping.files import atomic_path, check_writable_folder, describe_write_error, remove_stale_temporaries
 
 # What a run writes: any of them in a folder means the folder holds a run (not only checkpoint.pt).
 RUN_FILES = ("config.yaml", "loss.csv", "checkpoint.pt", "gaussians.ply", "turntable.mp4", "turntable.gif",
@@ -30,10 +30,7 @@ def prepare_run_dir(run_dir: Path, fresh: bool, overwrite: bool) -> list[str]:
         if existing and not overwrite:
             raise RunExistsError(f"{run_dir} already holds a run ({', '.join(existing)}); continue it with --resume "
                                  f"{shlex.quote(str(run_dir))}, choose another --out, or pass --overwrite")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        check_writable_folder(run_dir)
         remove_stale_temporaries(run_dir)  # a SIGKILL during an atomic write leaves its temporary behind
     except OSError as e:
         raise OutputError(f"cannot write to the output folder {run_dir}: {e.strerror or e}") from None
