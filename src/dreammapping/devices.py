@@ -18,10 +18,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def default_dtype(device: torch.device) -> torch.dtype:
+    """A prior's dtype when none is asked for: fp16 on CUDA, fp32 elsewhere."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
 def resolve_dtype(name: str, device: torch.device | None = None, prior: str | None = None) -> torch.dtype | None:
     """"auto" → bf16 for the embedded prior on a CPU that computes bf16 natively (AMX or AVX512-BF16: its UNet
     runs ~1.6× faster there, at equal ground-truth quality, docs/performance.md), else None (the prior picks: fp16 on
-    CUDA, fp32 on CPU); any other name → torch's dtype of that name."""
+    CUDA, fp32 on CPU: `default_dtype`); any other name → torch's dtype of that name."""
     if name != "auto":
         return getattr(torch, name)
     if device is not None and device.type == "cpu" and prior == "embedded" and native_cpu_bf16():

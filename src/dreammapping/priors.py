@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dreammapping.cameras import VIEW_TAGS
-from dreammapping.devices import resolve_device
+from dreammapping.devices import default_dtype, resolve_device
 
 VIEW_SUFFIXES: dict[str, str] = {tag: f", {tag} view" for tag in VIEW_TAGS}  # DreamFusion's view prompts
 EMBEDDED = "embedded"
@@ -191,7 +191,7 @@ class DiffusionPrior:
     def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, device=None, dtype=None,
                  text_device=None, name: str = ""):
         self.device = resolve_device(device or "auto")
-        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        self.dtype = dtype or default_dtype(self.device)
         self.name = name
         self.text_device = torch.device(text_device or self.device)
         self.unet = _freeze(unet, self.device, self.dtype)
@@ -260,7 +260,7 @@ class DiffusionPrior:
             if not kwargs["local_files_only"] and not _in_hf_cache(name):
                 kwargs["local_files_only"] = not _hub_reachable()
         device = resolve_device(device or "auto")
-        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        dtype = dtype or default_dtype(device)
         bars = _quiet_loading()
         try:
             unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kwargs)
