@@ -271,6 +271,10 @@ def test_python_api_raises_typed_errors(tmp_path, monkeypatch):
             T.generate(progress=False, **kwargs)
     with pytest.raises(T.ConfigError, match="iterations"):
         T.train(T.GenerateConfig(prompt="a red cube", iterations="ten"), tmp_path / "r", progress=False)
+    with pytest.raises(T.ConfigError, match="threads"):  # checked before the run's threads are set from it
+        T.train(T.GenerateConfig(prompt="a red cube", threads="two"), tmp_path / "r", progress=False)
+    with pytest.raises(T.ConfigError, match="expected a GenerateConfig"):
+        T.train("a red cube", tmp_path / "r", progress=False)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "r").exists()
     # the types a config really has still pass: an int for a float, None where allowed
     assert T.build_config("a red cube", max_loss=10, resolution=None).max_loss == 10.0

@@ -141,6 +141,7 @@ def train(cfg: GenerateConfig, run_dir: Path, resume: bool = False, progress: bo
           callback: Callable[[int, dict], bool | None] | None = None, log: Callable[[str], None] | None = None
           ) -> GenerateResult:
     """Run (or continue) Algorithm 1 for `cfg` in `run_dir`; writes every output and returns them."""
+    check_config(cfg)  # first: a bad config is a one-line error, before its threads are used (or the cores sampled)
     threads = torch.get_num_threads()
     torch.set_num_threads(resolve_threads(cfg.threads))
     run_dir = Path(run_dir)
@@ -160,9 +161,8 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
            callback: Callable[[int, dict], bool | None] | None, log: Callable[[str], None]) -> GenerateResult:
     wall_start = time.perf_counter()
 
-    # 1. Check the config and the run folder. Nothing of an old run is touched until everything below (prior,
-    #    init, checkpoint) is known to work.
-    check_config(cfg)
+    # 1. The run folder (`train` has checked the config). Nothing of an old run is touched until everything below
+    #    (prior, init, checkpoint) is known to work.
     words = unknown_prompt_words(cfg)
     if words:
         log(f"warning: the embedded prior does not know {', '.join(map(repr, words))}; it will ignore "
