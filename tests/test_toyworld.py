@@ -4,10 +4,12 @@ import pytest
 import torch
 
 from dreammapping.cameras import make_cameras, project
-from dreammapping.toyworld.dataset import EVAL_PROMPTS, all_pairs, sample_batch, sample_scenes, training_pairs
+from dreammapping.toyworld.dataset import (
+    EVAL_PROMPTS, EVAL_PROMPTS_V2, all_pairs, sample_batch, sample_scenes, training_pairs,
+)
 from dreammapping.toyworld.grammar import (
-    COLORS, HELD_OUT, MAX_SCENE_RADIUS, SHAPE_EXTENTS, SHAPES, Object, ParseError, Scene, UnknownWordsError,
-    make_scene, parse, split_view, unknown_words,
+    COLORS, HELD_OUT, MAX_SCENE_RADIUS, PATTERN_NAMES, SHAPE_EXTENTS, SHAPES, V1_COLOR_NAMES, Object, ParseError,
+    Scene, UnknownWordsError, make_scene, parse, split_view, unknown_words,
 )
 from dreammapping.toyworld.sdf import color_at, occupancy, render_scenes
 
@@ -41,8 +43,10 @@ def test_sample_batch_shapes_and_determinism():
     assert a[1] != c[1] and not torch.equal(a[0], c[0])
 
 
-def test_labels_agree_with_captions():
-    _, captions, labels = sample_batch(40, resolution=8, generator=torch.Generator().manual_seed(0), supersample=1)
+@pytest.mark.parametrize("world", [1, 2])
+def test_labels_agree_with_captions(world):
+    _, captions, labels = sample_batch(40, resolution=8, generator=torch.Generator().manual_seed(0), supersample=1,
+                                       world=world)
     colors, views = list(COLORS), ("front", "side", "back", "overhead")
     for i, cap in enumerate(captions):
         body, tag = split_view(cap)
@@ -57,7 +61,18 @@ def test_labels_agree_with_captions():
             second = scene.objects[1]
             assert (colors[labels["second_color"][i]], SHAPES[labels["second_shape"][i]]) == (second.color, second.shape)
             assert labels["relation"][i] == ("on top of", "next to").index(scene.relation)
+        if world == 2:
+            for k, obj in enumerate(scene.objects):
+                pre = "second_" if k else ""
+                assert labels[pre + "pattern"][i] == (PATTERN_NAMES.index(obj.pattern) if obj.pattern else 0)
+                assert labels[pre + "pattern_color"][i] == (colors.index(obj.pattern_color) if obj.pattern else -1)
+            if scene.relation is None:
+                assert labels["second_pattern"][i] == -1 and labels["second_pattern_color"][i] == -1
     assert (labels["relation"] >= 0).any() and (labels["relation"] == -1).any()
+    if world == 2:
+        assert (labels["pattern"] > 0).any() and (labels["pattern"] == 0).any()
+    else:
+        assert "pattern" not in labels and max(labels["color"].max(), labels["second_color"].max()) < len(V1_COLOR_NAMES)
 
 
 def test_held_out_pairs_excluded_unless_asked():
@@ -68,7 +83,8 @@ def test_held_out_pairs_excluded_unless_asked():
     assert len(seen) > 30  # and the rest are covered
     scenes, _ = sample_scenes(600, torch.Generator().manual_seed(1), include_held_out=True)
     assert {(o.color, o.shape) for s in scenes for o in s.objects} & held
-    assert len(all_pairs()) == len(SHAPES) * len(COLORS)
+    assert len(all_pairs()) == len(SHAPES) * len(V1_COLOR_NAMES)
+    assert len(all_pairs(2)) == len(SHAPES) * len(COLORS)
     assert len(training_pairs()) == len(all_pairs()) - len(HELD_OUT)
     assert sorted(s for _, s in HELD_OUT) == sorted(SHAPES)  # each shape held out once
 
