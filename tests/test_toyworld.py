@@ -14,7 +14,7 @@ from dreammapping.toyworld.dataset import (
 from dreammapping.toyworld.grammar import (
     ASPECT_RANGE, COLORS, HELD_OUT, HELD_OUT_PATTERNS, HUE_JITTER, KEY_STRENGTH_RANGE, MAX_SCENE_RADIUS, PAIR_SIZE,
     PATTERN_NAMES, PATTERN_PERIOD, PATTERNS, SHAPE_EXTENTS, SHAPE_PARAMS, SHAPES, SINGLE_SIZE, SIZE_RANGES, STRIPE_DUTY,
-    V1_COLOR_NAMES, YAW_RANGE, Object, ParseError, Scene, UnknownWordsError, bounding_radius, color_range, make_scene,
+    V1_COLOR_NAMES, V1_KNOWN_WORDS, YAW_RANGE, Object, ParseError, Scene, UnknownWordsError, bounding_radius, color_range, make_scene,
     parse, sample_scene, split_view, unknown_words,
 )
 from dreammapping.toyworld.sdf import color_at, occupancy, pattern_mask, render_scenes, signed_distance
@@ -459,3 +459,9 @@ def test_surface_and_solid_gaussians_follow_turned_patterned_scenes():
 def test_eval_prompts_v2_parse():
     scenes = [parse(p) for p in EVAL_PROMPTS_V2]
     assert {(o.pattern, o.shape) for s in scenes for o in s.objects} >= set(HELD_OUT_PATTERNS)
+
+
+def test_v1_vocabulary_reports_v2_words():
+    assert unknown_words("a red cube with white stripes", V1_KNOWN_WORDS) == ["with", "white", "stripes"]
+    assert unknown_words("a red cube with white stripes") == []
+    assert unknown_words("a small grey ball on top of a red cube, front view", V1_KNOWN_WORDS) == []

@@ -41,7 +41,7 @@ from dreammapping.guidance.vdm import VDMConfig
 from dreammapping.guidance.vsd import VSDConfig
 from dreammapping.init import InitOptions
 from dreammapping.strategy import DensityStrategy
-from dreammapping.toyworld.grammar import content_words, unknown_words
+from dreammapping.toyworld.grammar import V1_KNOWN_WORDS, content_words, unknown_words
 
 # The Config of every method in METHODS (SDS uses the base GuidanceConfig); tests check that none is missing.
 GuidanceOptions = GuidanceConfig | VDMConfig | CSDConfig | NFSDConfig | ISMConfig | VSDConfig
@@ -401,8 +401,9 @@ def check_config(cfg: GenerateConfig) -> None:
 
 
 def unknown_prompt_words(cfg: GenerateConfig) -> list[str]:
-    """Words of the prompt the embedded toy-world prior was never trained on (only checked for that prior)."""
-    return unknown_words(cfg.prompt) if cfg.prior == "embedded" else []
+    """Words of the prompt the embedded toy-world prior was never trained on (only checked for that prior; the
+    shipped one is world v1's, so patterns, white and black are reported)."""
+    return unknown_words(cfg.prompt, V1_KNOWN_WORDS) if cfg.prior == "embedded" else []
 
 
 # ================================================================================================ run folder names

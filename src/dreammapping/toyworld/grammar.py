@@ -107,6 +107,9 @@ KNOWN_WORDS: frozenset[str] = frozenset(
     _ARTICLES | set(_SIZE_SYNONYMS) | set(_COLOR_SYNONYMS) | set(_SHAPE_SYNONYMS) | _RELATION_WORDS | _VIEW_WORDS
     | set(_PATTERN_SYNONYMS) | _PATTERN_GLUE
 )
+# The words world v1 knew (what the shipped v1 prior was trained on): no patterns, no white or black.
+V1_KNOWN_WORDS: frozenset[str] = KNOWN_WORDS - set(_PATTERN_SYNONYMS) - _PATTERN_GLUE - {
+    w for w, c in _COLOR_SYNONYMS.items() if c not in V1_COLOR_NAMES}
 
 # ------------------------------------------------------------------------------------------------------ geometry
 
@@ -402,11 +405,12 @@ def _tokens(prompt: str) -> list[str]:
     return [w for w in words if not all(unicodedata.category(c).startswith("P") for c in w)]
 
 
-def unknown_words(prompt: str) -> list[str]:
-    """Words of `prompt` outside the vocabulary, in order of appearance, without repeats."""
+def unknown_words(prompt: str, known: frozenset[str] = KNOWN_WORDS) -> list[str]:
+    """Words of `prompt` outside the vocabulary `known` (V1_KNOWN_WORDS: world v1's), in order of appearance,
+    without repeats."""
     seen: list[str] = []
     for t in _tokens(prompt):
-        if t not in KNOWN_WORDS and t not in seen:
+        if t not in known and t not in seen:
             seen.append(t)
     return seen
 
