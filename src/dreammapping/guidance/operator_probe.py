@@ -1,0 +1,119 @@
+"""The operator's own ability: VDM on a frozen image, where the best Mψ is known (docs/prereg/operator_ability.md).
+
+Text-to-2D whose image never moves (`text2img(..., frozen=True)`): the renders' distribution q is a point mass at
+one image z₀, so x_t = √ᾱ_t z₀ + √(1 − ᾱ_t) ε and ε = (x_t − √ᾱ_t z₀)/√(1 − ᾱ_t) is a function of x_t. Wherever
+x_t ↦ ε_φ(x_t, t, y) is one-to-one, ε is a function of (ε_φ, t), so Mψ's target E_q[ε | ε_φ, t] is ε itself and the
+optimal op_ratio is 0 (docs/vdm_analysis.md §3, "perfect operator"). Only Mψ trains; each step's op_ratio is
+measured on a fresh (t, ε) draw before Mψ's update on it, so it is a held-out error.
+
+    rows = run_frozen_probe(prior, "a red cube", VDM.Config(condition_on_t=True), steps=2000, seed=0)
+    summary = summarise(rows, first=1500)            # op_ratio pooled over steps ≥ 1500 (ratio of sums), per band
+
+`provenance()` pins a record to its run (commit, versions, threads, dtype, the prior's sha256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from dreammapping.guidance.text2img import text2img
+from dreammapping.guidance.vdm import T_BANDS, VDMConfig
+
+LOGGED = ("t", "op_ratio", "op_shift", "loss_op", "cos_sds", "lambda", "grad_norm")  # per-step keys a row keeps
+
+
+@dataclass
+class ProbeSummary:
+    """Pooled over the probe's steps ≥ `first`: op_ratio as a ratio of sums (Σ‖Mψ − ε‖² / Σ‖ε_φ − ε‖²), per
+    t band too, and the mean per-step cos(VDM, SDS)."""
+
+    steps: int  # rows pooled
+    op_ratio: float
+    op_ratio_lo: float  # t < 300
+    op_ratio_mid: float  # 300 ≤ t < 600
+    op_ratio_hi: float  # t ≥ 600
+    cos_sds: float
+
+
+def frozen_truth_image(prior, prompt: str, seed: int = 0) -> Tensor:
+    """One toy-world truth render of `prompt` from a random orbit view, [1,3,R,R] in [0,1] (the image a run that
+    had converged on the truth would render)."""
+    from dreammapping.cameras import OrbitConfig, sample_orbit
+    from dreammapping.toyworld.grammar import parse
+    from dreammapping.toyworld.sdf import render_scenes
+
+    cams = sample_orbit(1, prior.resolution, prior.resolution, OrbitConfig(), torch.Generator().manual_seed(seed))
+    rgb, _ = render_scenes(parse(prompt), cams)
+    return rgb.permute(0, 3, 1, 2).clamp(0, 1)
+
+
+def run_frozen_probe(prior, prompt: str, config: VDMConfig, steps: int, seed: int = 0,
+                     image: Tensor | None = None) -> list[dict[str, float]]:
+    """VDM with `config` on a frozen image (default: `frozen_truth_image(prior, prompt, seed)`) for `steps` steps;
+    one row per step with the keys in LOGGED plus "step"."""
+    image = frozen_truth_image(prior, prompt, seed) if image is None else image
+    rows: list[dict[str, float]] = []
+
+    def record(step, out):
+        rows.append({"step": step, **{k: float(out.logs[k]) for k in LOGGED}})
+
+    text2img(prompt, "vdm", prior, steps=steps, seed=seed, config=config, init=image, frozen=True, callback=record)
+    return rows
+
+
+def summarise(rows: list[dict[str, float]], first: int = 0) -> ProbeSummary:
+    """Pool the rows with step ≥ `first`. ‖ε_φ − ε‖² per element is loss_op / op_ratio (batch of one)."""
+    late = [r for r in rows if r["step"] >= first]
+
+    def pooled(sel):
+        num = sum(r["loss_op"] for r in sel)
+        den = sum(r["loss_op"] / r["op_ratio"] for r in sel if r["op_ratio"] > 0)
+        return num / den if sel and den > 0 else float("nan")
+
+    bands = {band: pooled([r for r in late if lo <= r["t"] < hi]) for band, (lo, hi) in T_BANDS.items()}
+    cos = [r["cos_sds"] for r in late if math.isfinite(r["cos_sds"])]
+    return ProbeSummary(steps=len(late), op_ratio=pooled(late), op_ratio_lo=bands["lo"], op_ratio_mid=bands["mid"],
+                        op_ratio_hi=bands["hi"], cos_sds=sum(cos) / len(cos) if cos else float("nan"))
+
+
+def curve(rows: list[dict[str, float]], window: int = 100) -> list[dict[str, float]]:
+    """op_ratio (pooled) and mean cos(VDM, SDS) per consecutive window of steps: the curve along the run."""
+    out = []
+    for start in range(0, len(rows), window):
+        s = summarise(rows[start:start + window])
+        out.append({"step": rows[start]["step"], "op_ratio": s.op_ratio, "op_ratio_lo": s.op_ratio_lo,
+                    "op_ratio_mid": s.op_ratio_mid, "op_ratio_hi": s.op_ratio_hi, "cos_sds": s.cos_sds})
+    return out
+
+
+def provenance(prior) -> dict:
+    """What pins a record to its run: commit (and whether the tree had changes), torch / diffusers versions, CPU
+    bf16 flag, threads, the prior's device and dtype and the sha256 of its UNet weights. (To move next to the
+    claims records' pinning once both exist on one branch.)"""
+    import diffusers
+
+    from dreammapping.devices import native_cpu_bf16
+    from dreammapping.priors import embedded_prior_path
+
+    root = Path(__file__).resolve().parents[3]
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    weights = sorted((embedded_prior_path() / "unet").glob("*.safetensors"))
+    sha = hashlib.sha256(weights[0].read_bytes()).hexdigest() if weights else None
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "cpu_bf16": native_cpu_bf16(), "device": str(prior.device),
+            "dtype": str(prior.dtype).replace("torch.", ""), "prior_unet_sha256": sha}
