@@ -37,13 +37,14 @@ def cmd_run(args) -> int:
     prior = DiffusionPrior.from_pretrained("embedded", device="cpu", dtype=torch.float32)
     config = VDM.Config(operator_design=args.design, operator_size=args.size, condition_on_t=args.t,
                         operator_lr=args.lr, operator_init=args.init, guidance_scale=args.guidance_scale)
+    pinned = provenance(prior)  # at the start: the tree may get new commits while a long run goes on
     start = time.perf_counter()
     rows = run_frozen_probe(prior, args.prompt, config, args.steps, args.seed)
     seconds = time.perf_counter() - start
     summary = summarise(rows, first=min(FIRST, args.steps - 1) if args.steps > FIRST else args.steps // 2)
     record = {"name": args.name, "command": "python benchmarks/operator_ability.py " + shlex.join(sys.argv[1:]),
               "prompt": args.prompt, "steps": args.steps, "seed": args.seed, "image": "toy-world truth render",
-              "config": dataclasses.asdict(config), "provenance": provenance(prior), "seconds": round(seconds, 1),
+              "config": dataclasses.asdict(config), "provenance": pinned, "seconds": round(seconds, 1),
               "summary": dataclasses.asdict(summary),
               "rows": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}
     RECORDS.mkdir(parents=True, exist_ok=True)
