@@ -39,7 +39,13 @@ def cmd_run(args) -> int:
                         operator_lr=args.lr, operator_init=args.init, guidance_scale=args.guidance_scale)
     pinned = provenance(prior)  # at the start: the tree may get new commits while a long run goes on
     start = time.perf_counter()
-    rows = run_frozen_probe(prior, args.prompt, config, args.steps, args.seed)
+    def progress(rows):
+        if len(rows) % 100 == 0:
+            s = summarise(rows[-100:])
+            print(f"step {len(rows)}: op_ratio {s.op_ratio:.3f} (lo {s.op_ratio_lo:.3f} hi {s.op_ratio_hi:.3f}) "
+                  f"cos_sds {s.cos_sds:.3f} {time.perf_counter() - start:.0f} s", flush=True)
+
+    rows = run_frozen_probe(prior, args.prompt, config, args.steps, args.seed, on_row=progress)
     seconds = time.perf_counter() - start
     summary = summarise(rows, first=min(FIRST, args.steps - 1) if args.steps > FIRST else args.steps // 2)
     record = {"name": args.name, "command": "python benchmarks/operator_ability.py " + shlex.join(sys.argv[1:]),

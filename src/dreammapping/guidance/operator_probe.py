@@ -56,14 +56,16 @@ def frozen_truth_image(prior, prompt: str, seed: int = 0) -> Tensor:
 
 
 def run_frozen_probe(prior, prompt: str, config: VDMConfig, steps: int, seed: int = 0,
-                     image: Tensor | None = None) -> list[dict[str, float]]:
+                     image: Tensor | None = None, on_row=None) -> list[dict[str, float]]:
     """VDM with `config` on a frozen image (default: `frozen_truth_image(prior, prompt, seed)`) for `steps` steps;
-    one row per step with the keys in LOGGED plus "step"."""
+    one row per step with the keys in LOGGED plus "step" (`on_row(rows)` is called after each, for progress)."""
     image = frozen_truth_image(prior, prompt, seed) if image is None else image
     rows: list[dict[str, float]] = []
 
     def record(step, out):
         rows.append({"step": step, **{k: float(out.logs[k]) for k in LOGGED}})
+        if on_row is not None:
+            on_row(rows)
 
     text2img(prompt, "vdm", prior, steps=steps, seed=seed, config=config, init=image, frozen=True, callback=record)
     return rows
