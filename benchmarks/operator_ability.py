@@ -23,11 +23,13 @@ from pathlib import Path
 import torch
 
 from dreammapping.guidance import VDM
-from dreammapping.guidance.operator_probe import ProbeSummary, curve, provenance, run_frozen_probe, summarise
+from dreammapping.guidance.operator_probe import (ProbeSummary, curve, loss_csv_rows, provenance, run_frozen_probe,
+                                                  summarise)
 from dreammapping.priors import DiffusionPrior
 
 RECORDS = Path(__file__).resolve().parent / "results" / "operator"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "operator_ability.md"
+RUNS3D = Path(__file__).resolve().parents[1] / "docs" / "vdm_probe" / "runs3d"
 FIRST = 1500  # the pre-registered window: steps 1500–1999
 THRESHOLD = 0.5  # pass: pooled op_ratio ≤ this
 
@@ -101,6 +103,19 @@ def cmd_summary(args) -> int:
             cells = [f"{w['op_ratio']:.2f} ({w['op_ratio_lo']:.2f} / {w['op_ratio_hi']:.2f}), cos {w['cos_sds']:.2f}"
                      for w in curve(r["rows"], 250)]
             lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    runs = sorted(p.parent for p in RUNS3D.glob("*/loss.csv"))
+    if runs:
+        lines += ["", "## Along a 3D run", "",
+                  f"VDM's own logs in the short 3D runs of docs/vdm_probe/runs3d (`cpu` preset, 300 iterations, batch 4, "
+                  "CFG 7.5; loss.csv keeps one step's logs every 10 steps): op_ratio pooled over the rows of each "
+                  "50-step window, and the window's mean cos(VDM, SDS). op_ratio 1: VDM's update is the classifier "
+                  "term (CSD-like); 0: SDS's. An automatic SDS-to-CSD schedule would show op_ratio rising from near 0 "
+                  "towards 1 and cos(VDM, SDS) falling.", ""]
+        table = {run.name: curve(loss_csv_rows(run / "loss.csv"), 5) for run in runs}
+        starts = [w["step"] for w in next(iter(table.values()))]
+        lines += ["| run | " + " | ".join(f"steps {s}–{s + 49}" for s in starts) + " |", "|---|" + "---|" * len(starts)]
+        for name, windows in table.items():
+            lines.append(f"| {name} | " + " | ".join(f"{w['op_ratio']:.2f}, cos {w['cos_sds']:.2f}" for w in windows) + " |")
     lines += ["", "## Commands", ""] + [f"    {r['command']}" for r in records] + [""]
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))

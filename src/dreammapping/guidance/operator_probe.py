@@ -96,6 +96,16 @@ def curve(rows: list[dict[str, float]], window: int = 100) -> list[dict[str, flo
     return out
 
 
+def loss_csv_rows(path: str | Path) -> list[dict[str, float]]:
+    """A run's loss.csv as rows `summarise` / `curve` read (step, t, loss_op, op_ratio, cos_sds). A row holds one
+    step's batch: its op_ratio is already a ratio of the batch's sums and t is the batch's mean (bands: approximate)."""
+    import csv
+
+    with open(path, newline="") as f:
+        return [{"step": int(r["step"]), **{k: float(r[k]) for k in ("t", "loss_op", "op_ratio", "cos_sds")}}
+                for r in csv.DictReader(f) if r.get("op_ratio") not in (None, "", "nan")]
+
+
 def provenance(prior) -> dict:
     """What pins a record to its run: commit (and whether the tree had changes), torch / diffusers versions, CPU
     bf16 flag, threads, the prior's device and dtype and the sha256 of its UNet weights. (To move next to the
