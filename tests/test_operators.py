@@ -138,25 +138,35 @@ def test_diagnostics_match_hand_computation_for_each_design(design, tiny_prior):
 
 
 def test_frozen_probe_keeps_the_image_and_pools_as_a_ratio_of_sums(tiny_prior):
-    """The probe trains ψ only (the image never moves); its summary pools op_ratio as Σ err_op / Σ err_id."""
+    """The probe trains ψ only (the image never moves), reproduces text2img(frozen=True)'s draws for a batch of
+    one, keeps one row per draw, and pools op_ratio as Σ err_op / Σ err_id."""
+    from dreammapping.guidance.text2img import text2img
+
     image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     config = VDM.Config(guidance_scale=4.0, condition_on_t=True)
     seen = []
-    from dreammapping.guidance.text2img import text2img
-
-    out = text2img("a red cube", "vdm", tiny_prior, steps=3, seed=0, config=config, init=image, frozen=True,
+    out = text2img("a red cube", "vdm", tiny_prior, steps=4, seed=0, config=config, init=image, frozen=True,
                    callback=lambda step, o: seen.append(o.logs))
     torch.testing.assert_close(out, image, atol=1e-6, rtol=0)  # frozen: the returned image is the start
-    rows = run_frozen_probe(tiny_prior, "a red cube", config, steps=6, seed=0, image=image)
-    assert [r["step"] for r in rows] == list(range(6))
+    rows = run_frozen_probe(tiny_prior, "a red cube", config, steps=4, seed=0, image=image)
+    assert [r["step"] for r in rows] == list(range(4))
+    assert [r["op_ratio"] for r in rows] == [logs["op_ratio"] for logs in seen]  # the same draws, bit for bit
     assert rows[0]["op_ratio"] == pytest.approx(1.0, abs=1e-5)  # identity start, before any update
     assert any(abs(r["op_ratio"] - 1) > 1e-4 for r in rows[1:])  # ψ trains
-    s = summarise(rows, first=2)
-    err_op = [r["loss_op"] for r in rows[2:]]
-    err_id = [r["loss_op"] / r["op_ratio"] for r in rows[2:]]
-    assert isinstance(s, ProbeSummary) and s.steps == 4
-    assert s.op_ratio == pytest.approx(sum(err_op) / sum(err_id), rel=1e-9)
-    assert s.cos_sds == pytest.approx(sum(r["cos_sds"] for r in rows[2:]) / 4, rel=1e-9)
-    assert [w["step"] for w in curve(rows, 3)] == [0, 3]
+    for r in rows:  # per-draw errors agree with the logged ratio
+        assert r["err_op"] / r["err_id"] == pytest.approx(r["op_ratio"], rel=1e-4)
+
+    rows = run_frozen_probe(tiny_prior, "a red cube", config, steps=3, seed=0, image=image, batch=2)
+    assert len(rows) == 6 and [r["step"] for r in rows] == [0, 0, 1, 1, 2, 2]
+    for a, b in zip(rows[::2], rows[1::2]):  # a step's logged op_ratio is the ratio of its draws' sums
+        assert (a["err_op"] + b["err_op"]) / (a["err_id"] + b["err_id"]) == pytest.approx(a["op_ratio"], rel=1e-4)
+    s = summarise(rows, first=1)
+    late = rows[2:]
+    assert isinstance(s, ProbeSummary) and s.steps == 2
+    assert s.op_ratio == pytest.approx(sum(r["err_op"] for r in late) / sum(r["err_id"] for r in late), rel=1e-9)
+    hi = [r for r in late if r["t"] >= 600]
+    if hi:
+        assert s.op_ratio_hi == pytest.approx(sum(r["err_op"] for r in hi) / sum(r["err_id"] for r in hi), rel=1e-9)
+    assert [w["step"] for w in curve(rows, 2)] == [0, 2]
     with pytest.raises(ValueError, match="init must be"):
         text2img("a red cube", "vdm", tiny_prior, steps=1, init=torch.rand(1, 3, 8, 8))

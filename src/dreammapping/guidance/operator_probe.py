@@ -24,10 +24,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dreammapping.guidance.text2img import text2img
 from dreammapping.guidance.vdm import T_BANDS, VDMConfig
 
-LOGGED = ("t", "op_ratio", "op_shift", "loss_op", "cos_sds", "lambda", "grad_norm")  # per-step keys a row keeps
 
 
 @dataclass
@@ -56,42 +54,70 @@ def frozen_truth_image(prior, prompt: str, seed: int = 0) -> Tensor:
 
 
 def run_frozen_probe(prior, prompt: str, config: VDMConfig, steps: int, seed: int = 0,
-                     image: Tensor | None = None, on_row=None) -> list[dict[str, float]]:
-    """VDM with `config` on a frozen image (default: `frozen_truth_image(prior, prompt, seed)`) for `steps` steps;
-    one row per step with the keys in LOGGED plus "step" (`on_row(rows)` is called after each, for progress)."""
-    image = frozen_truth_image(prior, prompt, seed) if image is None else image
-    rows: list[dict[str, float]] = []
+                     image: Tensor | None = None, batch: int = 1, on_row=None) -> list[dict[str, float]]:
+    """VDM with `config` on a frozen image (default: `frozen_truth_image(prior, prompt, seed)`) for `steps` steps
+    of `batch` draws each (the same image `batch` times: `text2img(..., frozen=True)`'s loop, whose draws it
+    reproduces for batch 1). One row per draw: step, t, err_op = mean (Mψ(ε_φ) − ε)², err_id = mean (ε_φ − ε)²,
+    and the step's cos_sds / loss_op / op_ratio (`on_row(rows)` is called after each step, for progress)."""
+    from dreammapping.guidance.vdm import VDM
 
-    def record(step, out):
-        rows.append({"step": step, **{k: float(out.logs[k]) for k in LOGGED}})
+    image = frozen_truth_image(prior, prompt, seed) if image is None else image
+    torch.manual_seed(seed)
+    method = VDM(prior, config)
+    emb = prior.encode_text(prompt, view_dependent=False).for_views(batch)
+    with torch.no_grad():
+        z = prior.encode_images(image.to(prior.device).expand(batch, -1, -1, -1).contiguous())
+    z.requires_grad_(True)  # as in text2img, though nothing steps it: the same graph, the same numbers
+    opt = method.optimizer_config().build(method.parameters())
+    rows: list[dict[str, float]] = []
+    for step in range(steps):
+        out = method.distill(z, emb, step, steps)
+        opt.zero_grad(set_to_none=True)
+        (out.loss + out.aux_loss).backward()
+        opt.step()
+        d = method.last_draw
+        err_op = (d.mapped - d.noise).float().pow(2).flatten(1).mean(1)
+        err_id = (d.eps_cond - d.noise).float().pow(2).flatten(1).mean(1)
+        for i in range(batch):
+            rows.append({"step": step, "t": int(d.t[i]), "err_op": float(err_op[i]), "err_id": float(err_id[i]),
+                         **{k: float(out.logs[k]) for k in ("cos_sds", "loss_op", "op_ratio")}})
         if on_row is not None:
             on_row(rows)
-
-    text2img(prompt, "vdm", prior, steps=steps, seed=seed, config=config, init=image, frozen=True, callback=record)
     return rows
 
 
+def _errors(row: dict[str, float]) -> tuple[float, float]:
+    """(err_op, err_id) of a row; rows that hold a batch of one as loss_op / op_ratio give them as those."""
+    if "err_id" in row:
+        return row["err_op"], row["err_id"]
+    return row["loss_op"], row["loss_op"] / row["op_ratio"] if row["op_ratio"] > 0 else float("nan")
+
+
 def summarise(rows: list[dict[str, float]], first: int = 0) -> ProbeSummary:
-    """Pool the rows with step ≥ `first`. ‖ε_φ − ε‖² per element is loss_op / op_ratio (batch of one)."""
+    """Pool the rows with step ≥ `first`: op_ratio as Σ err_op / Σ err_id, overall and per t band."""
     late = [r for r in rows if r["step"] >= first]
 
     def pooled(sel):
-        num = sum(r["loss_op"] for r in sel)
-        den = sum(r["loss_op"] / r["op_ratio"] for r in sel if r["op_ratio"] > 0)
-        return num / den if sel and den > 0 else float("nan")
+        pairs = [_errors(r) for r in sel]
+        pairs = [(a, b) for a, b in pairs if math.isfinite(b)]
+        den = sum(b for _, b in pairs)
+        return sum(a for a, _ in pairs) / den if pairs and den > 0 else float("nan")
 
     bands = {band: pooled([r for r in late if lo <= r["t"] < hi]) for band, (lo, hi) in T_BANDS.items()}
     cos = [r["cos_sds"] for r in late if math.isfinite(r["cos_sds"])]
-    return ProbeSummary(steps=len(late), op_ratio=pooled(late), op_ratio_lo=bands["lo"], op_ratio_mid=bands["mid"],
-                        op_ratio_hi=bands["hi"], cos_sds=sum(cos) / len(cos) if cos else float("nan"))
+    return ProbeSummary(steps=len({r["step"] for r in late}), op_ratio=pooled(late), op_ratio_lo=bands["lo"],
+                        op_ratio_mid=bands["mid"], op_ratio_hi=bands["hi"],
+                        cos_sds=sum(cos) / len(cos) if cos else float("nan"))
 
 
 def curve(rows: list[dict[str, float]], window: int = 100) -> list[dict[str, float]]:
-    """op_ratio (pooled) and mean cos(VDM, SDS) per consecutive window of steps: the curve along the run."""
+    """op_ratio (pooled) and mean cos(VDM, SDS) per consecutive window of `window` steps: the curve along the run."""
     out = []
-    for start in range(0, len(rows), window):
-        s = summarise(rows[start:start + window])
-        out.append({"step": rows[start]["step"], "op_ratio": s.op_ratio, "op_ratio_lo": s.op_ratio_lo,
+    steps = sorted({r["step"] for r in rows})
+    for start in range(0, len(steps), window):
+        chosen = set(steps[start:start + window])
+        s = summarise([r for r in rows if r["step"] in chosen])
+        out.append({"step": steps[start], "op_ratio": s.op_ratio, "op_ratio_lo": s.op_ratio_lo,
                     "op_ratio_mid": s.op_ratio_mid, "op_ratio_hi": s.op_ratio_hi, "cos_sds": s.cos_sds})
     return out
 

@@ -67,6 +67,16 @@ class VDMConfig(GuidanceConfig):
     operator_design: Literal["nonlinear", "linear", "nonlinear-noise"] = "nonlinear"
 
 
+@dataclass
+class VDMDraw:
+    """One step's draw as VDM saw it (detached; for probes): t [B], ε, ε_φ(x_t, t, y) and Mψ(ε_φ) [B,C,h,w]."""
+
+    t: torch.Tensor
+    noise: torch.Tensor
+    eps_cond: torch.Tensor
+    mapped: torch.Tensor
+
+
 class VDM(Guidance):
     """g = ω(t)(ε_φ^cfg(x_t,t,y) − λ_t·Mψ(ε_φ(x_t,t,y))),  L_op = ||Mψ(ε_φ(x_t,t,y)) − ε||²  (Eq. 17–19)."""
 
@@ -84,6 +94,7 @@ class VDM(Guidance):
         self.operator = operator if operator is not None else build_operator(prior, c)
         self.operator.to(prior.device, torch.float32)
         self.step = 0
+        self.last_draw: VDMDraw | None = None  # the latest step's draw and Mψ's output, for probes
 
     def parameters(self):
         return list(self.operator.parameters())
@@ -99,6 +110,7 @@ class VDM(Guidance):
         x_t = self.prior.add_noise(z, noise, t)
         eps_cfg, eps_cond, _ = self.prior.predict_noise(x_t, t, emb, self.guidance_scale)
         mapped = self.operator(eps_cond.detach(), t)
+        self.last_draw = VDMDraw(t=t, noise=noise, eps_cond=eps_cond.detach(), mapped=mapped.detach())
         loss_op = (mapped - noise).pow(2).mean()
         lam = dca_lambda(t, self.prior.alphas_cumprod, self.config.dca_cutoff) if self.config.dca \
             else torch.ones(t.shape, device=z.device)
