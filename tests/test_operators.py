@@ -9,14 +9,18 @@ import torch
 from dreammapping.guidance import VDM
 from dreammapping.guidance.operator_probe import ProbeSummary, curve, run_frozen_probe, summarise
 from dreammapping.guidance.operators import LinearOperator, WithObservationNoise, build_operator, linear_optimum
-from dreammapping.guidance.ulite import ULite
+from dreammapping.guidance.ulite import ULite, _sinusoidal
 
 DESIGNS = ["nonlinear", "linear", "nonlinear-noise"]
+# every design, plus the t-conditioned U-Lites (t added at the bottleneck; FiLM on every decoder level)
+CONFIGS = {**{d: {"operator_design": d} for d in DESIGNS}, "t-bottleneck": {"condition_on_t": True},
+           "t-film": {"condition_on_t": True, "t_conditioning": "film"}}
 
 
-@pytest.mark.parametrize("design", DESIGNS)
-def test_each_design_maps_eps_to_its_shape_and_starts_as_the_identity(design, tiny_prior):
-    op = VDM(tiny_prior, VDM.Config(operator_design=design)).operator
+@pytest.mark.parametrize("name", CONFIGS)
+def test_each_design_maps_eps_to_its_shape_and_starts_as_the_identity(name, tiny_prior):
+    op = VDM(tiny_prior, VDM.Config(**CONFIGS[name])).operator
+    design = CONFIGS[name].get("operator_design", "nonlinear")
     eps = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     out = op(eps, torch.tensor([10, 500, 990]))
     assert out.shape == eps.shape
@@ -28,11 +32,11 @@ def test_each_design_maps_eps_to_its_shape_and_starts_as_the_identity(design, ti
         assert tensor.shape == (3, 16, 16)
 
 
-@pytest.mark.parametrize("design", DESIGNS)
-def test_gradient_reaches_only_the_operator_and_the_render_only_through_the_update(design, tiny_prior):
+@pytest.mark.parametrize("name", CONFIGS)
+def test_gradient_reaches_only_the_operator_and_the_render_only_through_the_update(name, tiny_prior):
     """aux_loss (L_op) trains ψ and nothing else; loss (the update) reaches the render and never ψ or the UNet."""
     torch.manual_seed(0)
-    method = VDM(tiny_prior, VDM.Config(guidance_scale=4.0, operator_design=design, operator_init="identity"))
+    method = VDM(tiny_prior, VDM.Config(guidance_scale=4.0, **CONFIGS[name]))
     with torch.no_grad():  # move ψ off the identity so that every parameter has a live gradient path
         for p in method.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -98,6 +102,27 @@ def test_default_operator_is_todays_ulite_bit_for_bit(tiny_prior):
         assert torch.equal(p1, p2), n1
 
 
+def test_film_conditioning_makes_the_output_depend_on_t(tiny_prior):
+    """FiLM's scale, shift and output gain are live paths from t (off the zero start), absent by default."""
+    torch.manual_seed(0)
+    op = VDM(tiny_prior, VDM.Config(condition_on_t=True, t_conditioning="film")).operator
+    assert op.film is not None and VDM(tiny_prior, VDM.Config(condition_on_t=True)).operator.film is None
+    with torch.no_grad():
+        for p in op.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    eps = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    out_lo, out_hi = op(eps, torch.tensor([10, 10])), op(eps, torch.tensor([900, 900]))
+    assert (out_lo - out_hi).norm() > 1e-3 * out_lo.norm()
+    with torch.no_grad():  # the output gain alone: exp(gain(t)) multiplies the head's output per channel
+        for p in [*op.film.parameters()]:
+            p.zero_()
+        gain = op.out_gain(op.t_embed(_sinusoidal(
+            torch.tensor([10.0, 900.0]) / op.num_train_timesteps, 32))).exp()
+    assert gain.shape == (2, 3) and not torch.allclose(gain[0], gain[1])
+    with pytest.raises(ValueError, match="t_conditioning"):
+        ULite(3, (8, 16), condition_on_t=True, t_conditioning="concat")
+
+
 def test_bad_design_options_are_refused(tiny_prior):
     with pytest.raises(ValueError, match="operator_design"):
         VDM(tiny_prior, VDM.Config(operator_design="quadratic"))
@@ -107,11 +132,11 @@ def test_bad_design_options_are_refused(tiny_prior):
         build_operator(tiny_prior, VDM.Config(operator_design="linear", operator_init="random"))
 
 
-@pytest.mark.parametrize("design", DESIGNS)
-def test_diagnostics_match_hand_computation_for_each_design(design, tiny_prior):
+@pytest.mark.parametrize("name", CONFIGS)
+def test_diagnostics_match_hand_computation_for_each_design(name, tiny_prior):
     """op_ratio and cos(VDM, SDS) as logged, against the same quantities computed by hand from the draw."""
     torch.manual_seed(0)
-    method = VDM(tiny_prior, VDM.Config(guidance_scale=4.0, operator_design=design))
+    method = VDM(tiny_prior, VDM.Config(guidance_scale=4.0, **CONFIGS[name]))
     with torch.no_grad():
         for p in method.parameters():
             p.add_(0.1 * torch.randn_like(p))

@@ -66,7 +66,7 @@ def build_operator(prior, config) -> nn.Module:
             raise ValueError("operator_design linear starts at the identity (A = 1); operator_init must be identity")
         return LinearOperator(shape)
     ulite = ULite.for_prior(prior, size=config.operator_size, condition_on_t=config.condition_on_t,
-                            residual=config.operator_init == "identity")
+                            residual=config.operator_init == "identity", t_conditioning=config.t_conditioning)
     return ulite if design == "nonlinear" else WithObservationNoise(ulite, shape)
 
 

@@ -51,6 +51,9 @@ class VDMConfig(GuidanceConfig):
     # feed t to Mψ as well (a sinusoidal embedding added at the bottleneck); the paper's Mψ sees ε_φ only. Off:
     # measured neutral within noise (docs/vdm_analysis.md §7), so the paper's choice stays
     condition_on_t: bool = False
+    # how a t-conditioned U-Lite sees t: "bottleneck" (an embedding added there; as before) or "film" (also a
+    # scale and shift on every decoder level and a per-channel output gain; docs/operator_ability.md)
+    t_conditioning: Literal["bottleneck", "film"] = "bottleneck"
     # Mψ's size: "auto" (U-Lite ≈ 0.9M for SD latents, ≈ 14k for the 32² embedded prior), "small" (≈ 14k) or
     # "ulite" (≈ 0.9M at any input size — the paper's U-Lite, "1M parameters"; no measurable gain at 32²)
     operator_size: Literal["auto", "small", "ulite"] = "auto"
