@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from dreammapping.guidance import VDM
+from dreammapping.guidance import VDM, OptimizerConfig
 from dreammapping.guidance.operator_probe import (ProbeSummary, curve, loss_csv_rows, provenance, run_frozen_probe,
                                                   summarise)
 from dreammapping.priors import DiffusionPrior
@@ -67,6 +67,59 @@ def cmd_run(args) -> int:
     (RECORDS / f"{args.name}.json").write_text(json.dumps(record) + "\n")
     print(f"{args.name}: op_ratio {summary.op_ratio:.3f} (lo {summary.op_ratio_lo:.3f} mid {summary.op_ratio_mid:.3f} "
           f"hi {summary.op_ratio_hi:.3f}) cos_sds {summary.cos_sds:.3f}, {seconds:.0f} s")
+    return 0
+
+
+# replayed variants: name → (VDMConfig overrides, draws). The primary's configuration first, then the paper's Fig. 6
+# designs as specified (t-blind), then the pre-registered fixes in their order (lr, budget, size, conditioning).
+REPLAY: dict[str, tuple[dict, int]] = {
+    "replay-t-ulite": ({"condition_on_t": True}, 2000),
+    "replay-fig6-nonlinear": ({}, 2000),
+    "replay-fig6-linear": ({"operator_design": "linear"}, 2000),
+    "replay-fig6-nonlinear-noise": ({"operator_design": "nonlinear-noise"}, 2000),
+    "fix1-lr1e-3": ({"condition_on_t": True, "operator_lr": 1e-3}, 2000),
+    "fix1-lr3e-3": ({"condition_on_t": True, "operator_lr": 3e-3}, 2000),
+    "fix2-6000": ({"condition_on_t": True}, 6000),
+    "fix3-small": ({"condition_on_t": True, "operator_size": "small"}, 2000),
+    "fix4-film": ({"condition_on_t": True, "t_conditioning": "film"}, 2000),
+    "fix4-film-lr1e-3": ({"condition_on_t": True, "t_conditioning": "film", "operator_lr": 1e-3}, 2000),
+}
+
+
+def cmd_replay(args) -> int:
+    """The probe's stream replayed: one set of draws on the frozen image, every chosen variant trained on it in order
+    (on a frozen image the draws do not depend on ψ, so this is the online probe at a fraction of the UNet cost)."""
+    from dreammapping.guidance.operator_probe import frozen_truth_image, make_draws, replay
+    from dreammapping.guidance.operators import build_operator
+
+    torch.set_num_threads(args.threads)
+    prior = DiffusionPrior.from_pretrained("embedded", device="cpu", dtype=torch.float32)
+    pinned = provenance(prior)
+    image = frozen_truth_image(prior, args.prompt, args.seed)
+    names = args.variants.split(",")
+    start = time.perf_counter()
+    draws = make_draws(prior, args.prompt, image, max(REPLAY[n][1] for n in names), seed=args.seed)
+    print(f"{len(draws.t)} draws in {time.perf_counter() - start:.0f} s", flush=True)
+    for name in names:
+        overrides, n = REPLAY[name]
+        config = VDM.Config(**{"operator_size": args.size, **overrides})
+        torch.manual_seed(args.seed)
+        operator = build_operator(prior, config).to(prior.device, torch.float32)
+        opt = OptimizerConfig(name="adam", lr=config.operator_lr).build(operator.parameters())  # VDM's
+        sub = type(draws)(t=draws.t[:n], noise=draws.noise[:n], eps_cond=draws.eps_cond[:n])
+        t0 = time.perf_counter()
+        rows = replay(operator, opt, sub)
+        seconds = time.perf_counter() - t0
+        summary = summarise(rows, first=first_pooled(n))
+        record = {"name": name, "command": "python benchmarks/operator_ability.py " + shlex.join(sys.argv[1:]),
+                  "mode": "replay", "prompt": args.prompt, "steps": n, "batch": 1, "seed": args.seed,
+                  "image": "toy-world truth render", "config": dataclasses.asdict(config), "provenance": pinned,
+                  "seconds": round(seconds, 1), "summary": dataclasses.asdict(summary),
+                  "rows": [{k: (round(v, 7) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]}
+        RECORDS.mkdir(parents=True, exist_ok=True)
+        (RECORDS / f"{name}.json").write_text(json.dumps(record) + "\n")
+        print(f"{name}: op_ratio {summary.op_ratio:.3f} (lo {summary.op_ratio_lo:.3f} mid {summary.op_ratio_mid:.3f} "
+              f"hi {summary.op_ratio_hi:.3f}), {seconds:.0f} s", flush=True)
     return 0
 
 
@@ -145,10 +198,16 @@ def main(argv=None) -> int:
     r.add_argument("--guidance-scale", type=float, default=None)
     r.add_argument("--batch", type=int, default=1, help="draws per step (the frozen image repeated)")
     r.add_argument("--threads", type=int, default=1)
+    p = sub.add_parser("replay")
+    p.add_argument("--variants", default=",".join(REPLAY))
+    p.add_argument("--prompt", default="a red cube")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default="ulite", choices=["auto", "small", "ulite"])
+    p.add_argument("--threads", type=int, default=1)
     s = sub.add_parser("summary")
     s.add_argument("--out", type=Path, default=DOC)
     args = parser.parse_args(argv)
-    return {"run": cmd_run, "summary": cmd_summary}[args.cmd](args)
+    return {"run": cmd_run, "replay": cmd_replay, "summary": cmd_summary}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -195,3 +195,39 @@ def test_frozen_probe_keeps_the_image_and_pools_as_a_ratio_of_sums(tiny_prior):
     assert [w["step"] for w in curve(rows, 2)] == [0, 2]
     with pytest.raises(ValueError, match="init must be"):
         text2img("a red cube", "vdm", tiny_prior, steps=1, init=torch.rand(1, 3, 8, 8))
+
+
+def test_replayed_draws_are_vdms_and_a_film_operator_learns_a_known_bias(tiny_prior):
+    """make_draws gives ε_φ(x_t, t, y) of the frozen image (checked by hand for two draws); replay measures each
+    draw before training on it; on a known problem — ε = ε_φ − c(t)·b, a fixed image b scaled by a function of t —
+    the FiLM-conditioned U-Lite learns to explain most of ‖ε_φ − ε‖² (op_ratio well below 1)."""
+    from dreammapping.guidance import OptimizerConfig
+    from dreammapping.guidance.operator_probe import DrawSet, make_draws, replay
+
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    draws = make_draws(tiny_prior, "a red cube", image, 8, seed=1, chunk=4)
+    assert draws.t.shape == (8,) and draws.eps_cond.shape == draws.noise.shape == (8, 3, 16, 16)
+    assert int(draws.t.min()) >= 20 and int(draws.t.max()) <= 980
+    longer = make_draws(tiny_prior, "a red cube", image, 12, seed=1, chunk=4)  # whole chunks: a prefix, bit for bit
+    assert all(torch.equal(getattr(longer, k)[:8], getattr(draws, k)) for k in ("t", "noise", "eps_cond"))
+    z = 2 * image - 1
+    cond = tiny_prior.encode_text("a red cube", view_dependent=False).for_views(1).cond
+    for i in (0, 5):
+        a = tiny_prior.scheduler.alphas_cumprod[draws.t[i]]
+        x_t = a.sqrt() * z + (1 - a).sqrt() * draws.noise[i:i + 1]
+        with torch.no_grad():
+            ref = tiny_prior.unet(x_t, draws.t[i:i + 1], encoder_hidden_states=cond).sample
+        torch.testing.assert_close(draws.eps_cond[i:i + 1], ref, atol=1e-4, rtol=1e-4)
+
+    gen = torch.Generator().manual_seed(2)
+    n = 600
+    t = torch.randint(20, 981, (n,), generator=gen)
+    noise = torch.randn(n, 3, 16, 16, generator=gen)
+    bias = torch.randn(1, 3, 16, 16, generator=gen)
+    scale = (t.float() / 1000).view(-1, 1, 1, 1)  # c(t): the bias grows with t
+    known = DrawSet(t=t, noise=noise, eps_cond=noise + scale * bias)
+    torch.manual_seed(0)
+    op = build_operator(tiny_prior, VDM.Config(condition_on_t=True, t_conditioning="film"))
+    rows = replay(op, OptimizerConfig(lr=0.01).build(op.parameters()), known)
+    assert len(rows) == n and rows[0]["err_op"] == pytest.approx(rows[0]["err_id"], rel=1e-5)  # identity, untrained
+    assert summarise(rows, first=n - 150).op_ratio < 0.5  # from 1 at the start

@@ -86,6 +86,67 @@ def run_frozen_probe(prior, prompt: str, config: VDMConfig, steps: int, seed: in
     return rows
 
 
+@dataclass
+class DrawSet:
+    """N draws on one frozen image, as VDM makes them: t [N] ~ U{lo..hi}, ε [N,C,h,w] and ε_φ(x_t, t, y) [N,C,h,w]."""
+
+    t: Tensor
+    noise: Tensor
+    eps_cond: Tensor
+
+
+@torch.no_grad()
+def make_draws(prior, prompt: str, image: Tensor, n: int, seed: int = 0, config: VDMConfig | None = None,
+               chunk: int = 50) -> DrawSet:
+    """`n` iid draws of (t, ε, ε_φ) on the frozen `image` [1,3,R,R] — t over `config`'s range (VDM's default:
+    U{20..980}) — with the UNet run `chunk` draws at a time (only the conditional pass: L_op needs no other).
+
+    On a frozen image the draws do not depend on ψ, so training Mψ on these in order (`replay`) is the online
+    probe's stream of fresh draws, at a fraction of the cost; the same set serves every operator variant."""
+    from dreammapping.guidance.vdm import VDM
+
+    method = VDM(prior, config if config is not None else VDMConfig())
+    lo, hi = method.timestep_range(0, 1)
+    gen = torch.Generator().manual_seed(seed)
+    z = prior.encode_images(image.to(prior.device))
+    cond = prior.encode_text(prompt, view_dependent=False).for_views(1).cond
+    ts, noises, eps = [], [], []
+    for i in range(0, n, chunk):  # drawn chunk by chunk: a longer set starts with a shorter one (same seed, chunk, n a multiple of it)
+        k = min(chunk, n - i)
+        ts.append(torch.randint(lo, hi + 1, (k,), generator=gen))
+        noises.append(torch.randn((k, *z.shape[1:]), generator=gen))
+        tt, nn_ = ts[-1].to(prior.device), noises[-1].to(prior.device)
+        x_t = prior.add_noise(z.expand(k, -1, -1, -1), nn_, tt)
+        eps.append(prior.eps(x_t, tt, cond.expand(k, -1, -1)).float().cpu())
+    t, noise = torch.cat(ts), torch.cat(noises)
+    return DrawSet(t=t, noise=noise, eps_cond=torch.cat(eps))
+
+
+def replay(operator: torch.nn.Module, optimizer: torch.optim.Optimizer, draws: DrawSet, batch: int = 1,
+           on_row=None) -> list[dict[str, float]]:
+    """Train `operator` on `draws` in order, `batch` draws per step, with VDM's L_op = mean (Mψ(ε_φ, t) − ε)²; each
+    draw's errors are measured before the step that trains on it (held out). One row per draw, as
+    `run_frozen_probe`'s (step, t, err_op, err_id)."""
+    rows: list[dict[str, float]] = []
+    device = next(operator.parameters()).device
+    for step, i in enumerate(range(0, len(draws.t), batch)):
+        t = draws.t[i:i + batch].to(device)
+        noise, eps = draws.noise[i:i + batch].to(device), draws.eps_cond[i:i + batch].to(device)
+        mapped = operator(eps, t)
+        loss = (mapped - noise).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            err_op = (mapped.detach() - noise).pow(2).flatten(1).mean(1)
+            err_id = (eps - noise).pow(2).flatten(1).mean(1)
+        rows += [{"step": step, "t": int(t[k]), "err_op": float(err_op[k]), "err_id": float(err_id[k])}
+                 for k in range(len(t))]
+        if on_row is not None:
+            on_row(rows)
+    return rows
+
+
 def _errors(row: dict[str, float]) -> tuple[float, float]:
     """(err_op, err_id) of a row; rows that hold a batch of one as loss_op / op_ratio give them as those."""
     if "err_id" in row:
@@ -104,7 +165,7 @@ def summarise(rows: list[dict[str, float]], first: int = 0) -> ProbeSummary:
         return sum(a for a, _ in pairs) / den if pairs and den > 0 else float("nan")
 
     bands = {band: pooled([r for r in late if lo <= r["t"] < hi]) for band, (lo, hi) in T_BANDS.items()}
-    cos = [r["cos_sds"] for r in late if math.isfinite(r["cos_sds"])]
+    cos = [r["cos_sds"] for r in late if math.isfinite(r.get("cos_sds", float("nan")))]
     return ProbeSummary(steps=len({r["step"] for r in late}), op_ratio=pooled(late), op_ratio_lo=bands["lo"],
                         op_ratio_mid=bands["mid"], op_ratio_hi=bands["hi"],
                         cos_sds=sum(cos) / len(cos) if cos else float("nan"))
