@@ -50,11 +50,9 @@ def lighter(x: torch.Tensor) -> torch.Tensor:
     return 1 - 0.8 * (1 - x)
 
 
-DETAIL = ("log_energy", "edge_f")
-
-
 def detail(img, truth):
-    return {"log_energy": M.log_edge_energy_ratio(img, truth), "edge_f": M.relative_edge_f_score(img, truth)}
+    return {"log_energy": M.log_edge_energy_ratio(img, truth), "edge_f": M.relative_edge_f_score(img, truth),
+            "ssim": M.matched_ssim(img, truth)}
 
 
 def test_identical_images_score_the_ideal():
@@ -62,6 +60,7 @@ def test_identical_images_score_the_ideal():
     fg = alpha[..., 0] > 0.5
     assert M.log_edge_energy_ratio(truth, truth) == pytest.approx(0.0, abs=1e-12)
     assert M.relative_edge_f_score(truth, truth) == 1.0
+    assert M.matched_ssim(truth, truth) == pytest.approx(1.0, abs=1e-12)
     assert M.lightness_error(truth, truth, fg) == 0.0
     assert M.chroma_ratio(truth, truth, fg) == pytest.approx(1.0, abs=1e-12)
     assert M.halo_fraction(alpha, alpha) == 0.0
@@ -83,6 +82,8 @@ def test_a_lightness_change_alone_moves_no_detail_metric_but_moves_colour():
     d = detail(light, truth)
     assert d["log_energy"] == pytest.approx(0.0, abs=1e-9)
     assert d["edge_f"] == 1.0
+    assert d["ssim"] == pytest.approx(1.0, abs=1e-9)
+    assert M.ssim(light, truth) < 0.99  # plain SSIM is moved by it
     # the old absolute measure is moved by it (0.8² = 0.64 of the energy): the reason for the new ones
     assert M.edge_energy_ratio(light, truth) == pytest.approx(0.64, rel=1e-6)
     # colour metrics are what should see it: lighter and less chromatic
@@ -97,6 +98,7 @@ def test_blur_lowers_detail_more_the_more_it_blurs_and_adds_no_floaters():
     assert M.log_edge_energy_ratio(softer, truth) < M.log_edge_energy_ratio(soft, truth) < -0.1
     assert M.relative_edge_f_score(softer, truth) < M.relative_edge_f_score(soft, truth) <= 1.0
     assert M.relative_edge_f_score(softer, truth) < 0.95
+    assert M.matched_ssim(softer, truth) < M.matched_ssim(soft, truth) < 0.99
     a_soft = blur(alpha, 1.0)
     assert M.floater_count(a_soft, alpha) == 0.0
     assert M.halo_fraction(a_soft, alpha) < 0.01
@@ -109,6 +111,7 @@ def test_speckle_raises_energy_and_noise_and_costs_edge_f_score():
     assert 0 < M.log_edge_energy_ratio(noisy, truth) < M.log_edge_energy_ratio(noisier, truth)
     assert M.relative_edge_f_score(noisy, truth) < 0.9
     assert M.residual_noise(noisy, truth, alpha) > 0.03
+    assert M.matched_ssim(noisier, truth) < M.matched_ssim(noisy, truth) < 0.95
     assert M.floater_count(alpha, alpha) == 0.0  # speckle on the object is not a floater
 
 
@@ -120,6 +123,7 @@ def test_blur_plus_speckle_is_caught_by_f_score_and_noise_though_it_restores_ene
     both = speckle(soft, alpha)
     assert M.log_edge_energy_ratio(both, truth) > M.log_edge_energy_ratio(soft, truth)  # energy "restored"
     assert M.relative_edge_f_score(both, truth) < M.relative_edge_f_score(soft, truth)
+    assert M.matched_ssim(both, truth) < min(M.matched_ssim(soft, truth), M.matched_ssim(speckle(truth, alpha), truth))
     assert M.residual_noise(both, truth, alpha) > 2 * M.residual_noise(soft, truth, alpha)
 
 

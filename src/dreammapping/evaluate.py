@@ -51,7 +51,7 @@ from dreammapping.metrics import (  # noqa: F401  (re-exported: the pure metrics
     EDGE_RELATIVE_THRESHOLD, EDGE_THRESHOLD, EDGE_TOLERANCE, FLOATER_ALPHA, FOREGROUND_THRESHOLD, NOISE_ERODE,
     NOISE_SIGMA, PSNR_CAP, SILHOUETTE_DILATE, affine_matched_luma, chroma_ratio, edge_energy_ratio, edge_f_score,
     feature_statistics, fid_from_features, floater_count, foreground_mask, frechet_distance, halo_fraction,
-    high_frequency_noise, interior_high_frequency, lightness_error, log_edge_energy_ratio, mean_color,
+    high_frequency_noise, interior_high_frequency, lightness_error, log_edge_energy_ratio, matched_ssim, mean_color,
     mean_color_error, mean_edge_energy, mean_saturation, psnr, relative_edge_f_score, residual_noise, saturation,
     saturation_error, silhouette_iou, ssim, to_channels_first, to_channels_last, _luminance, _plane,
     _sobel_magnitude,
@@ -149,7 +149,7 @@ class EvalContext:
 GROUND_TRUTH_METRICS = ("iou", "psnr", "ssim", "color_error", "saturation_error", "edge_energy_ratio",
                         "edge_f_score", "hf_noise",
                         # claims v2: unmoved by a lightness change; CIELAB colour; what lies off the object
-                        "log_edge_energy", "edge_f_rel", "lightness_error", "chroma_ratio", "residual_noise",
+                        "ssim_matched", "log_edge_energy", "edge_f_rel", "lightness_error", "chroma_ratio", "residual_noise",
                         "halo", "floaters")
 ATTRIBUTE_METRICS = ("attr_color", "attr_shape", "attr_all")
 
@@ -177,6 +177,7 @@ def ground_truth_metrics(ctx: EvalContext) -> dict[str, float]:
         "edge_energy_ratio": edge_energy_ratio(rgb, gt_rgb),
         "edge_f_score": edge_f_score(rgb, gt_rgb),
         "hf_noise": high_frequency_noise(rgb, gt_rgb, gt_alpha),
+        "ssim_matched": matched_ssim(rgb, gt_rgb),
         "log_edge_energy": log_edge_energy_ratio(rgb, gt_rgb),
         "edge_f_rel": relative_edge_f_score(rgb, gt_rgb),
         "lightness_error": lightness_error(rgb, gt_rgb, both),

@@ -283,6 +283,15 @@ def relative_edge_f_score(images: Tensor, truth: Tensor, relative: float = EDGE_
     return float(2 * precision * recall / (precision + recall)) if precision + recall > 0 else 0.0
 
 
+
+def matched_ssim(images: Tensor, truth: Tensor) -> float:
+    """`ssim` of the result's affine-matched luma against the truth's luma (one channel, the same window): 1 = the
+    truth's structure. Blur and speckle both lower it and do not cancel (blur + speckle scores below either),
+    a lightness / contrast change alone leaves it at 1; a silhouette off by some pixels lowers it too."""
+    matched, lt = affine_matched_luma(images, truth)
+    as_images = lambda x: torch.from_numpy(x)[..., None].expand(-1, -1, -1, 3)  # noqa: E731
+    return ssim(as_images(matched), as_images(lt), data_range=1.0)
+
 def _lab(rgb: Tensor) -> np.ndarray:
     """[..., 3] sRGB in [0,1] → CIELAB (D65) float64, by scikit-image."""
     return rgb2lab(rgb.detach().double().cpu().clamp(0, 1).numpy(), channel_axis=-1)
