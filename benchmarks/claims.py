@@ -6,6 +6,7 @@
     python benchmarks/claims.py rescore                   # recompute records from the snapshots on disk
     python benchmarks/claims.py report                    # docs/claims.md + docs/claims/*.png from the records
     python benchmarks/claims.py text2d [--shard 0/2]      # text-to-2D runs (claim 6), one record each in text2d/
+    python benchmarks/claims.py prior-quality --scales 2 3 5 8.5   # the prior's own samples per prompt and scale
 
 **The guidance scale.** The paper writes CFG as ε_c + s·(ε_c − ε_u) (its Eq. 4); `priors.predict_noise` uses
 diffusers' ε_u + s'·(ε_c − ε_u). They are equal for s' = s + 1, so the paper's s = 7.5 is `guidance_scale=8.5`
@@ -536,6 +537,56 @@ def run_text2d(plan: Text2DPlan, shard: str | None = None, max_runs: int | None 
 
 TEXT2D_KEYS = ("attr_all", "attr_color", "attr_shape", "color_error", "saturation_error", "edge_energy_ratio",
                "hf_noise", "feature_distance", "coverage_error")
+
+
+# ================================================================================================ the regime
+V2_PROMPTS: tuple[str, ...] = (  # docs/prereg/claims_v2.md, set S1: HELD_OUT + random.Random(22).sample(seen, 15)
+    "a blue cone", "a red cylinder", "a green torus", "a yellow cube", "a purple sphere", "a brown torus",
+    "a gray cube", "a blue cylinder", "a red sphere", "a pink cone", "a cyan cylinder", "a brown sphere",
+    "a green sphere", "a brown cube", "a gray cone", "a gray sphere", "a blue torus", "a green cube",
+    "a yellow cone", "a pink cube",
+)
+REGIME_SCALES: tuple[float, ...] = (2.0, 3.0, 5.0, 8.5)
+
+
+def prior_quality_path(records: Path) -> Path:
+    return records / "regime" / "prior_quality.json"
+
+
+def run_prior_quality(records: Path, prompts, scales, n: int, steps: int, log=print) -> Path:
+    """The prior's own samples scored per (scale, prompt) (`regime.prior_sample_quality`), merged into
+    records/regime/prior_quality.json one (scale, prompt) at a time, so a stopped run keeps what it did."""
+    import dataclasses as dc
+
+    import torch
+
+    from dreammapping import provenance, regime
+    from dreammapping.files import atomic_write_text
+    from dreammapping.priors import DiffusionPrior
+    from dreammapping.toyworld.classifier import AttributeClassifier
+
+    torch.set_num_threads(1)
+    path = prior_quality_path(records)
+    record = load_record(path) or {"rows": []}
+    settings = {"samples": n, "steps": steps, "seed": 0, "sampler": "evaluate_models.prior_reference_images"}
+    if record.get("settings") not in (None, settings):
+        raise ValueError(f"{path} holds rows made with other settings {record['settings']}; move it away first")
+    prior = DiffusionPrior.from_pretrained("embedded", device="cpu", dtype=torch.float32)
+    classifier = AttributeClassifier.from_pretrained().eval()
+    done = {(r["guidance_scale"], r["prompt"]) for r in record["rows"]}
+    for scale in scales:
+        for prompt in prompts:
+            if (float(scale), prompt) in done:
+                continue
+            t0 = time.perf_counter()
+            row = regime.prior_sample_quality(prior, classifier, [prompt], [scale], n=n, steps=steps)[0]
+            record["rows"].append(dc.asdict(row))
+            record.update(settings=settings, pin=provenance.as_dict(provenance.pin("embedded", "cpu", "float32", 1)),
+                          protocol="claims-v2")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+            log(f"{prompt!r} at {scale}: attr_all {row.attr_all:.2f} ({time.perf_counter() - t0:.0f} s)")
+    return path
 
 
 # ================================================================================================ statistics
@@ -1199,7 +1250,7 @@ def budget_note(records: list[dict], variants) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/claims.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("plan", "run", "rescore", "views", "report", "text2d"))
+    parser.add_argument("command", choices=("plan", "run", "rescore", "views", "report", "text2d", "prior-quality"))
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="run folders (outside git)")
     parser.add_argument("--records", type=Path, default=DEFAULT_RECORDS, help="committed per-run JSON records")
     parser.add_argument("--iterations", type=int, default=Plan.iterations)
@@ -1212,6 +1263,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fid", action="store_true", help="also the classifier 3D-FID of each final scene")
     parser.add_argument("--steps", type=int, default=Text2DPlan.steps, help="text2d: optimisation steps per image")
     parser.add_argument("--docs", type=Path, default=REPO / "docs", help="report: where claims.md goes")
+    parser.add_argument("--scales", type=float, nargs="+", default=list(REGIME_SCALES),
+                        help="prior-quality: guidance scales (diffusers' form)")
+    parser.add_argument("--prompt-set", choices=("v1", "v2"), default="v2",
+                        help="prior-quality: the v1 records' 10 prompts or the pre-registered 20 (S1)")
+    parser.add_argument("--samples", type=int, default=32, help="prior-quality: samples per (prompt, scale)")
+    parser.add_argument("--sample-steps", type=int, default=30, help="prior-quality: sampler steps")
     args = parser.parse_args(argv)
     plan = Plan(root=args.root, records=args.records, iterations=args.iterations,
                 snapshot_every=args.snapshot_every, seeds=tuple(args.seeds), fid=args.fid,
@@ -1231,6 +1288,10 @@ def main(argv: list[str] | None = None) -> int:
         t2d = Text2DPlan(records=plan.records / "text2d", steps=args.steps, seeds=tuple(args.seeds),
                          variants=tuple(v for v in TEXT2D if not args.variants or v in args.variants))
         return 1 if run_text2d(t2d, args.shard, args.max_runs, log) else 0
+    if args.command == "prior-quality":
+        prompts = PROMPTS if args.prompt_set == "v1" else V2_PROMPTS
+        run_prior_quality(plan.records, prompts, args.scales, args.samples, args.sample_steps, log)
+        return 0
     if args.command == "views":  # pictures of finished runs whose record has none (runners before they existed)
         for job in plan.jobs():
             if status(plan, job) == "done" and not (plan.records / f"{job.name}.png").is_file():
