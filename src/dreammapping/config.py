@@ -29,6 +29,7 @@ import tyro
 import yaml
 
 from dreammapping import cameras as C
+from dreammapping.degrade import DegradeConfig, check_degrade
 from dreammapping.devices import check_device
 from dreammapping.errors import ConfigError, EmptyPromptError, UnknownMethodError, UnknownPresetError
 from dreammapping.files import atomic_write_text
@@ -96,6 +97,8 @@ class GenerateConfig:
     # the prior's dtype; auto: fp16 on CUDA, bf16 for the embedded prior on a CPU with native bf16, else fp32
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     render_backend: str = "auto"  # rasterizer: "auto" (gsplat on CUDA if installed, else torch), "torch", "gsplat"
+    # experiments only: blur / desaturate what the prior sees, decaying to nothing by a fixed step (off by default)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
 
     def __post_init__(self):
         # `GenerateConfig(method="sds")` or `dataclasses.replace(cfg, method="ism")`: the options follow the method.
@@ -390,6 +393,10 @@ def check_config(cfg: GenerateConfig) -> None:
         raise ConfigError(f"max_loss must be > 0 (inf switches the explosion check off), got {cfg.max_loss}")
     if cfg.threads < 0:
         raise ConfigError(f"threads must be ≥ 0, got {cfg.threads}")
+    try:
+        check_degrade(cfg.degrade)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     check_device(cfg.device)
     guidance = method_config(cfg)
     scale = guidance.guidance_scale

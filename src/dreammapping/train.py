@@ -98,6 +98,7 @@ from dreammapping.errors import (
     UnknownMethodError,
     UnknownPresetError,
 )
+from dreammapping.degrade import degrade_images
 from dreammapping.export import save_ply, save_turntable, save_view_grid, turntable_frames
 from dreammapping.files import atomic_write_text, is_disk_full
 from dreammapping.gaussians import Gaussians, make_optimizer, update_learning_rates
@@ -261,6 +262,7 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
             # 5b. render, score with the prior, back-propagate
             render = rasterize(gaussians, cams, background=background, backend=cfg.render_backend)
             images = render.rgb.permute(0, 3, 1, 2)  # [B,H,W,3] → [B,3,H,W]
+            images = degrade_images(images, cfg.degrade, step)  # the prior's view only (identity unless set)
             try:
                 out = method(images, emb, step, cfg.iterations)
             except NonFiniteOutputError as e:  # not finite even in float32 (or fallback off): name it, keep θ
