@@ -199,15 +199,15 @@ def status(plan: Plan, job: Job) -> str:
 def train_job(plan: Plan, job: Job, resume: bool, log=print) -> None:
     """Train (or continue) one run, writing a snapshot .ply every `plan.snapshot_every` steps."""
     from dreammapping.export import save_ply
-    from dreammapping.train import build_config, train
+    from dreammapping.train import StepInfo, build_config, train
 
     run_dir = plan.run_dir(job)
     snapshots = run_dir / "snapshots"
     cfg = build_config(job.prompt, preset="cpu", out=str(run_dir), overwrite=not resume, **train_options(plan, job))
 
-    def snapshot(step: int, info: dict) -> None:
-        if step % plan.snapshot_every == 0 or step == plan.iterations:
-            save_ply(snapshots / f"step{step:05d}.ply", info["scene"])  # save_ply writes atomically
+    def snapshot(info: StepInfo) -> None:
+        if info.step % plan.snapshot_every == 0 or info.step == plan.iterations:
+            save_ply(snapshots / f"step{info.step:05d}.ply", info.preview())  # save_ply writes atomically
 
     snapshots.mkdir(parents=True, exist_ok=True)
     train(cfg, run_dir, resume=resume, progress=False, callback=snapshot, log=lambda msg: log(f"    {msg}"))

@@ -100,10 +100,11 @@ def test_train_options_apply_the_variant_and_the_scale(claims, tmp_path):
     cfg = build_config("a red cube", preset="cpu", **opts)
     assert method_config(cfg).dca_cutoff == 100 and method_config(cfg).guidance_scale == 8.5
     # the records' schedule and dtype stay pinned whatever the cpu preset becomes
-    d = cfg.density
+    d = cfg.scene.density
     assert (cfg.iterations, d.refine_start, d.refine_stop, d.refine_every, cfg.dtype, cfg.threads) == \
         (300, 100, 250, 50, "float32", 1)
-    assert (cfg.lr.position_init, cfg.lr.position_final, cfg.lr.opacity_logits, cfg.lr.sh_dc) == (2e-3, 2e-4, 5e-2, 2e-2)
+    lr = cfg.scene.lr
+    assert (lr.position_init, lr.position_final, lr.opacity_logits, lr.sh_dc) == (2e-3, 2e-4, 5e-2, 2e-2)
 
 
 def test_shards_split_the_jobs_without_overlap(claims, tmp_path):

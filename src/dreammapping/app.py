@@ -49,7 +49,7 @@ from dreammapping.errors import GenerateError, Interrupted, OutputError
 from dreammapping.evaluate import evaluate_run
 from dreammapping.formats import export
 from dreammapping.guidance import METHODS, default_guidance_scale
-from dreammapping.train import GenerateResult, train
+from dreammapping.train import GenerateResult, StepInfo, train
 from dreammapping.viewer import LiveView, configure_scene
 
 
@@ -83,7 +83,8 @@ class RunRequest:
 
     prompt: str
     method: str = "vdm"  # a name in dreammapping.guidance.METHODS
-    guidance_scale: float = default_guidance_scale("embedded")  # CFG scale (Stable Diffusion wants ~7.5)
+    # CFG scale; None: the prior's own default (`default_guidance_scale`: 7.5 for Stable Diffusion, 2 embedded)
+    guidance_scale: float | None = None
     dca_cutoff: int = 300  # VDM's DCA cut-off timestep (VDM only)
     iterations: int = PRESETS[DEFAULT_PRESET]().iterations  # the preset's schedule
     seed: int = 0
@@ -112,7 +113,7 @@ class Job:
 def job_config(request: RunRequest, run_dir: Path | None = None, **overrides) -> GenerateConfig:
     """The run's config: the cpu preset, the form's values, then `overrides` (GenerateConfig fields; tests use them
     for small turntables). Raises the CLI's `GenerateError`s for an unknown method or bad option."""
-    guidance = {"guidance_scale": float(request.guidance_scale)}
+    guidance = {"guidance_scale": None if request.guidance_scale is None else float(request.guidance_scale)}
     if request.method == "vdm":
         guidance["dca_cutoff"] = int(request.dca_cutoff)
     cfg = build_config(request.prompt, preset=DEFAULT_PRESET, method=request.method,
@@ -156,13 +157,13 @@ class RunQueue:
     """Runs jobs one at a time, in order, on a worker thread; see the module docstring for the states.
 
     `on_change(job)` is called after every state change and every step (from the worker or the caller's thread);
-    `on_step(job, step, info)` gets train's callback info (with the detached scene) every step.
+    `on_step(job, info)` gets train's `StepInfo` (with the scene) every step.
     """
 
     def __init__(self, runs_root: str | Path = "runs", *, runner: Runner = train_runner,
                  evaluate: Callable[[Path], dict] | None = ground_truth_metrics,
                  on_change: Callable[[Job], None] | None = None,
-                 on_step: Callable[[Job, int, dict], None] | None = None, **overrides):
+                 on_step: Callable[[Job, StepInfo], None] | None = None, **overrides):
         self.runs_root = Path(runs_root)
         self.runner, self.evaluate, self.overrides = runner, evaluate, overrides
         self.on_change, self.on_step = on_change, on_step
@@ -292,13 +293,13 @@ class RunQueue:
             self._changed(job)
 
     def _run(self, job: Job) -> None:
-        def callback(step: int, info: dict) -> bool:
-            job.step, job.iterations, job.loss = step, info["iterations"], info["loss"]
-            job.gaussians = info["gaussians"]
-            job.it_per_s = step / info["train_seconds"] if info["train_seconds"] > 0 else 0.0
+        def callback(info: StepInfo) -> bool:
+            job.step, job.iterations, job.loss = info.step, info.iterations, info.loss
+            job.gaussians = info.scene_size
+            job.it_per_s = info.step / info.train_seconds if info.train_seconds > 0 else 0.0
             if self.on_step is not None:
                 try:
-                    self.on_step(job, step, info)
+                    self.on_step(job, info)
                 except Exception:  # noqa: BLE001
                     traceback.print_exc()
             self._changed(job)
@@ -400,9 +401,11 @@ class App:
         gui.add_markdown("**dreammapping** — text → 3D Gaussian splat")
         self.prompt = gui.add_text("Prompt", initial_value="a red cube", hint="what to generate")
         self.method = gui.add_dropdown("Method", options=tuple(METHODS), initial_value="vdm")
-        self.guidance_scale = gui.add_number("Guidance scale", initial_value=RunRequest.guidance_scale, min=0.0,
-                                             max=100.0, step=0.1,
-                                             hint="classifier-free guidance; 2 suits the embedded prior")
+        self.guidance_scale = gui.add_number("Guidance scale", initial_value=default_guidance_scale("embedded"),
+                                             min=0.0, max=100.0, step=0.1,
+                                             hint="classifier-free guidance; follows the prior (2 embedded, 7.5 "
+                                                  "Stable Diffusion) until changed")
+        self._scale_edited = False  # once the user sets a scale, a new prior no longer replaces it
         self.dca_cutoff = gui.add_number("DCA cut-off", initial_value=300, min=0, max=1000, step=1,
                                          hint="VDM's distribution-coefficient annealing cut-off timestep")
         self.iterations = gui.add_number("Iterations", initial_value=RunRequest.iterations, min=1, max=100_000, step=1)
@@ -421,6 +424,16 @@ class App:
         def _(_event) -> None:
             self.dca_cutoff.disabled = self.method.value != "vdm"
 
+        @self.prior.on_update
+        def _(_event) -> None:
+            if not self._scale_edited:  # the prior's own default (7.5 for an SD prior), as the CLI would use
+                self.guidance_scale.value = default_guidance_scale(self.prior.value.strip() or "embedded")
+
+        @self.guidance_scale.on_update
+        def _(event) -> None:
+            if event.client is not None:  # a change typed on the page, not the prior's default set above
+                self._scale_edited = True
+
         @self.generate.on_click
         def _(_event) -> None:
             self.queue.submit(self.request())
@@ -434,12 +447,13 @@ class App:
     def request(self) -> RunRequest:
         """The form's current values."""
         return RunRequest(prompt=self.prompt.value, method=self.method.value,
-                          guidance_scale=self.guidance_scale.value, dca_cutoff=self.dca_cutoff.value,
+                          guidance_scale=self.guidance_scale.value if self._scale_edited else None,
+                          dca_cutoff=self.dca_cutoff.value,
                           iterations=self.iterations.value, seed=self.seed.value, prior=self.prior.value)
 
     # ---- updates from the queue ----
-    def _on_step(self, job: Job, step: int, info: dict) -> None:
-        self.view(step, info)
+    def _on_step(self, job: Job, info: StepInfo) -> None:
+        self.view(info)
 
     def _on_change(self, job: Job) -> None:
         with self._ui_lock:
@@ -479,7 +493,7 @@ class App:
 
         self._clear_result()
         result = job.result
-        self.view.show(result.gaussians)
+        self.view.show(result.scene.preview())
         gui, handles = self.server.gui, self._result_handles
         with self.result_folder:
             for name in ("gaussians.ply", *MESH_FILES):

@@ -221,9 +221,13 @@ def save_turntable(path: str | os.PathLike, gaussians: Gaussians, n_frames: int 
 
 def save_view_grid(path: str | os.PathLike, gaussians: Gaussians, size: int = 256, background=None) -> Path:
     """One PNG row of the canonical views: front, side, back, overhead."""
+    return save_frames_row(path, _render_frames(gaussians, canonical_views(size, size), background=background))
+
+
+def save_frames_row(path: str | os.PathLike, frames: np.ndarray) -> Path:
+    """uint8 frames [F,H,W,3] side by side in one PNG (written atomically)."""
     import imageio.v3 as iio
 
-    frames = _render_frames(gaussians, canonical_views(size, size), background=background)
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_bytes(iio.imwrite("<bytes>", np.concatenate(list(frames), axis=1), extension=".png"))

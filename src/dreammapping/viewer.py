@@ -25,6 +25,7 @@ import torch
 import viser
 
 from dreammapping.gaussians import Gaussians, quat_to_rotmat
+from dreammapping.train import StepInfo
 
 SPLAT_NODE = "/splat"  # the one scene node the live view draws into
 # Where the browser's camera starts: in front of the object, a little above (world is +z up, azimuth 0 = +x, as in
@@ -89,9 +90,16 @@ class LiveView:
     def url(self) -> str:
         return f"http://{self.server.get_host()}:{self.server.get_port()}"
 
-    def show(self, gaussians: Gaussians) -> None:
-        """Draw `gaussians` now (replacing what is shown)."""
-        arrays = splat_arrays(gaussians)
+    def show(self, preview: Gaussians | np.ndarray) -> None:
+        """Draw a scene's preview now (replacing what is shown): splats, or for a scene without them (a radiance
+        field) its rendered image [H,W,3] uint8, shown behind the 3D view."""
+        if not isinstance(preview, Gaussians):
+            with self._lock:
+                self.server.scene.set_background_image(np.asarray(preview))
+                self.updates += 1
+                self._last = time.perf_counter()
+            return
+        arrays = splat_arrays(preview)
         with self._lock:
             if self._handle is not None and len(arrays.centers) > 0:
                 # one buffer message; the count may change (densification)
@@ -110,10 +118,10 @@ class LiveView:
                 self._handle.remove()
                 self._handle = None
 
-    def __call__(self, step: int, info: dict) -> None:
-        last = step >= info["iterations"]
-        if last or (step % self.every == 0 and time.perf_counter() - self._last >= self.min_interval):
-            self.show(info["scene"])
+    def __call__(self, info: StepInfo) -> None:
+        last = info.step >= info.iterations
+        if last or (info.step % self.every == 0 and time.perf_counter() - self._last >= self.min_interval):
+            self.show(info.preview())  # only now: a scene without splats renders its preview
 
     def linger(self) -> None:
         """After a CLI run: keep the final splat on screen until Enter or Ctrl-C (only when stdin is a terminal)."""
