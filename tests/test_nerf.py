@@ -86,7 +86,7 @@ def test_gradients_match_finite_differences(shading):
     # float64, a tiny field, no skipping (the skip masks are piecewise constant): autograd = central differences,
     # through the colour, the depth, the finite-difference normals (lambert), sparsity and opacity. (The orientation
     # loss is left out: its weights carry a stop-gradient, which finite differences do not see.)
-    cfg = NerfConfig(grid_resolution=4, feature_dim=2, hidden_dim=3, samples_per_ray=12, background="learned",
+    cfg = NerfConfig(grid_resolution=4, feature_dim=2, hidden_dim=3, samples_per_ray=12, environment="learned",
                      blob_scale=2.0, lambda_orient=0.0, lambda_sparsity=1.0, lambda_opaque=1.0)
     torch.manual_seed(0)
     field = RadianceField(cfg).double()
@@ -183,7 +183,7 @@ def test_fit_to_toy_world_truth_reaches_psnr():
 
 # ---- state ------------------------------------------------------------------------------------------------------
 def test_state_dict_round_trip_is_bitwise():
-    cfg = NerfConfig(grid_resolution=12, background="learned")
+    cfg = NerfConfig(grid_resolution=12, environment="learned")
     torch.manual_seed(3)
     a = RadianceField(cfg)
     with torch.no_grad():

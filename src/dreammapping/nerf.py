@@ -20,22 +20,33 @@ its threshold with no probing.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from dreammapping.cameras import Cameras
+from dreammapping.cameras import Cameras, make_cameras
+from dreammapping.files import atomic_path
 from dreammapping.raymarch import FieldFns, Occupancy, camera_rays, march, sample_along
+from dreammapping.scene import Initialised, RenderOutput
 from dreammapping.toyworld.sdf import AMBIENT, FILL_DIR, FILL_STRENGTH, KEY_DIR, KEY_STRENGTH
 
 
 @dataclass
 class NerfConfig:
-    """The radiance field, its renderer, its regularisers and its optimiser."""
+    """A radiance field (`GenerateConfig.scene`, `generate … nerf`): field, renderer, regularisers, optimiser."""
+
+    state_keys: ClassVar[tuple[str, ...]] = ("field", "field_optimizer")  # its checkpoint entries
 
     radius: float = 1.1  # half side of the box [−r, r]³ the field lives in (toy scenes fit in a 1.05 ball)
     grid_resolution: int = 48  # vertices per side of the density and feature grids
@@ -50,13 +61,53 @@ class NerfConfig:
     normal_eps: float = 0.02  # finite-difference step of the normals, world units (≈ half a voxel)
     albedo_warmup: float = 0.2  # fraction of the run rendered albedo-only before Lambert shading starts
     shading: Literal["lambert", "albedo"] = "lambert"  # after the warm-up; "albedo": never shade
-    background: Literal["white", "learned"] = "white"  # learned: an environment MLP of the direction (SD priors)
+    # the background while training: "white" (the loop's own, as Gaussians), or "learned": an environment MLP of the
+    # ray direction replaces it (SD priors; threestudio's neural environment map); final pictures are on white
+    environment: Literal["white", "learned"] = "white"
     lambda_orient: float = 0.0  # weight of DreamFusion's orientation loss Σ sg(w)·max(0, n·d)²
     lambda_sparsity: float = 0.0  # weight of √(alpha² + 0.01), which shrinks floaters (threestudio's sparsity)
     lambda_opaque: float = 0.0  # weight of the binary entropy of alpha, which pushes pixels to 0 or 1
     lr_grid: float = 0.1  # Adam lr of the grids (dense grids take large steps, as DVGO; threestudio: 0.01, hash)
     lr_mlp: float = 0.005  # Adam lr of the colour MLP and the background (threestudio: 0.001)
     betas: tuple[float, float] = (0.9, 0.99)  # Adam betas (threestudio's prolificdreamer: AdamW [0.9, 0.99])
+    preview_size: int = 96  # side of the live view's image (the field has no splats to stream)
+
+    # ---- the SceneConfig protocol (dreammapping.scene) --------------------------------------------------------
+    def check(self) -> None:
+        """ValueError (one line) for a value no run can use."""
+        positive = {"radius": self.radius, "blob_std": self.blob_std, "normal_eps": self.normal_eps}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        for name in ("grid_resolution", "feature_dim", "hidden_dim", "samples_per_ray", "preview_size"):
+            if getattr(self, name) < (2 if name == "grid_resolution" else 1):
+                raise ValueError(f"{name} must be ≥ {2 if name == 'grid_resolution' else 1}, got {getattr(self, name)}")
+        if not 0 <= self.albedo_warmup <= 1:
+            raise ValueError(f"albedo_warmup is a fraction of the run, in [0, 1]; got {self.albedo_warmup}")
+        for name in ("occupancy_threshold", "weight_eps", "lambda_orient", "lambda_sparsity", "lambda_opaque",
+                     "lr_grid", "lr_mlp"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.shading not in ("lambert", "albedo") or self.environment not in ("white", "learned"):
+            raise ValueError(f"shading is 'lambert' or 'albedo' and environment 'white' or 'learned'; got "
+                             f"{self.shading!r}, {self.environment!r}")
+
+    def create(self, prompt: str, generator: torch.Generator, device: torch.device) -> Initialised:
+        """A fresh field: Magic3D's density blob, zero features (the prompt and generator are not needed)."""
+        field = RadianceField(self).to(device)
+        reason = f"a density blob (Magic3D: {self.blob_scale:g}·(1 − |x|/{self.blob_std:g}) before softplus)"
+        return Initialised(NerfTraining(self, field), "blob", reason)
+
+    def restore(self, state: dict[str, Any], device: torch.device) -> NerfTraining:
+        """The field of a checkpoint (its optimiser comes with `load_state_dict`)."""
+        field = RadianceField(self)
+        field.load_state_dict(state["field"])
+        return NerfTraining(self, field.to(device))
+
+    def load(self, path: str | Path, device: torch.device | str = "cpu") -> NerfScene:
+        """A scene from its native file (nerf.safetensors; the file's own field settings win over `self`'s)."""
+        field, _ = load_field(path, device)
+        return NerfScene(field)
 
 
 @dataclass
@@ -86,7 +137,7 @@ class RadianceField(nn.Module):
                                        nn.Linear(cfg.hidden_dim, 3))
         # The environment only exists where it is used, so a white-background field has no dead parameters.
         self.env_mlp = (nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 3))
-                        if cfg.background == "learned" else None)
+                        if cfg.environment == "learned" else None)
         self.register_buffer("key_light", F.normalize(torch.tensor(KEY_DIR), dim=0), persistent=False)
         self.register_buffer("fill_light", F.normalize(torch.tensor(FILL_DIR), dim=0), persistent=False)
 
@@ -225,3 +276,130 @@ def make_nerf_optimizer(field: RadianceField, cfg: NerfConfig) -> torch.optim.Ad
 def shading_at(step: int, max_steps: int, cfg: NerfConfig) -> str:
     """"albedo" during the warm-up (the first `albedo_warmup` of the run), then the config's shading."""
     return "albedo" if step < math.ceil(cfg.albedo_warmup * max_steps) else cfg.shading
+
+
+# ================================================================================================ behind the seam
+NATIVE_FILE = "nerf.safetensors"
+
+
+def save_field(path: str | Path, field: RadianceField, shading: str) -> Path:
+    """The field's tensors as safetensors, its `NerfConfig` and current shading as JSON metadata; atomic."""
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in field.state_dict().items()}
+    config = {f.name: getattr(field.cfg, f.name) for f in dataclasses.fields(field.cfg)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "dreammapping-nerf", "config": json.dumps(config),
+                                                "shading": shading})
+    return path
+
+
+def load_field(path: str | Path, device: torch.device | str = "cpu") -> tuple[RadianceField, str]:
+    """(field, shading) from `save_field`'s file; ValueError (one line) for a file that is not one."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != "dreammapping-nerf":
+            raise ValueError("not a radiance field of this program")
+        options = json.loads(meta["config"])
+        options["betas"] = tuple(options["betas"])
+        cfg = NerfConfig(**options)
+        field = RadianceField(cfg)
+        field.load_state_dict(load_file(str(path)))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise ValueError(f"{path}: cannot read a radiance field ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+    return field.to(device).requires_grad_(False), meta.get("shading", cfg.shading)
+
+
+class NerfScene:
+    """A `Scene` of a radiance field: volume rendering; the live view gets a rendered image."""
+
+    size_name: ClassVar[str] = "occupied_cells"  # grid cells that may hold density (metrics.json's key)
+
+    def __init__(self, field: RadianceField, shading: str | None = None):
+        self.field = field
+        self.shading = field.cfg.shading if shading is None else shading  # "albedo" during the warm-up
+
+    def parameters(self) -> dict[str, Tensor]:
+        return dict(self.field.named_parameters())
+
+    def render(self, cameras: Cameras, background: Tensor | None = None) -> RenderOutput:
+        """rgb / alpha / depth of `render_field` (background None: white, as `rasterize`); the `NerfRender` (with
+        the regularisers' inputs) in `extras`. While training, a learned environment replaces `background`."""
+        param = self.field.density_grid
+        training = param.requires_grad and torch.is_grad_enabled()
+        if training and self.field.env_mlp is not None:
+            background = None  # render_field: the environment
+        elif background is None:
+            background = torch.ones(3, dtype=param.dtype, device=param.device)
+        jitter = torch.default_generator if self.field.cfg.jitter and training else None
+        out = render_field(self.field, cameras, background, shading=self.shading, generator=jitter)
+        return RenderOutput(out.rgb, out.alpha, out.depth, extras=out)
+
+    @torch.no_grad()
+    def preview(self) -> np.ndarray:
+        """uint8 [S,S,3]: the field from the front-left, 15° up, on white (S = `preview_size`)."""
+        S = self.field.cfg.preview_size
+        one = lambda v: torch.tensor([float(v)])  # noqa: E731
+        cams = make_cameras(one(30), one(15), one(3.75), one(45), S, S)
+        rgb = self.render(cams).rgb[0].clamp(0, 1)
+        return (rgb * 255).round().to(torch.uint8).cpu().numpy()
+
+    def size(self) -> int:
+        return int(self.field.occupancy().cells.sum())
+
+    def detach_cpu(self) -> NerfScene:
+        return NerfScene(copy.deepcopy(self.field).cpu().requires_grad_(False), self.shading)
+
+
+class NerfTraining:
+    """A `Representation` of a radiance field: Adam on the grids and networks, the albedo warm-up, the
+    regularisers, the checkpoint's "field" / "field_optimizer" entries, nerf.safetensors. Empty-space skipping needs
+    no update after a step: the occupancy bound is recomputed from the grid at every render (a max-pool)."""
+
+    native_file: ClassVar[str] = NATIVE_FILE
+    state_keys: ClassVar[tuple[str, ...]] = NerfConfig.state_keys
+
+    def __init__(self, config: NerfConfig, field: RadianceField):
+        self.config = config
+        self.scene = NerfScene(field.requires_grad_(True))
+        self.optimizer = make_nerf_optimizer(field, config)
+
+    @property
+    def field(self) -> RadianceField:
+        return self.scene.field
+
+    def parameters(self) -> list[Tensor]:
+        return list(self.field.parameters())
+
+    def update_learning_rates(self, step: int, max_steps: int) -> None:
+        """Constant lrs (as threestudio's ProlificDreamer); the shading follows the warm-up, relative to the run."""
+        self.scene.shading = shading_at(step, max_steps, self.config)
+
+    def regularization(self, render: RenderOutput, step: int, max_steps: int) -> Tensor:
+        """λ-weighted orientation, sparsity and opacity losses of this step's render (added to the method's loss)."""
+        return nerf_regularizers(render.extras, self.config).total
+
+    def optimizer_step(self) -> None:
+        self.optimizer.step()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step_post_backward(self, render: RenderOutput, step: int, max_steps: int) -> None:
+        """Nothing changes shape: the grids stay, and occupancy is derived from them at each render."""
+
+    def logs(self) -> dict[str, float]:
+        out = {"occupied_cells": self.scene.size(), "lr_grid": self.optimizer.param_groups[0]["lr"]}
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"field": {k: v.detach().cpu() for k, v in self.field.state_dict().items()},
+                "field_optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["field_optimizer"])
+
+    def save(self, path: Path) -> Path:
+        return save_field(path, self.field, self.scene.shading)

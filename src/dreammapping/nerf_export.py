@@ -7,11 +7,16 @@
   opacity 1 − exp(−σ·voxel) is at least `min_alpha`, less those buried under opaque neighbours on all six sides —
   with that opacity and the colour the field renders there (albedo × the toy world's lights: splats are not lit
   by viewers), so `export.save_ply` gives a file the splat viewers open.
+
+`dreammapping export RUN --format glb|obj|ply|splat` uses these for a NeRF run (`field_file(RUN)`), `render` and
+`evaluate` render the field itself (`nerf.load_field`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dreammapping.gaussians import Gaussians, rgb_to_sh
-from dreammapping.nerf import RadianceField
+from dreammapping.nerf import NATIVE_FILE, RadianceField
 
 
 @dataclass
@@ -27,6 +32,7 @@ class NerfMeshConfig:
     resolution: int = 128  # samples per side of the box
     level: float = 5.0  # iso level in σ (world⁻¹): a 0.14-unit slab at this density is half opaque
     keep_fraction: float = 0.01  # connected pieces with fewer faces than this fraction of the total are dropped
+    decimate: float = 0.0  # fraction of the faces to remove (fast-simplification); 0 keeps them all
     chunk: int = 1 << 18  # points per field evaluation (memory)
 
 
@@ -76,6 +82,13 @@ def nerf_mesh(field: RadianceField, cfg: NerfMeshConfig = NerfMeshConfig()):
     pieces = mesh.split(only_watertight=False)
     if len(pieces) > 1:  # floaters
         mesh = trimesh.util.concatenate([p for p in pieces if len(p.faces) >= cfg.keep_fraction * len(mesh.faces)])
+    if cfg.decimate > 0:
+        try:
+            import fast_simplification
+        except ImportError as e:
+            raise ImportError("--decimate needs fast-simplification: pip install 'dreammapping[formats]'") from e
+        v, f = fast_simplification.simplify(mesh.vertices, mesh.faces, target_reduction=cfg.decimate)
+        mesh = trimesh.Trimesh(v, f, process=False)
     param = field.density_grid
     v = torch.as_tensor(mesh.vertices, dtype=param.dtype, device=param.device)
     rgb = _chunked(field.albedo, v, cfg.chunk).cpu().numpy()
@@ -118,3 +131,13 @@ def nerf_gaussians(field: RadianceField, cfg: NerfSplatConfig = NerfSplatConfig(
         opacity_logits=torch.logit(a.float().cpu()),
         sh=rgb_to_sh(color.float().cpu())[:, None, :],
     )
+
+
+def field_file(source: str | os.PathLike) -> Path | None:
+    """The radiance field a run folder or a path names (RUN/nerf.safetensors, or a .safetensors file), else None
+    (a Gaussian run, a .ply, a .splat)."""
+    source = Path(source)
+    if source.is_dir():
+        candidate = source / NATIVE_FILE
+        return candidate if candidate.is_file() and not (source / "gaussians.ply").is_file() else None
+    return source if source.suffix.lower() == ".safetensors" else None
