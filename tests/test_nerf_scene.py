@@ -3,6 +3,7 @@ bit for bit, and what a run folder is used for afterwards (render, export, evalu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -105,3 +106,32 @@ def test_interrupted_and_resumed_nerf_runs_end_identical(tiny_pixel_folder, tmp_
 def test_bad_field_options_are_one_line_errors(capsys):
     code, err = run_cli(capsys, "a red cube", "nerf", "--grid-resolution", "1")
     assert code == 2 and "grid_resolution" in err and len(err.strip().splitlines()) == 1
+
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["cpu-nerf.yaml", "paper-nerf.yaml"])
+def test_nerf_presets_load_and_give_every_field_a_source(name):
+    import yaml
+
+    path = CONFIGS / name
+    cfg = T.build_config("a blue cone", config_file=path)
+    assert isinstance(cfg.scene, N.NerfConfig)
+    cfg.scene.check()
+    # every option of the field is spelled out, each with a comment saying where it comes from
+    lines = path.read_text().split("scene:\n  nerf:\n")[1].splitlines()
+    fields = [line for line in lines if line.startswith("    ") and not line.strip().startswith("#")]
+    names = {line.split(":")[0].strip() for line in fields}
+    assert names == {f.name for f in dataclasses.fields(N.NerfConfig)}, names
+    assert all("#" in line for line in fields), [line for line in fields if "#" not in line]
+    assert yaml.safe_load(path.read_text())["scene"]["nerf"]["radius"] == cfg.scene.radius
+
+
+def test_paper_nerf_values():
+    cfg = T.build_config("a corgi", config_file=CONFIGS / "paper-nerf.yaml")
+    g = cfg.guidance
+    assert (cfg.method, g.guidance_scale, g.t_min, g.t_max, g.t_max_end) == ("vdm", 7.5, 0.02, 0.98, 0.5)
+    assert cfg.resolution == 64 and cfg.iterations == 25000 and cfg.batch == 1
+    assert (cfg.scene.blob_scale, cfg.scene.blob_std, cfg.scene.lambda_opaque) == (10.0, 0.5, 10.0)
+    assert cfg.scene.environment == "learned" and cfg.prior == "stabilityai/stable-diffusion-2-1-base"
