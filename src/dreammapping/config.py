@@ -42,6 +42,7 @@ from dreammapping.guidance.nfsd import NFSDConfig
 from dreammapping.guidance.vdm import VDMConfig
 from dreammapping.guidance.vsd import VSDConfig
 from dreammapping.init import InitOptions
+from dreammapping.nerf import NerfConfig
 from dreammapping.strategy import DensityStrategy
 from dreammapping.toyworld.grammar import V1_KNOWN_WORDS, content_words, unknown_words
 
@@ -51,7 +52,7 @@ GuidanceOptions = GuidanceConfig | VDMConfig | CSDConfig | NFSDConfig | ISMConfi
 # The representations (dreammapping.scene): name → its options. The name is the command line's subcommand
 # (`dreammapping generate "a cube" nerf …`; the first is the default) and the scene's key in YAML (`scene: {gaussians:
 # {…}}`). A new representation is one more entry here.
-SCENES: dict[str, type] = {"gaussians": GaussiansConfig}
+SCENES: dict[str, type] = {"gaussians": GaussiansConfig, "nerf": NerfConfig}
 # What `GenerateConfig.scene` holds: one tyro subcommand per entry of SCENES (a plain nested config while there is one).
 SceneOptions = typing.Union[tuple(Annotated[cls, tyro.conf.subcommand(name)] for name, cls in SCENES.items())]
 # The options the Gaussians' config took over from GenerateConfig: run folders and YAML files written before `scene`

@@ -46,6 +46,7 @@ from dreammapping.evaluate_models import (  # noqa: F401  (re-exported: the publ
 )
 from dreammapping.export import load_ply
 from dreammapping.files import atomic_write_text
+from dreammapping.gaussians import Gaussians
 from dreammapping.guidance.base import default_guidance_scale
 from dreammapping.metrics import (  # noqa: F401  (re-exported: the pure metrics of evaluate before the split)
     EDGE_RELATIVE_THRESHOLD, EDGE_THRESHOLD, EDGE_TOLERANCE, FLOATER_ALPHA, FOREGROUND_THRESHOLD, NOISE_ERODE,
@@ -56,6 +57,7 @@ from dreammapping.metrics import (  # noqa: F401  (re-exported: the pure metrics
     saturation_error, silhouette_iou, ssim, to_channels_first, to_channels_last, _luminance, _plane,
     _sobel_magnitude,
 )
+from dreammapping.nerf import NATIVE_FILE, NerfScene, load_field
 from dreammapping.render import rasterize
 from dreammapping.toyworld import grammar
 from dreammapping.toyworld.sdf import render_scenes
@@ -115,8 +117,11 @@ MODELS = ModelCache()  # what `evaluate_run` and `evaluate_gaussians` use unless
 
 @torch.no_grad()
 def _render(gaussians, cameras) -> tuple[Tensor, Tensor]:
-    """The result on white at `cameras`: rgb [B,H,W,3] in [0,1], alpha [B,H,W,1]."""
-    out = rasterize(gaussians, cameras, background=torch.ones(3, device=cameras.device))
+    """The result (`Gaussians`, or any `scene.Scene`: a radiance field) on white at `cameras`: rgb [B,H,W,3] in
+    [0,1], alpha [B,H,W,1]."""
+    white = torch.ones(3, device=cameras.device)
+    out = rasterize(gaussians, cameras, background=white) if isinstance(gaussians, Gaussians) else \
+        gaussians.render(cameras, white)
     return out.rgb.clamp(0, 1), out.alpha
 
 
@@ -257,17 +262,18 @@ def _attempt(names: str | Sequence[str], fn: Callable[[], dict | float | None], 
 
 def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None, models: ModelCache | None = None,
                  **overrides) -> dict:
-    """Every metric of one run folder (`gaussians.ply` + `config.yaml`); writes and returns `eval.json`'s dict:
+    """Every metric of one run folder (`gaussians.ply` or `nerf.safetensors`, + `config.yaml`); writes and returns
+    `eval.json`'s dict:
     {"run", "prompt", "prior", "metrics": name → float, "skipped": name → reason, "settings", "seconds"}.
     `overrides` replace fields of `options` (which is left as it is)."""
     opt = dataclasses.replace(options or EvalOptions(), **overrides)
     run_dir = Path(run_dir)
-    ply = run_dir / "gaussians.ply"
-    if not ply.is_file():
-        raise FileNotFoundError(f"{run_dir}: no gaussians.ply")
+    ply, field = run_dir / "gaussians.ply", run_dir / NATIVE_FILE
+    if not ply.is_file() and not field.is_file():
+        raise FileNotFoundError(f"{run_dir}: no gaussians.ply (nor a NeRF run's {NATIVE_FILE})")
     t0 = time.perf_counter()
     info = read_run_config(run_dir)
-    gaussians = load_ply(ply, device=opt.device)
+    gaussians = load_ply(ply, device=opt.device) if ply.is_file() else NerfScene(*load_field(field, opt.device))
     metrics, skipped = evaluate_gaussians(gaussians, info.prompt, info.prior, opt, models)
     result = {
         "run": str(run_dir),

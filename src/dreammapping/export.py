@@ -32,7 +32,10 @@ from dreammapping.cameras import canonical_views, turntable
 from dreammapping.errors import EXIT_OUTPUT, EXIT_USAGE
 from dreammapping.files import atomic_path, check_writable_folder, describe_write_error
 from dreammapping.gaussians import Gaussians, num_sh_bases
+from dreammapping.nerf import NerfScene, load_field
+from dreammapping.nerf_export import field_file
 from dreammapping.render import rasterize
+from dreammapping.scene import render_frames
 
 _LEAD = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
 _TAIL = ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
@@ -239,7 +242,7 @@ def cli_render(argv: list[str] | None = None) -> int:
     """`dreammapping render RUN_OR_PLY [--out DIR] [--frames N] [--size S]`: turntable.mp4 and views.png."""
     parser = argparse.ArgumentParser(
         prog="dreammapping render", description="Turntable video and view grid of a run folder or a .ply.")
-    parser.add_argument("source", help="a run folder (uses RUN/gaussians.ply) or a 3DGS .ply file")
+    parser.add_argument("source", help="a run folder (RUN/gaussians.ply, or a NeRF run's nerf.safetensors) or a 3DGS .ply")
     parser.add_argument("--out", default=None, help="output folder (default: the run folder / the .ply's folder)")
     parser.add_argument("--frames", type=int, default=60, help="turntable frames")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
@@ -259,16 +262,24 @@ def cli_render(argv: list[str] | None = None) -> int:
     if args.fps < 1:  # 0 divides by zero in the gif's frame time; a negative rate makes an mp4 of nothing
         return fail(f"--fps must be ≥ 1, got {args.fps}")
     source = Path(args.source)
-    ply = source / "gaussians.ply" if source.is_dir() else source
-    if source.is_dir() and not ply.is_file():
-        return fail(f"{source}: no gaussians.ply in this folder")
-    try:
-        gaussians = load_ply(ply)
-        check_finite(gaussians, ply)
-    except PlyError as e:
-        return fail(str(e))
-    if len(gaussians) == 0:
-        return fail(f"{ply}: no Gaussians to render (the file has 0 vertices)")
+    if field_file(source) is not None:  # a NeRF run: render the field itself
+        try:
+            field, shading = load_field(field_file(source))
+        except ValueError as e:
+            return fail(str(e))
+        scene, what, ply = NerfScene(field, shading), "a radiance field", field_file(source)
+    else:
+        ply = source / "gaussians.ply" if source.is_dir() else source
+        if source.is_dir() and not ply.is_file():
+            return fail(f"{source}: no gaussians.ply in this folder")
+        try:
+            gaussians = load_ply(ply)
+            check_finite(gaussians, ply)
+        except PlyError as e:
+            return fail(str(e))
+        if len(gaussians) == 0:
+            return fail(f"{ply}: no Gaussians to render (the file has 0 vertices)")
+        scene, what = None, f"{len(gaussians)} Gaussians, SH degree {gaussians.sh_degree}"
     out = Path(args.out) if args.out else ply.parent
     video_path = out / ("turntable.gif" if args.gif else "turntable.mp4")
     try:
@@ -276,9 +287,14 @@ def cli_render(argv: list[str] | None = None) -> int:
     except OSError as e:
         return fail(f"cannot write to {out}: {e.strerror or e}", EXIT_OUTPUT)
     try:  # each file is replaced whole or not at all; a failure (disk full, read-only folder) keeps the old one
-        video = save_turntable(video_path, gaussians, n_frames=args.frames, size=args.size, fps=args.fps)
-        grid = save_view_grid(out / "views.png", gaussians, size=args.size)
+        if scene is None:
+            video = save_turntable(video_path, gaussians, n_frames=args.frames, size=args.size, fps=args.fps)
+            grid = save_view_grid(out / "views.png", gaussians, size=args.size)
+        else:
+            frames = render_frames(scene, turntable(args.frames, args.size, args.size))
+            video = save_turntable(video_path, None, fps=args.fps, frames=frames)
+            grid = save_frames_row(out / "views.png", render_frames(scene, canonical_views(args.size, args.size)))
     except OSError as e:
         return fail(describe_write_error(e, e.filename or out) + "; existing files are unchanged", EXIT_OUTPUT)
-    print(f"wrote {video} and {grid} ({len(gaussians)} Gaussians, SH degree {gaussians.sh_degree})")
+    print(f"wrote {video} and {grid} ({what})")
     return 0

@@ -369,6 +369,9 @@ def train_step(run: Run, step: int) -> StepInfo:
     except NonFiniteOutputError as e:  # not finite even in float32 (or fallback off): name it, keep θ
         raise DivergedError(f"stopped at step {step}: {e}; resume with: {run.resume_command}") from None
     loss = out.loss + out.aux_loss
+    own = representation.regularization(render, step, cfg.iterations)  # e.g. a field's sparsity; None for 3DGS
+    if own is not None:
+        loss = loss + own
     loss.backward()
 
     # stop before a NaN or an explosion reaches the parameters
@@ -618,7 +621,9 @@ def cli_generate(argv: list[str] | None = None) -> int:
         print(f"dreammapping generate: interrupted; {hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     m = result.metrics
-    print(f"wrote {result.run_dir}: {m['gaussians']} Gaussians, {m['iterations']} steps in {m['train_seconds']:.1f} s "
+    size = result.scene.size_name
+    print(f"wrote {result.run_dir}: {m[size]} {size.replace('_', ' ')}, {m['iterations']} steps in "
+          f"{m['train_seconds']:.1f} s "
           f"({m['it_per_s']:.2f} it/s), final loss {m['final_loss']:.4g}; see {result.turntable_gif} and {result.views}")
     if view is not None:
         view.linger()  # keep the final splat on screen until Enter (on a terminal)
