@@ -46,7 +46,6 @@ from dreammapping.evaluate_models import (  # noqa: F401  (re-exported: the publ
 )
 from dreammapping.export import load_ply
 from dreammapping.files import atomic_write_text
-from dreammapping.gaussians import Gaussians
 from dreammapping.guidance.base import default_guidance_scale
 from dreammapping.metrics import (  # noqa: F401  (re-exported: the pure metrics of evaluate before the split)
     EDGE_RELATIVE_THRESHOLD, EDGE_THRESHOLD, EDGE_TOLERANCE, FLOATER_ALPHA, FOREGROUND_THRESHOLD, NOISE_ERODE,
@@ -120,8 +119,9 @@ def _render(gaussians, cameras) -> tuple[Tensor, Tensor]:
     """The result (`Gaussians`, or any `scene.Scene`: a radiance field) on white at `cameras`: rgb [B,H,W,3] in
     [0,1], alpha [B,H,W,1]."""
     white = torch.ones(3, device=cameras.device)
-    out = rasterize(gaussians, cameras, background=white) if isinstance(gaussians, Gaussians) else \
-        gaussians.render(cameras, white)
+    # a scene.Scene renders itself; plain Gaussians (a .ply) go through the rasterizer
+    out = gaussians.render(cameras, white) if hasattr(gaussians, "render") else \
+        rasterize(gaussians, cameras, background=white)
     return out.rgb.clamp(0, 1), out.alpha
 
 
