@@ -20,10 +20,13 @@ import numpy as np
 import torch
 
 from dreammapping.axes import from_file, to_file
-from dreammapping.export import PlyError, load_ply, save_ply
+from dreammapping.export import PlyError, check_splat, load_ply, save_ply
 from dreammapping.files import atomic_path
 from dreammapping.gaussians import Gaussians, rgb_to_sh, sh_to_rgb
+from dreammapping.errors import GenerateError
 from dreammapping.mesh import MeshConfig, extract_mesh, mesh_report, save_mesh
+from dreammapping.resources import mesh_bytes, require
+from dreammapping.rundir import check_not_a_run_file
 
 FORMATS = ("ply", "splat", "glb", "obj")
 SPLAT_DTYPE = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])
@@ -87,11 +90,13 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     source = Path(source)
     g = load_any(source)
+    check_splat(g, source)  # render's validator: NaN in, nothing out
     stem = "gaussians" if source.is_dir() else source.stem
     folder = source if source.is_dir() else source.parent
     out = Path(out) if out else folder / f"{stem}.{fmt}"
     if out.resolve() == (source / "gaussians.ply" if source.is_dir() else source).resolve():
         raise ValueError(f"{out}: would overwrite the source; pass --out")
+    check_not_a_run_file(out)  # e.g. --out RUN/checkpoint.pt: a later --resume would find it "damaged"
     if fmt == "ply":
         return save_ply(out, g), f"{len(g)} Gaussians, SH degree {g.sh_degree}"
     if fmt == "splat":
@@ -119,8 +124,10 @@ def cli_export(argv: list[str] | None = None) -> int:
         print("dreammapping export: --resolution must be in [8, 1024] and --decimate in [0, 1)", file=sys.stderr)
         return 2
     try:
+        if args.format in ("glb", "obj"):  # the voxel grid grows with the cube of the resolution
+            require(mesh_bytes(args.resolution), f"a mesh at --resolution {args.resolution}", "lower --resolution")
         path, summary = export(args.source, args.format, args.out, args.resolution, args.decimate)
-    except (PlyError, ValueError, OSError, ImportError) as e:
+    except (PlyError, ValueError, OSError, ImportError, GenerateError) as e:
         print(f"dreammapping export: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(f"wrote {path}: {summary}")
