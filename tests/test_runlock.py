@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -68,7 +66,7 @@ def test_a_second_writer_is_refused_and_changes_nothing(run_copy, tiny_pixel_fol
             proc2.kill()
             proc2.wait()
     finally:
-        proc.kill()  # SIGKILL: the kernel drops its lock
+        proc.kill()  # SIGKILL mid-"run": the kernel drops its lock, nothing is left locked
         proc.wait()
     assert not is_locked(run_copy)
     code, err = run_cli(capsys, "--resume", run_copy)
@@ -104,18 +102,3 @@ def test_two_generates_at_once_one_wins_whole(tiny_pixel_folder, tmp_path):
     rows = (run / "loss.csv").read_text().splitlines()
     assert rows[0].startswith("step,loss") and [int(r.split(",")[0]) for r in rows[1:]] == list(range(2, 21, 2))
 
-
-def test_a_kill_mid_run_leaves_the_folder_unlocked(tiny_pixel_folder, tmp_path, capsys):
-    run = tmp_path / "run"
-    argv = [sys.executable, "-m", "dreammapping.cli", "generate", "a red cube", "--prior", str(tiny_pixel_folder),
-            "--out", str(run), *TINY, "--iterations", "400", "--threads", "1"]
-    proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (run / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    assert is_locked(run)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not is_locked(run)
-    code, err = run_cli(capsys, "--resume", run, "--iterations", "4")
-    assert code in (0, T.EXIT_USAGE), err  # continues (or says the checkpoint is past 4): never "in use"

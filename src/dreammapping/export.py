@@ -174,7 +174,7 @@ def check_splat(gaussians: Gaussians, path) -> None:
     if len(gaussians) == 0:
         raise PlyError(path, "no Gaussians to use (the file has 0 vertices)")
     check_finite(gaussians, path)
-    g = gaussians.detach().cpu()
+    g = gaussians.detach().to("cpu")
     lo, hi = LOG_SCALE_RANGE
     problems = {
         f"positions beyond ±{MAX_ABS_POSITION:g}": (g.means.abs() > MAX_ABS_POSITION).any(dim=1),
