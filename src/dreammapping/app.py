@@ -44,12 +44,13 @@ from typing import Callable
 import numpy as np
 import viser
 
-from dreammapping.config import DEFAULT_PRESET, PRESETS, GenerateConfig, build_config, check_config, default_run_dir
+from dreammapping.config import DEFAULT_PRESET, PRESETS, GenerateConfig, build_config, default_run_dir, method_config
 from dreammapping.errors import ConfigError, GenerateError, Interrupted, OutputError
 from dreammapping.evaluate import evaluate_run
 from dreammapping.formats import export
 from dreammapping.guidance import METHODS, default_guidance_scale
 from dreammapping.train import GenerateResult, train
+from dreammapping.validation import check_ranges
 from dreammapping.viewer import LiveView, configure_scene
 from dreammapping.webguard import allow_only_own_origin, check_listen_address
 
@@ -119,7 +120,8 @@ def job_config(request: RunRequest, run_dir: Path | None = None, **overrides) ->
     cfg = build_config(request.prompt, preset=DEFAULT_PRESET, method=request.method,
                        iterations=int(request.iterations), seed=int(request.seed), prior=request.prior.strip(),
                        guidance=guidance, out=None if run_dir is None else str(run_dir), **overrides)
-    check_config(cfg)  # every value in its declared range (validation), before the job waits in the queue
+    method_config(cfg)  # an unknown method or option fails here, before the job waits in the queue
+    check_ranges(cfg)  # and every value outside its declared range (the prompt is train's to judge)
     return cfg
 
 

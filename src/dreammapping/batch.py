@@ -347,10 +347,22 @@ def machine_cores() -> int:
         return os.cpu_count() or 1
 
 
+_DRIVER: int | None = None  # a pool worker's parent, the batch driver (set by the initializer)
+
+
+def _pool_task(task: Task, attempt: int) -> dict:
+    """run_task in a pool worker; a worker whose driver has died (its run checkpointed on the SIGTERM the kernel sent)
+    exits instead of waiting forever for work no one will send."""
+    record = run_task(task, attempt)
+    if _DRIVER is not None and os.getppid() != _DRIVER:
+        os._exit(EXIT_TERMINATED)
+    return record
+
+
 def _worker_init(threads: int, stop, gpus) -> None:
     """Runs first in every pool worker: its share of the cores, its GPU, and Ctrl-C left to train's handler."""
-    global _STOP
-    _STOP = stop
+    global _STOP, _DRIVER
+    _STOP, _DRIVER = stop, os.getppid()
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(threads)
     torch.set_num_threads(threads)
@@ -389,7 +401,7 @@ class LocalPool:
         self.broken = False
 
     def submit(self, task: Task, attempt: int):
-        return self.executor.submit(run_task, task, attempt)
+        return self.executor.submit(_pool_task, task, attempt)
 
     def wait(self, handles: list, timeout: float) -> list[tuple[object, dict | BaseException]]:
         done, _ = futures.wait(handles, timeout=timeout, return_when=futures.FIRST_COMPLETED)
