@@ -5,6 +5,9 @@ issue found (a traceback, a value accepted silently, or "diverged" for a bad val
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -230,3 +233,12 @@ def test_messages_never_format_a_huge_value():
     with pytest.raises(ConfigError) as e:
         check_config(build_config("x" * 10**6))
     assert len(str(e.value)) < 300
+
+
+def test_third_party_warnings_add_no_lines_to_a_one_line_error(tmp_path):
+    """huggingface_hub warned about a deprecated argument before generate's own error (two more lines)."""
+    result = subprocess.run([sys.executable, "-m", "dreammapping.cli", "generate", "a red cube", "--prior",
+                             "no-such/model", "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == T.EXIT_PRIOR
+    assert result.stderr.strip().splitlines() == [one_line(result.stderr)], result.stderr
