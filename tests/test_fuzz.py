@@ -109,13 +109,13 @@ VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=
 @given(document=st.one_of(st.dictionaries(KEYS, VALUES, max_size=6).map(yaml.safe_dump), st.text(max_size=200)))
 def test_yaml_config_loader_gives_a_config_or_one_line(tmp_path_factory, document):
     path = tmp_path_factory.mktemp("yaml") / "c.yaml"
-    path.write_text(document)
+    path.write_bytes(document.encode())
     try:
         cfg = build_config("a red cube", config_file=path)
         check_config(cfg)
     except GenerateError as e:
         one_line_message(e)
-    assert path.read_text() == document
+    assert path.read_bytes() == document.encode()
 
 
 @FUZZ

@@ -2,7 +2,8 @@
 against the memory there is before any of it is allocated, and caps on what is read from user-named files.
 
 The estimates are deliberately simple models (bytes per rendered pixel, per Gaussian, per voxel), calibrated on this
-code's CPU paths (`python benchmarks/memory_estimate.py`); they over-estimate rather than under-estimate, and their
+code's CPU paths (`python benchmarks/memory_estimate.py`: about 2× what was measured); they over-estimate rather
+than under-estimate, and their
 job is to turn `--resolution 10000` into a one-line refusal instead of minutes of swapping and an OOM kill, not to
 predict usage to the megabyte. The refusal names the value, the estimate and the limit.
 """
@@ -14,10 +15,13 @@ import os
 from dreammapping.errors import ConfigError
 
 # ---- the model ---------------------------------------------------------------------------------------------------
-# The torch rasterizer keeps every (Gaussian, pixel) pair of a view for the backward pass: ~48 bytes a pair, and a
-# pixel of a training view is covered by a few dozen Gaussians (64 is a generous depth complexity).
-BYTES_PER_PIXEL_TRAIN = 64 * 48
-BYTES_PER_PIXEL_RENDER = 64 * 24  # no backward: about half the pair data, 8 views at a time
+# Measured by benchmarks/memory_estimate.py (CPU, torch rasterizer, a 2000-Gaussian sphere): a training view with its
+# backward grows the peak by ~470-540 bytes a pixel (every (Gaussian, pixel) pair is kept for the backward pass), a
+# rendered turntable frame by ~670; the model takes about twice that, plus a fixed 256 MB for the allocator's first
+# blocks and kernels, so that a denser scene still fits what is allowed.
+FIXED_BYTES = 256 << 20
+BYTES_PER_PIXEL_TRAIN = 1024
+BYTES_PER_PIXEL_RENDER = 1024  # no backward, 8 views at a time
 BYTES_PER_GAUSSIAN = 59 * 4 * 4 + 2048  # params + grad + Adam's two moments (SH degree 3) and per-view projection
 BYTES_PER_GAUSSIAN_VIEW = 400  # projection of one Gaussian into one view (means2d, conic, depth, grads)
 BYTES_PER_VOXEL = 40  # the mesh's density, colour sums, filled mask and blurred copy (issue 24: 512³ took 5.2 GB)
@@ -78,14 +82,15 @@ def require(needed: float, what: str, hint: str, device: str = "cpu", available:
 def training_bytes(batch: int, resolution: int, num_points: int, max_gaussians: int) -> float:
     """One training step: the rendered batch with its backward, and the Gaussians with their optimiser state."""
     n = max(num_points, min(max_gaussians, 10 * num_points))
-    return (batch * resolution**2 * BYTES_PER_PIXEL_TRAIN + n * BYTES_PER_GAUSSIAN
+    return (FIXED_BYTES + batch * resolution**2 * BYTES_PER_PIXEL_TRAIN + n * BYTES_PER_GAUSSIAN
             + batch * n * BYTES_PER_GAUSSIAN_VIEW)
 
 
 def frames_bytes(frames: int, size: int, gaussians: int = 0) -> float:
     """A turntable of `frames` frames of side `size` (kept as uint8) plus one chunk of views being rendered."""
     chunk = min(frames, RENDER_CHUNK)
-    return frames * size**2 * 3 + chunk * size**2 * BYTES_PER_PIXEL_RENDER + chunk * gaussians * BYTES_PER_GAUSSIAN_VIEW
+    return (FIXED_BYTES + frames * size**2 * 3 + chunk * size**2 * BYTES_PER_PIXEL_RENDER
+            + chunk * gaussians * BYTES_PER_GAUSSIAN_VIEW)
 
 
 def mesh_bytes(resolution: int) -> float:
