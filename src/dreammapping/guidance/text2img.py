@@ -19,10 +19,12 @@ import torch
 from torch import Tensor
 
 from dreammapping.devices import check_device
-from dreammapping.errors import EXIT_OUTPUT, EXIT_USAGE, ConfigError
+from dreammapping.errors import EXIT_EMPTY_PROMPT, EXIT_OUTPUT, EXIT_USAGE, ConfigError
 from dreammapping.files import atomic_path, check_writable_folder, describe_write_error
 from dreammapping.guidance import METHODS
 from dreammapping.priors import DiffusionPrior, PriorNotFoundError
+from dreammapping.resources import require, text2img_bytes
+from dreammapping.toyworld.grammar import content_words
 
 
 def text2img(prompt: str, method: str = "vdm", prior="embedded", steps: int = 500, lr: float = 0.03, seed: int = 0,
@@ -124,11 +126,17 @@ def cli_text2img(argv: list[str]) -> int:
         return fail(f"--lr must be a finite number > 0, got {args.lr}")
     if args.steps < 0 or args.batch_size < 1:
         return fail("--steps must be ≥ 0 and --batch-size ≥ 1")
-    if args.device is not None:
-        try:
+    if args.prior == "embedded" and not content_words(args.prompt):  # as generate: it would run with no prompt
+        return fail(f"the embedded prior knows no word of {args.prompt[:80]!r}: it draws toy shapes (cube, sphere, "
+                    "cone, cylinder, torus) in colours, e.g. \"a red cube\"", EXIT_EMPTY_PROMPT)
+    try:
+        if args.device is not None:
             check_device(args.device)
-        except ConfigError as err:
-            return fail(str(err))
+        # one memory estimate before the prior is loaded: the embedded prior works at 32², SD's latents at 64²
+        require(text2img_bytes(args.batch_size, 32 if args.prior == "embedded" else 64),
+                f"--batch-size {args.batch_size}", "lower --batch-size", args.device or "cpu")
+    except ConfigError as err:
+        return fail(str(err))
     try:
         image_format(args.out)
         check_writable_folder(Path(args.out).parent)
