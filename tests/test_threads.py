@@ -108,6 +108,31 @@ def test_measure_interleaves_the_counts_and_restores_torchs(monkeypatch):
     assert torch.get_num_threads() == before
 
 
+def test_a_count_far_slower_at_its_warm_up_is_not_run_again():
+    # the barrier trap on a loaded machine: four threads 10× slower; one warm-up call shows it, no more are spent
+    order = []
+
+    def call():
+        order.append(torch.get_num_threads())
+        time.sleep({1: 0.005, 2: 0.004, 4: 0.05}[torch.get_num_threads()])
+
+    seconds = TH.measure(call, [1, 2, 4], rounds=4)
+    assert order == [1, 2, 4] + [1, 2, 2, 1] * 2 and len(seconds[4]) == 1 and len(seconds[1]) == 4
+    assert TH.choose_threads(seconds) != 4
+    order.clear()
+    seconds = TH.measure(call, [1, 4])  # only one thread left: done after the warm-ups
+    assert order == [1, 4] and len(seconds[1]) == len(seconds[4]) == 1 and TH.choose_threads(seconds) == 1
+
+
+def test_without_rounds_the_budget_decides(monkeypatch):
+    calls = []
+    TH.measure(lambda: calls.append(1) or time.sleep(0.01), [1, 2], budget_s=0.0)
+    assert len(calls) == 2 + 2 * TH.MIN_ROUNDS  # warm-ups, then the minimum
+    calls.clear()
+    TH.measure(lambda: calls.append(1), [1, 2], budget_s=60.0)
+    assert len(calls) == 2 + 2 * TH.MAX_ROUNDS  # fast calls, a long budget: the maximum
+
+
 def test_a_calibration_measures_the_win():
     # known answer: a call that takes 30 ms on one thread and 6 ms on two
     key = dataclasses.replace(KEY, cores=2)

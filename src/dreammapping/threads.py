@@ -126,20 +126,30 @@ def measure(call: Callable[[], object], counts: list[int], rounds: int | None = 
             budget_s: float = BUDGET_S) -> dict[int, list[float]]:
     """Seconds per `call` at each thread count: a warm-up call each, then rounds that visit every count once, the
     order reversed every other round (a drift of the machine's speed then hits every count alike). Without
-    `rounds`, as many as the budget allows (MIN_ROUNDS … MAX_ROUNDS). torch's thread count is restored."""
+    `rounds`, rounds until the budget is spent (MIN_ROUNDS … MAX_ROUNDS). A count whose warm-up took over twice one
+    thread's (plus 20 ms) cannot win: its warm-up is its only time and it is not run again — on a core another
+    process holds, threads that wait for each other can be 10× slower than one. torch's thread count is restored."""
     before = torch.get_num_threads()
     seconds: dict[int, list[float]] = {n: [] for n in counts}
+    start = time.perf_counter()
     try:
-        warm = 0.0
+        warm: dict[int, float] = {}
         for n in counts:
             torch.set_num_threads(n)
             t0 = time.perf_counter()
             call()
-            warm += time.perf_counter() - t0
-        if rounds is None:
-            rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, budget_s / max(warm, 1e-6))))
-        for r in range(rounds):
-            for n in (counts if r % 2 == 0 else counts[::-1]):
+            warm[n] = time.perf_counter() - t0
+        live = [n for n in counts if n == 1 or warm[n] <= 2.0 * warm[1] + 0.02]
+        for n in counts:
+            if n not in live:
+                seconds[n].append(warm[n])
+        if live == [1]:
+            seconds[1].append(warm[1])
+            return seconds
+        for r in range(rounds or MAX_ROUNDS):
+            if rounds is None and r >= MIN_ROUNDS and time.perf_counter() - start > budget_s:
+                break
+            for n in (live if r % 2 == 0 else live[::-1]):
                 torch.set_num_threads(n)
                 t0 = time.perf_counter()
                 call()
