@@ -29,6 +29,7 @@ that has the same function names; a hook whose target is missing is reported, no
     start-up: interpreter   the parent's wall time minus the child's own (Python's start, before the first line)
     start-up: imports       every first-time import (importlib's `_find_and_load`), wherever it happens
     start-up: prior load    DiffusionPrior.from_pretrained (reading weights; its imports count as imports)
+    start-up: threads       auto threads' choice (`threads.auto_threads`: its calibration's UNet calls, or the cache)
     start-up: init          the initial Gaussians (`init.initialise`)
     text encoder            DiffusionPrior.text_embedding (cached per string: a call per prompt and view tag)
     prior UNet              diffusers' UNet2DConditionModel.forward (CFG's two halves are one call)
@@ -70,7 +71,8 @@ REPO = Path(__file__).resolve().parents[1]
 OLD_REV = "ca719f3"  # the release before the speed work (issue 16)
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 PHASE_ORDER = (
-    "start-up: interpreter", "start-up: imports", "start-up: prior load", "start-up: init", "other (start-up)",
+    "start-up: interpreter", "start-up: imports", "start-up: prior load", "start-up: threads", "start-up: init",
+    "other (start-up)",
     "text encoder", "prior UNet", "Mψ", "render", "backward (rest)", "optimizer θ", "densification", "checkpoints",
     "other (loop)", "outputs: ply", "outputs: render frames", "outputs: turntable encode", "outputs: views",
     "other (end)",
@@ -99,8 +101,8 @@ class PhaseClock:
         now = time.perf_counter()
         self._charge(now)
         top = self.stack[-1]
-        if top.startswith("outputs") and not phase.startswith("outputs"):
-            phase = top  # rendering, imports … inside an output are the output's cost
+        if (top.startswith("outputs") and not phase.startswith("outputs")) or top == "start-up: threads":
+            phase = top  # rendering, imports … inside an output are the output's cost; UNet calls in the calibration
         elif phase == "render" and self.stage == "start-up":
             self.stage, self.loop_start = "loop", now
             import torch
@@ -143,6 +145,7 @@ def install_hooks(clock: PhaseClock) -> dict[str, bool]:
         ("dreammapping.priors", "DiffusionPrior.from_pretrained", "start-up: prior load"),
         ("dreammapping.priors", "DiffusionPrior.text_embedding", "text encoder"),
         ("dreammapping.init", "initialise", "start-up: init"),
+        ("dreammapping.threads", "auto_threads", "start-up: threads"),
         ("dreammapping.guidance.ulite", "ULite.forward", "Mψ"),
         ("dreammapping.render", "rasterize", "render"),
         ("dreammapping.strategy", "DensityStrategy.step_post_backward", "densification"),
@@ -383,6 +386,15 @@ def threads_table(results: dict[str, dict[str, list[dict]]], cores: int) -> str:
             lines.append(f"| {case} | {label} | {len(runs)} | {wall:.1f} ({', '.join(f'{w:.1f}' for w in walls)}) "
                          f"| {median([r['it_per_s'] for r in runs]):.2f} | {', '.join(map(str, used))} "
                          f"| {one / wall:.2f}× |")
+    # where the threads make a difference: the phases (medians, seconds); "outputs: render frames" says whether
+    # the turntable's rendering (bigger images than the loop's) gains from a second thread
+    phases = ("start-up: imports", "start-up: prior load", "start-up: threads", "other (start-up)", "prior UNet",
+              "render", "backward (rest)", "Mψ", "outputs: render frames", "outputs: turntable encode", "outputs: views")
+    lines += ["", "| case | threads asked | " + " | ".join(phases) + " |", "|---|---|" + "---|" * len(phases)]
+    for case, by_label in results.items():
+        for label, runs in by_label.items():
+            lines.append(f"| {case} | {label} | " + " | ".join(
+                f"{median([r['phases'].get(name, 0.0) for r in runs]):.2f}" for name in phases) + " |")
     return "\n".join(lines)
 
 
