@@ -4,6 +4,18 @@
     python benchmarks/generate.py --rounds 3           # alternating old/new/new/old…, medians
     python benchmarks/generate.py --quick              # 30 iterations: a dry run of the benchmark itself
     python benchmarks/generate.py --old-rev HEAD~3 --args "--method sds"
+    python benchmarks/generate.py --threads-cases idle loaded --rounds 5   # threads: auto vs 1 vs all, this tree
+    python benchmarks/generate.py --threads-cases idle --cores 1 --iterations 20   # `taskset` to the first core
+
+Threads cases (`--threads-cases`): this tree only, the same command at `--threads 0` (auto), `--threads 1` and
+`--threads N` (N: every core the children may use), interleaved — round r runs the three in an order rotated by r, so
+each goes first, second and third equally often. "idle" runs nothing else; "loaded" keeps a process spinning on one
+core (the first the children may use) during every run. `--cores K` runs the children (and the spinner) under
+`taskset` on the first K cores allowed here: a stand-in for a K-core machine (fewer cores than this one only). Auto's
+thread calibration (dreammapping.threads) is cached in a folder of the benchmark's own, so the first auto run of
+each core count measures it (its log line is detected and the run marked "calibrated") and later ones read it;
+`--fresh-calibration` empties it before every auto run. The load average and the busy cores (a 0.5 s sample of
+/proc/stat) before each run are printed and kept: on a shared machine they decide the numbers.
 
 Each run is a fresh process (`python benchmarks/generate.py --child …` with PYTHONPATH at that release's `src/`),
 timed from the parent's `subprocess` call to its exit, so the wall time includes the interpreter's start, every
@@ -17,6 +29,7 @@ that has the same function names; a hook whose target is missing is reported, no
     start-up: interpreter   the parent's wall time minus the child's own (Python's start, before the first line)
     start-up: imports       every first-time import (importlib's `_find_and_load`), wherever it happens
     start-up: prior load    DiffusionPrior.from_pretrained (reading weights; its imports count as imports)
+    start-up: threads       auto threads' choice (`threads.auto_threads`: its calibration's UNet calls, or the cache)
     start-up: init          the initial Gaussians (`init.initialise`)
     text encoder            DiffusionPrior.text_embedding (cached per string: a call per prompt and view tag)
     prior UNet              diffusers' UNet2DConditionModel.forward (CFG's two halves are one call)
@@ -43,6 +56,7 @@ import time
 _T0 = time.perf_counter()  # the child's own clock starts here, before any import of ours or torch's
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -57,7 +71,8 @@ REPO = Path(__file__).resolve().parents[1]
 OLD_REV = "ca719f3"  # the release before the speed work (issue 16)
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 PHASE_ORDER = (
-    "start-up: interpreter", "start-up: imports", "start-up: prior load", "start-up: init", "other (start-up)",
+    "start-up: interpreter", "start-up: imports", "start-up: prior load", "start-up: threads", "start-up: init",
+    "other (start-up)",
     "text encoder", "prior UNet", "Mψ", "render", "backward (rest)", "optimizer θ", "densification", "checkpoints",
     "other (loop)", "outputs: ply", "outputs: render frames", "outputs: turntable encode", "outputs: views",
     "other (end)",
@@ -86,8 +101,8 @@ class PhaseClock:
         now = time.perf_counter()
         self._charge(now)
         top = self.stack[-1]
-        if top.startswith("outputs") and not phase.startswith("outputs"):
-            phase = top  # rendering, imports … inside an output are the output's cost
+        if (top.startswith("outputs") and not phase.startswith("outputs")) or top == "start-up: threads":
+            phase = top  # rendering, imports … inside an output are the output's cost; UNet calls in the calibration
         elif phase == "render" and self.stage == "start-up":
             self.stage, self.loop_start = "loop", now
             import torch
@@ -130,6 +145,7 @@ def install_hooks(clock: PhaseClock) -> dict[str, bool]:
         ("dreammapping.priors", "DiffusionPrior.from_pretrained", "start-up: prior load"),
         ("dreammapping.priors", "DiffusionPrior.text_embedding", "text encoder"),
         ("dreammapping.init", "initialise", "start-up: init"),
+        ("dreammapping.threads", "auto_threads", "start-up: threads"),
         ("dreammapping.guidance.ulite", "ULite.forward", "Mψ"),
         ("dreammapping.render", "rasterize", "render"),
         ("dreammapping.strategy", "DensityStrategy.step_post_backward", "densification"),
@@ -243,13 +259,16 @@ def checkout(rev: str, where: Path) -> Path:
     return where / "src"
 
 
-def run_one(label: str, src: Path, generate_args: list[str], workdir: Path, nice: int, keep_env: bool) -> dict:
+def run_one(label: str, src: Path, generate_args: list[str], workdir: Path, nice: int, keep_env: bool,
+            prefix: list[str] | None = None, env_extra: dict[str, str] | None = None) -> dict:
     env = dict(os.environ)
     if not keep_env:
         for name in THREAD_ENV:
             env.pop(name, None)
+    env.pop("DREAMMAPPING_RECALIBRATE", None)
     env["PYTHONPATH"] = str(src)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(env_extra or {})
     out_json = workdir / f"{label}.json"
     out_json.unlink(missing_ok=True)
     run_dir = workdir / f"run-{label}"
@@ -257,7 +276,9 @@ def run_one(label: str, src: Path, generate_args: list[str], workdir: Path, nice
                "generate", *generate_args, "--out", str(run_dir), "--overwrite"]
     if nice:
         command = ["nice", "-n", str(nice), *command]
+    command = [*(prefix or []), *command]
     load = os.getloadavg()[0]
+    busy = busy_cores(0.5)
     t0 = time.perf_counter()
     with open(workdir / f"{label}.log", "w") as log:
         proc = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, check=False)
@@ -268,8 +289,113 @@ def run_one(label: str, src: Path, generate_args: list[str], workdir: Path, nice
     result = json.loads(out_json.read_text())
     result["wall"] = wall
     result["load_before"] = load
+    result["busy_before"] = busy
+    result["calibrated"] = "threads: measured" in (workdir / f"{label}.log").read_text()
     result["phases"]["start-up: interpreter"] = max(wall - result["child_seconds"], 0.0)
     return result
+
+
+# ================================================================================================ threads cases
+SPIN = "import sys\nprint('spinning', flush=True)\nwhile True: pass"
+
+
+def busy_cores(interval: float) -> float:
+    """Cores busy on the whole machine over `interval` seconds (/proc/stat; 0 where there is none)."""
+    def sample() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+    a = sample()
+    time.sleep(interval)
+    b = sample()
+    if a is None or b is None or b[1] <= a[1]:
+        return 0.0
+    return (os.cpu_count() or 1) * (b[0] - a[0]) / (b[1] - a[1])
+
+
+def first_cores(count: int | None) -> list[int]:
+    """The first `count` cores this process may use (all of them for None)."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if count is None:
+        return allowed
+    if not 1 <= count <= len(allowed):
+        raise SystemExit(f"--cores {count}: only {len(allowed)} cores are allowed here")
+    return allowed[:count]
+
+
+class Spinner:
+    """A process spinning on one core for the duration of a `with` block (the loaded case)."""
+
+    def __init__(self, core: int):
+        self.core = core
+        self.proc = None
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", SPIN], stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=lambda: os.sched_setaffinity(0, {self.core}))
+        if self.proc.stdout.readline().strip() != "spinning":  # measured only once it spins
+            raise SystemExit("the spinning process did not start")
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def threads_cases(args, generate_args: list[str], tmp: Path) -> dict[str, dict[str, list[dict]]]:
+    """case → label ("auto", "1 thread", "all: N") → runs; interleaved as the module doc says."""
+    cores = first_cores(args.cores)
+    prefix = ["taskset", "-c", ",".join(map(str, cores))] if args.cores is not None else []
+    labels = {"auto": "0", "1 thread": "1", f"all: {len(cores)}": str(len(cores))}
+    cache = tmp / "calibration-cache"
+    results: dict[str, dict[str, list[dict]]] = {}
+    for case in args.threads_cases:
+        results[case] = {label: [] for label in labels}
+        for r in range(args.rounds):
+            names = list(labels)
+            order = names[r % len(names):] + names[:r % len(names)]
+            for label in order:
+                if label == "auto" and args.fresh_calibration:
+                    subprocess.run(["rm", "-rf", str(cache)], check=False)
+                tag = f"{case}-{label.split(':')[0].replace(' ', '')}-{r}"
+                load = Spinner(cores[0]) if case == "loaded" else contextlib.nullcontext()
+                with load:
+                    res = run_one(tag, REPO / "src", [*generate_args, "--threads", labels[label]], tmp, args.nice,
+                                  args.keep_thread_env, prefix=prefix, env_extra={"DREAMMAPPING_CACHE": str(cache)})
+                results[case][label].append(res)
+                print(f"{case} round {r} {label}: wall {res['wall']:.1f} s, {res['it_per_s']} it/s, "
+                      f"{res['torch_threads']} torch threads{' (calibrated in this run)' * res['calibrated']}, "
+                      f"load average before {res['load_before']:.2f}, busy cores before {res['busy_before']:.2f}",
+                      flush=True)
+    return results
+
+
+def threads_table(results: dict[str, dict[str, list[dict]]], cores: int) -> str:
+    lines = [f"| case ({cores} cores) | threads asked | runs | wall s, median (each) | it/s, median | torch threads "
+             "used | 1 thread's wall / this wall |", "|---|---|---|---|---|---|---|"]
+    for case, by_label in results.items():
+        one = median([r["wall"] for r in by_label["1 thread"]])
+        for label, runs in by_label.items():
+            walls = [r["wall"] for r in runs]
+            used = sorted({r["torch_threads"] for r in runs}, key=lambda n: (n is None, n))
+            wall = median(walls)
+            lines.append(f"| {case} | {label} | {len(runs)} | {wall:.1f} ({', '.join(f'{w:.1f}' for w in walls)}) "
+                         f"| {median([r['it_per_s'] for r in runs]):.2f} | {', '.join(map(str, used))} "
+                         f"| {one / wall:.2f}× |")
+    # where the threads make a difference: the phases (medians, seconds); "outputs: render frames" says whether
+    # the turntable's rendering (bigger images than the loop's) gains from a second thread
+    phases = ("start-up: imports", "start-up: prior load", "start-up: threads", "other (start-up)", "prior UNet",
+              "render", "backward (rest)", "Mψ", "outputs: render frames", "outputs: turntable encode", "outputs: views")
+    lines += ["", "| case | threads asked | " + " | ".join(phases) + " |", "|---|---|" + "---|" * len(phases)]
+    for case, by_label in results.items():
+        for label, runs in by_label.items():
+            lines.append(f"| {case} | {label} | " + " | ".join(
+                f"{median([r['phases'].get(name, 0.0) for r in runs]):.2f}" for name in phases) + " |")
+    return "\n".join(lines)
 
 
 def median(values: list[float]) -> float:
@@ -322,6 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-thread-env", action="store_true",
                    help=f"keep {', '.join(THREAD_ENV)} from this environment (default: removed)")
     p.add_argument("--json", default=None, help="also write every run's raw numbers here")
+    p.add_argument("--threads-cases", nargs="+", choices=("idle", "loaded"), default=None,
+                   help="instead of old vs new: this tree at auto / 1 / all threads, idle and/or with a core held")
+    p.add_argument("--cores", type=int, default=None, help="threads cases: `taskset` the runs to the first K cores")
+    p.add_argument("--fresh-calibration", action="store_true",
+                   help="threads cases: every auto run measures its calibration (an empty cache)")
     args = p.parse_args(argv)
 
     generate_args = [args.prompt, *shlex.split(args.args)]
@@ -329,6 +460,16 @@ def main(argv: list[str] | None = None) -> int:
     if iterations is not None:
         generate_args += ["--iterations", str(iterations)]
     labels = ("old", "new")
+    if args.threads_cases:
+        with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
+            results = threads_cases(args, generate_args, Path(tmp))
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        print()
+        print(f"`dreammapping generate {shlex.join(generate_args)}` at --threads 0 / 1 / N, interleaved; "
+              f"{args.rounds} round(s)")
+        print(threads_table(results, len(first_cores(args.cores))))
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
         tmp = Path(tmp)
         sources = {"new": REPO / "src"}

@@ -43,11 +43,15 @@ def test_torch_imported_first_leaves_the_policy_alone():
 def test_threads_auto_uses_the_free_cores_only_when_waiting_is_passive(monkeypatch):
     assert resolve_threads(3) == 3  # an explicit count always wins
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)  # an 8-core laptop
+    monkeypatch.setattr(devices, "allowed_cores", lambda: 8)
     monkeypatch.setattr(dreammapping, "OPENMP_PASSIVE", True)
     for busy, threads in ((0.0, 8), (0.4, 8), (1.2, 7), (5.5, 2), (7.6, 1), (8.0, 1)):
         monkeypatch.setattr(devices, "busy_cores", lambda busy=busy: busy)
         assert resolve_threads(0) == threads, busy
     assert resolve_threads(3) == 3  # even on a busy machine
+    monkeypatch.setattr(devices, "busy_cores", lambda: 0.0)
+    monkeypatch.setattr(devices, "allowed_cores", lambda: 2)  # `taskset -c 0,1`: never more threads than cores
+    assert resolve_threads(0) == 2
     monkeypatch.setattr(devices, "busy_cores", lambda: 0.0)
     monkeypatch.setattr(dreammapping, "OPENMP_PASSIVE", False)
     assert resolve_threads(0) == 1  # spinning threads: one, however idle the machine
@@ -71,6 +75,17 @@ def test_busy_cores_sees_a_process_that_holds_a_core():
         spinner.wait()
     quiet = min(quiet, devices.busy_cores(0.3))  # the quieter of before and after: other jobs come and go
     assert busy > quiet + 0.5 or busy > cores - 0.5, (quiet, busy)  # a whole core more (or every core busy)
+
+
+def test_allowed_cores_follow_the_affinity_mask():
+    # known answer: a child pinned to one core (as `taskset -c 0` pins it) sees one allowed core
+    if not hasattr(os, "sched_setaffinity"):
+        assert devices.allowed_cores() == (os.cpu_count() or 1)
+        return
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from dreammapping import devices; print(devices.allowed_cores())")
+    assert _import_in_fresh_python(code) == "1"
+    assert devices.allowed_cores() == len(os.sched_getaffinity(0))
 
 
 def test_run_sets_the_resolved_threads_and_restores_the_callers(monkeypatch, tmp_path):

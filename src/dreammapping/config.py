@@ -113,7 +113,7 @@ class GenerateConfig:
     turntable_size: int = 128  # side of the final turntable / view-grid frames (the splat is 3D: any size)
     turntable_frames: int = 48  # frames of the final turntable
     device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", …
-    threads: int = 0  # CPU threads for torch (0: the cores other processes leave free, devices.resolve_threads)
+    threads: int = 0  # CPU threads for torch (0: auto: free cores, more than one only if measured faster, threads.py)
     # the prior's dtype; auto: fp16 on CUDA, bf16 for the embedded prior on a CPU with native bf16, else fp32
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # experiments only: blur / desaturate what the prior sees, decaying to nothing by a fixed step (off by default)

@@ -64,32 +64,58 @@ def check_device(name: str) -> None:
 
 def resolve_threads(threads: int) -> int:
     """torch's CPU threads for a run: `threads` when > 0; else the cores other processes leave free — torch's own
-    count (every core, or OMP_NUM_THREADS) less the cores busy right now, at least one — when OpenMP waits passively
-    (dreammapping/__init__.py), and one otherwise. Threads on a core that another process holds wait for each other
-    at every barrier (0.7× one thread's speed even sleeping; spinning, 0.1×: docs/performance.md)."""
+    count (every core, or OMP_NUM_THREADS), never more than the cores this process may run on (`allowed_cores`),
+    less the cores busy right now, at least one — when OpenMP waits passively (dreammapping/__init__.py), and one
+    otherwise. Threads on a core that another process holds wait for each other at every barrier (0.7× one thread's
+    speed even sleeping; spinning, 0.1×: docs/performance.md). This is an upper bound: whether more than one thread
+    is faster at all is measured once per machine and model (`dreammapping.threads.auto_threads`)."""
     if threads > 0:
         return threads
     if not dreammapping.OPENMP_PASSIVE:
         return 1
-    return max(1, torch.get_num_threads() - round(busy_cores()))
+    return max(1, min(torch.get_num_threads(), allowed_cores()) - round(busy_cores()))
+
+
+def allowed_cores() -> int:
+    """The cores this process may run on (its affinity mask: `taskset`, cgroups' cpusets), else every core."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of the cores this process may run on since boot, from Linux's /proc/stat (idle and
+    iowait are not busy; guest time is already in user); None where there is no /proc/stat."""
+    try:
+        cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    except (AttributeError, OSError):
+        cpus = None
+    busy = total = 0
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if not line.startswith("cpu") or line.startswith("cpu "):
+                    continue
+                name, *values = line.split()
+                if cpus is not None and name not in cpus:
+                    continue
+                ticks = [int(v) for v in values[:8]]  # user … steal
+                idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+                busy += sum(ticks) - idle
+                total += sum(ticks)
+    except (OSError, ValueError, IndexError):
+        return None
+    return (busy, total) if total > 0 else None
 
 
 def busy_cores(interval: float = 0.1) -> float:
-    """How many cores other processes keep busy: the machine's CPU time not idle over `interval` seconds (this
-    process sleeps meanwhile), from Linux's /proc/stat; 0 where there is none. Not the load average, which still
-    counts a run that ended a minute ago."""
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:]]
-        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-        return sum(ticks[:8]), idle  # user … steal (guest time is already in user)
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(interval)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
+    """How many of this process's allowed cores other processes keep busy: their CPU time not idle over `interval`
+    seconds (this process sleeps meanwhile), from Linux's /proc/stat; 0 where there is none. Not the load average,
+    which still counts a run that ended a minute ago."""
+    before = cpu_ticks()
+    time.sleep(interval)
+    after = cpu_ticks()
+    if before is None or after is None or after[1] <= before[1]:
         return 0.0
-    if total1 <= total0:
-        return 0.0
-    return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / (total1 - total0))
+    return allowed_cores() * (after[0] - before[0]) / (after[1] - before[1])

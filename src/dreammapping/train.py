@@ -126,6 +126,7 @@ from dreammapping.rundir import (
     resume_config_path,
     set_previous_run_aside,
 )
+from dreammapping.threads import auto_threads
 
 
 @dataclass
@@ -319,6 +320,8 @@ def setup(cfg: GenerateConfig, run_dir: Path, resume: bool, log: Callable[[str],
                                                dtype=resolve_dtype(cfg.dtype, device, cfg.prior))
     except PriorNotFoundError as e:
         raise PriorError(str(e).splitlines()[0]) from None
+    if cfg.threads == 0 and prior.device.type == "cpu":  # auto: more than one thread only where measured faster
+        torch.set_num_threads(auto_threads(prior, cfg.batch, torch.get_num_threads(), log))
     resolution = cfg.resolution or prior.resolution
     compute = f"{prior.device}, {str(prior.dtype).removeprefix('torch.')}"
     if prior.device.type == "cpu":
