@@ -41,6 +41,7 @@ from dreammapping.guidance.vdm import VDMConfig
 from dreammapping.guidance.vsd import VSDConfig
 from dreammapping.init import InitOptions
 from dreammapping.strategy import DensityStrategy
+from dreammapping.priors import is_embedded
 from dreammapping.toyworld.grammar import content_words, unknown_words
 
 # The Config of every method in METHODS (SDS uses the base GuidanceConfig); tests check that none is missing.
@@ -395,14 +396,14 @@ def check_config(cfg: GenerateConfig) -> None:
     scale = guidance.guidance_scale
     if scale is not None and not (math.isfinite(scale) and scale > 0):
         raise ConfigError(f"guidance_scale must be a finite number > 0, got {scale}")
-    if cfg.prior == "embedded" and not content_words(cfg.prompt):  # it would run with no prompt at all
+    if is_embedded(cfg.prior) and not content_words(cfg.prompt):  # it would run with no prompt at all
         raise EmptyPromptError(f"the embedded prior knows no word of {cfg.prompt!r}: it draws toy shapes "
                                "(cube, sphere, cone, cylinder, torus) in colours, e.g. \"a red cube\"")
 
 
 def unknown_prompt_words(cfg: GenerateConfig) -> list[str]:
     """Words of the prompt the embedded toy-world prior was never trained on (only checked for that prior)."""
-    return unknown_words(cfg.prompt) if cfg.prior == "embedded" else []
+    return unknown_words(cfg.prompt) if is_embedded(cfg.prior) else []
 
 
 # ================================================================================================ run folder names

@@ -61,7 +61,7 @@ from dreammapping.errors import ConfigError
 from dreammapping.export import load_ply
 from dreammapping.files import atomic_path, atomic_write_text
 from dreammapping.guidance.base import default_guidance_scale
-from dreammapping.priors import DiffusionPrior, embedded_prior_path
+from dreammapping.priors import DiffusionPrior, embedded_prior_path, is_embedded
 from dreammapping.render import rasterize
 from dreammapping.toyworld import grammar
 from dreammapping.toyworld.classifier import AttributeClassifier
@@ -668,7 +668,7 @@ def reference_cache_dir() -> Path:
 def prior_fingerprint(prior_id: str) -> str:
     """Names, sizes and mtimes of the prior's files (the embedded prior's folder, or a local folder), so that
     retraining the prior invalidates its cached reference samples; a hub id stands for itself."""
-    folder = embedded_prior_path() if prior_id == "embedded" else Path(prior_id)
+    folder = embedded_prior_path(prior_id) if is_embedded(prior_id) else Path(prior_id)
     if not folder.is_dir():
         return prior_id
     entries = sorted(f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
