@@ -34,7 +34,7 @@ from torch import Tensor
 
 from dreammapping.files import atomic_path, atomic_write_text, remove_stale_temporaries
 
-RENDER_CHUNK = 128  # images per sample_fn call inside a shard (part of what a shard *is*: it orders the draws)
+RENDER_CHUNK = 128  # default images per sample_fn call inside a shard (`ShardSpec.render_chunk`)
 WORLD_SOURCES = ("toyworld/grammar.py", "toyworld/sdf.py", "toyworld/dataset.py", "cameras.py")
 SPLITS = ("train", "val")
 
@@ -49,6 +49,8 @@ class ShardSpec:
     seed: int = 0
     two_object_fraction: float = 0.3
     world: str = ""  # fingerprint of the renderer's source (`world_fingerprint`)
+    render_chunk: int = RENDER_CHUNK  # images per sample_fn call: part of what a shard *is* (it orders the draws);
+    # larger on a GPU, where one call renders a chunk in parallel
 
     def key(self) -> str:
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
@@ -96,7 +98,7 @@ def render_shard(spec: ShardSpec, split: str, index: int, sample_fn: Callable, d
     images, captions, labels = [], [], {}
     left = spec.shard_size
     while left > 0:
-        n = min(RENDER_CHUNK, left)
+        n = min(spec.render_chunk, left)
         img, caps, lab = sample_fn(n, resolution=spec.resolution, generator=gen, device=device,
                                    include_held_out=(split == "val"), two_object_fraction=spec.two_object_fraction,
                                    supersample=spec.supersample)

@@ -77,6 +77,8 @@ class LatentPriorConfig:
     val_shards: int = 1
     """Validation renders (held-out pairs included): the VAE's PSNR is measured on them."""
     two_object_fraction: float = 0.3
+    render_chunk: int = shards.RENDER_CHUNK
+    """Renders per call while making a shard (part of the shards' identity; larger on a GPU)."""
     seed: int = 0
     # -- VAE stage
     vae_steps: int = 3000
@@ -129,7 +131,8 @@ class LatentPriorConfig:
 
 
 # Settings a resumed stage must share with its checkpoint (others, like steps or budgets, may change between runs).
-VAE_KEYS = ("vae_preset", "resolution", "supersample", "shard_size", "train_shards", "seed", "two_object_fraction")
+VAE_KEYS = ("vae_preset", "resolution", "supersample", "shard_size", "train_shards", "seed", "two_object_fraction",
+            "render_chunk")
 UNET_KEYS = ("preset", "resolution", "beta_schedule", "max_length", "seed")
 
 
@@ -488,7 +491,7 @@ shown: {held}.
 | VAE stage | {vae['steps']} steps × batch {cfg.vae_batch_size} = {vae['samples_seen']} samples seen, {vae['train_seconds']:.0f} s on {vae['device']} ({vae['stopped_by']}) |
 | UNet stage | {unet['steps']} steps × batch {cfg.batch_size} = {unet['samples_seen']} samples seen, {unet['train_seconds']:.0f} s on {unet['device']} ({unet['stopped_by']}) |
 | data | {data['rendered']} shards rendered by this command ({data['seconds_per_shard']} s each), {data['reused']} reused from the cache |
-| wall time | {total_s:.0f} s of rendering and training (this command's rendering, both stages' loops over all runs) |
+| wall time | {total_s:.0f} s of rendering and training (this command's rendering, both stages' loops over all runs); this command ran {data.get('command_seconds', float('nan')):.0f} s end to end |
 | final losses | VAE MSE {vae['final_mse']:.5f}; UNet ε-MSE {unet['final_loss']:.4f} (training weights it by min-SNR-γ={cfg.min_snr_gamma}) |
 | optimiser | AdamW, VAE lr {cfg.vae_lr}, UNet lr {cfg.lr} (warm-up {cfg.warmup_steps}, cosine to ×{cfg.min_lr_ratio}), EMA {cfg.ema_decay} |
 | conditioning | caption dropout {cfg.caption_dropout}, view-suffix dropout {cfg.view_dropout}, offset noise {cfg.offset_noise} |
@@ -534,12 +537,13 @@ def train(config: LatentPriorConfig, sample_fn: Callable | None = None, command:
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
+    t_command = time.perf_counter()
     fn = sample_batch if sample_fn is None else sample_fn
 
     # 1. data: the seeded shards, rendered once
     spec = shards.ShardSpec(resolution=cfg.resolution, supersample=cfg.supersample, shard_size=cfg.shard_size,
                             seed=cfg.seed, two_object_fraction=cfg.two_object_fraction,
-                            world=shards.world_fingerprint(sample_fn))
+                            world=shards.world_fingerprint(sample_fn), render_chunk=cfg.render_chunk)
     report = shards.ensure_shards(cfg.data, spec, cfg.train_shards, cfg.val_shards, fn, device)
     data = dict(folder=str(report.folder), world=spec.world, train_shards=cfg.train_shards,
                 train_images=cfg.train_shards * cfg.shard_size, rendered=report.rendered, reused=report.reused,
@@ -561,6 +565,7 @@ def train(config: LatentPriorConfig, sample_fn: Callable | None = None, command:
             return result
         save_samples(cfg, device)
         vae_stats = json.loads((out / VAE_STATS).read_text())
+        data["command_seconds"] = round(time.perf_counter() - t_command, 1)
         write_model_card(cfg, data, vae_stats, result["unet"], command)
         print(f"train-prior: done → {out} (MODEL_CARD.md)", flush=True)
     return result
