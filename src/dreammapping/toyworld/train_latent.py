@@ -232,7 +232,8 @@ def _run_loop(name: str, cfg: LatentPriorConfig, state: StageState, total: int, 
     gradient clip, AdamW, EMA with warm-up, loss log, periodic atomic checkpoint; stops at `total` steps, the budget
     or `stop_after`."""
     bar = tqdm(total=total, initial=state.step, desc=f"train-prior {name}", dynamic_ncols=True, mininterval=1.0)
-    acc, n_acc, stopped_by, start_step, t_start = 0.0, 0, "steps", state.step, time.perf_counter()
+    acc = torch.zeros((), device=device)  # summed on the device: one sync per log interval, not per step
+    n_acc, stopped_by, start_step, t_start = 0, "steps", state.step, time.perf_counter()
     while state.step < total:
         if cfg.stop_after > 0 and state.step - start_step >= cfg.stop_after:
             stopped_by = "stop_after"
@@ -256,21 +257,23 @@ def _run_loop(name: str, cfg: LatentPriorConfig, state: StageState, total: int, 
         with torch.no_grad():
             d = min(cfg.ema_decay, (1 + state.step) / (10 + state.step))
             torch._foreach_lerp_(state.ema, [p.detach().float() for p in state.params], 1 - d)
-        acc += float(per.detach().mean())
+        acc += per.detach().float().mean()
         n_acc += 1
         state.step += 1
         state.samples_seen += b
         bar.update(1)
         if state.step % cfg.log_every == 0 or state.step == total:
-            state.loss_history.append([state.step, round(acc / n_acc, 6)])
-            bar.set_postfix(loss=f"{acc / n_acc:.4f}", lr=f"{lr:.2e}")
-            acc, n_acc = 0.0, 0
+            mean = float(acc) / n_acc
+            state.loss_history.append([state.step, round(mean, 6)])
+            bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
+            acc.zero_()
+            n_acc = 0
         state.train_seconds += time.perf_counter() - t0
         if cfg.checkpoint_every > 0 and state.step % cfg.checkpoint_every == 0 and state.step < total:
             _save(ckpt, cfg, state, ckpt_extra)
     bar.close()
     if n_acc:
-        state.loss_history.append([state.step, round(acc / n_acc, 6)])
+        state.loss_history.append([state.step, round(float(acc) / n_acc, 6)])
     _save(ckpt, cfg, state, ckpt_extra)
     ran = state.step - start_step
     return StageResult(state.step, state.samples_seen, state.train_seconds, state.loss_history, stopped_by,
