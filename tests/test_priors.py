@@ -172,3 +172,69 @@ def test_prompt_overflow_says_from_which_word_the_prompt_is_cut(tiny_prior):
     # the view tag comes after the prompt: a prompt that fits alone may lose its tag
     assert tiny_prior.prompt_overflow("a red cube cone", view_dependent=False) == ""
     assert "the view tag ('overhead view' and the like) is cut off" in tiny_prior.prompt_overflow("a red cube cone")
+
+
+# ---- the embedded priors by name, and prior v2's folder (Stable Diffusion's format) ---------------------------
+@pytest.fixture(scope="module")
+def v2_folder(tmp_path_factory):
+    """A tiny prior-v2 folder written by `latent_prior.save_latent_folder` (random weights, 32² ↔ 4×8² latents)."""
+    from dreammapping.toyworld import latent_prior as lp
+    from dreammapping.toyworld.train_prior import build_vocabulary
+
+    torch.manual_seed(0)
+    models = lp.build_latent_models("tiny", "tiny", build_vocabulary(captions=["a red cube, front view"]), 32)
+    models.vae.register_to_config(scaling_factor=0.7)
+    return lp.save_latent_folder(models, tmp_path_factory.mktemp("v2") / "prior-v2")
+
+
+def test_v2_folder_loads_in_plain_diffusers(v2_folder):
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(v2_folder, safety_checker=None)
+    assert isinstance(pipe.vae, AutoencoderKL) and pipe.vae_scale_factor == 4
+    assert pipe.vae.config.scaling_factor == pytest.approx(0.7) and pipe.unet.config.in_channels == 4
+    out = pipe("a red cube", num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, 3, 32, 32)  # unet sample_size 8 × vae_scale_factor 4
+
+
+def test_v2_folder_loads_through_the_sd_path(v2_folder):
+    """The same path as SD 2.1: VAE encoder in the loop, posterior mean × scaling_factor, decode ÷ scaling_factor."""
+    prior = DiffusionPrior.from_pretrained(v2_folder, device="cpu")
+    assert prior.is_latent and prior.downsample == 4 and prior.resolution == 32 and prior.scaling_factor == 0.7
+    x = torch.rand(2, 3, 32, 32)
+    z = prior.encode_images(x)
+    assert z.shape == (2, 4, 8, 8)
+    with torch.no_grad():
+        ref = prior.vae.encode(x * 2 - 1).latent_dist.mean * 0.7
+        torch.testing.assert_close(z, ref)
+        img = prior.decode(z)
+        torch.testing.assert_close(img, ((prior.vae.decode(ref / 0.7).sample + 1) / 2).clamp(0, 1))
+    assert img.shape == (2, 3, 32, 32)
+    assert prior.scheduler.config.clip_sample is False and prior.prediction_type == "epsilon"
+    assert prior.sample(["a red cube"], num_steps=2, guidance_scale=3.0).shape == (1, 3, 32, 32)
+
+
+def test_embedded_names(v2_folder, monkeypatch, tmp_path):
+    import dreammapping.priors as P
+
+    assert P.embedded_prior_path("embedded-v1") == P.embedded_prior_path() == P.embedded_prior_path("embedded")
+    assert P.embedded_prior_path("embedded-v2").name == "prior-v2"
+    assert all(P.is_embedded(n) for n in ("embedded", "embedded-v1", "embedded-v2")) and not P.is_embedded("sd")
+    # embedded-v2 not shipped: one line that says how to train it
+    monkeypatch.setattr(P, "embedded_prior_path", lambda name="embedded": tmp_path / "absent")
+    with pytest.raises(PriorNotFoundError) as e:
+        DiffusionPrior.from_pretrained("embedded-v2", device="cpu")
+    assert "\n" not in str(e.value) and "train-prior --kind latent" in str(e.value)
+    # shipped: it loads its folder by the code any folder loads by (a latent prior)
+    monkeypatch.setattr(P, "embedded_prior_path", lambda name="embedded": v2_folder)
+    prior = DiffusionPrior.from_pretrained("embedded-v2", device="cpu")
+    assert prior.is_latent and prior.name == "embedded-v2"
+
+
+@pytest.mark.skipif(not (embedded_prior_path() / "unet").is_dir(), reason="the embedded prior is not shipped yet")
+def test_embedded_v1_is_the_embedded_prior():
+    a = DiffusionPrior.from_pretrained("embedded", device="cpu")
+    b = DiffusionPrior.from_pretrained("embedded-v1", device="cpu")
+    assert not a.is_latent and not b.is_latent
+    for (n, p), q in zip(a.unet.state_dict().items(), b.unet.state_dict().values()):
+        assert torch.equal(p, q), n

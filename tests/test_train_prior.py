@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -275,3 +277,212 @@ def test_samples_and_model_card_keep_the_old_file_when_a_write_fails(trained_fol
         tp.train(tiny_config(tmp_path, steps=2, samples_per_prompt=0, seed=4), sample_fn=standin_batch,
                  command="pytest")
     assert (folder / "MODEL_CARD.md").read_bytes() == card and not stale.exists()
+
+
+# ---- prior v2: latent, in Stable Diffusion's format (`--kind latent`) ------------------------------------------
+from dreammapping.toyworld import latent_prior as lp  # noqa: E402
+from dreammapping.toyworld import shards  # noqa: E402
+from dreammapping.toyworld import train_latent as tl  # noqa: E402
+
+
+def standin_world(batch_size, resolution=32, generator=None, device="cpu", include_held_out=False,
+                  two_object_fraction=0.3, supersample=2):
+    """`standin_batch` with `sample_batch`'s full keyword set (the shard renderer passes them all)."""
+    return standin_batch(batch_size, resolution, generator, device, include_held_out)
+
+
+def latent_config(tmp_path, **kw):
+    base = dict(out=str(tmp_path / "v2"), data=str(tmp_path / "data"), preset="tiny", vae_preset="tiny", resolution=32,
+                shard_size=8, train_shards=2, val_shards=1, vae_steps=4, vae_batch_size=4, steps=4, batch_size=4,
+                warmup_steps=1, checkpoint_every=2, log_every=1, samples_per_prompt=0, sample_steps=2, device="cpu",
+                seed=5, encode_batch=8)
+    base.update(kw)
+    return tl.LatentPriorConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def latent_run(tmp_path_factory):
+    """One finished tiny v2 run (both stages, samples, card) and its summary."""
+    tmp = tmp_path_factory.mktemp("latent")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the tests that compare with it run (conftest.one_thread): same reduction order
+    try:
+        summary = tl.train(latent_config(tmp, samples_per_prompt=1), sample_fn=standin_world, command="pytest v2")
+    finally:
+        torch.set_num_threads(threads)
+    return tmp, summary
+
+
+def test_latent_run_writes_a_stable_diffusion_folder_and_a_model_card(latent_run):
+    tmp, summary = latent_run
+    folder = tmp / "v2"
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline" and index["vae"] == ["diffusers", "AutoencoderKL"]
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    assert lp.vae_downsample(vae) == 4 and vae.config.latent_channels == 4
+    card = (folder / "MODEL_CARD.md").read_text()
+    for needle in ("samples seen", "pytest v2", "PSNR", "scaling_factor", "cpu"):
+        assert needle in card, needle
+    assert summary["vae"]["samples_seen"] == 16 and summary["unet"]["samples_seen"] == 16
+    assert (folder / "samples.png").exists()
+
+
+def test_scaling_factor_is_one_over_the_std_of_the_saved_vaes_training_latents(latent_run):
+    tmp, summary = latent_run
+    torch.testing.assert_close(lp.latent_scaling_factor(torch.tensor([[1.0, 3.0], [1.0, 3.0]]).view(1, 4, 1, 1)),
+                               1 / torch.tensor([1.0, 3.0, 1.0, 3.0]).std().item())
+    vae = tl.load_vae(tmp / "v2" / "vae", torch.device("cpu"))
+    train = shards.load_split(Path(summary["data"]["folder"]), "train", 2)
+    # the factor was set from the EMA weights in fp32; the saved fp16 VAE gives the same std to fp16 precision
+    lat = shards.encode_images(vae, train.tensors)
+    assert vae.config.scaling_factor == pytest.approx(1 / lat.std().item(), rel=2e-2)
+    assert summary["vae"]["scaling_factor"] == vae.config.scaling_factor
+
+
+def test_psnr_known_values():
+    a = torch.full((2, 3, 4, 4), 0.5)
+    torch.testing.assert_close(tl.psnr(a, a + 0.1), torch.full((2,), 20.0))
+    torch.testing.assert_close(tl.psnr(a, a + 0.01), torch.full((2,), 40.0))
+
+
+def test_shards_are_rendered_once_and_reused(tmp_path):
+    calls = []
+
+    def counting(n, **kw):
+        calls.append(n)
+        return standin_world(n, **kw)
+
+    spec = shards.ShardSpec(resolution=16, shard_size=5, seed=1, world="w")
+    first = shards.ensure_shards(tmp_path, spec, 2, 1, counting)
+    assert (first.rendered, first.reused) == (3, 0) and sum(calls) == 15
+    before = {p.name: p.read_bytes() for p in first.folder.glob("*.safetensors")}
+    again = shards.ensure_shards(tmp_path, spec, 3, 1, counting)  # one more shard asked for: only it is rendered
+    assert (again.rendered, again.reused) == (1, 3) and sum(calls) == 20 and again.folder == first.folder
+    assert all((again.folder / n).read_bytes() == b for n, b in before.items())
+    # the same shard rendered afresh (another folder) is byte-identical: shards are a function of the seed
+    fresh = shards.ensure_shards(tmp_path / "other", spec, 1, 0, standin_world)
+    assert (fresh.folder / "train_00000.safetensors").read_bytes() == before["train_00000.safetensors"]
+    other_world = shards.ensure_shards(tmp_path, dataclasses.replace(spec, world="v2"), 1, 0, counting)
+    assert other_world.folder != first.folder and other_world.rendered == 1
+    shard = shards.load_shard(first.folder / "val_00000.safetensors")
+    assert shard.tensors.dtype == torch.uint8 and shard.tensors.shape == (5, 3, 16, 16) and len(shard.captions) == 5
+
+
+def test_second_latent_run_renders_nothing(latent_run, tmp_path, monkeypatch):
+    tmp, summary = latent_run
+    cfg = latent_config(tmp, out=str(tmp_path / "again"), stage="vae", vae_steps=1)
+    rendered = []
+    monkeypatch.setattr(shards, "render_shard", lambda *a, **k: rendered.append(a) or pytest.fail("re-rendered"))
+    s = tl.train(cfg, sample_fn=standin_world, command="pytest")
+    assert s["data"]["rendered"] == 0 and s["data"]["reused"] == 3 and not rendered
+
+
+def test_latent_resume_is_bit_identical_to_an_uninterrupted_run(latent_run, tmp_path):
+    tmp, _ = latent_run
+    straight = tmp / "v2"
+    staged = latent_config(tmp, out=str(tmp_path / "staged"), stop_after=2, samples_per_prompt=1)
+    steps = []
+    for _ in range(4):  # vae 0→2, vae 2→4 + unet 0→2, unet 2→4 + folder, and a no-op rerun when all is done
+        s = tl.train(staged, sample_fn=standin_world, command="pytest v2")
+        steps.append((s.get("vae", {}).get("steps"), s.get("unet", {}).get("steps")))
+    assert steps == [(2, None), (4, 2), (4, 4), (4, 4)]
+    for name in (tl.VAE_CHECKPOINT, tl.UNET_CHECKPOINT):
+        a, meta_a = tp.load_checkpoint(straight / name)
+        b, meta_b = tp.load_checkpoint(tmp_path / "staged" / name)
+        assert meta_a["loss_history"] == meta_b["loss_history"] and a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    for sub in ("vae", "unet", "text_encoder"):
+        fa = next((straight / sub).glob("*.safetensors")).read_bytes()
+        assert fa == next((tmp_path / "staged" / sub).glob("*.safetensors")).read_bytes(), sub
+
+
+def test_latent_resume_refuses_other_settings(latent_run, tmp_path):
+    tmp, _ = latent_run
+    import shutil
+
+    shutil.copytree(tmp / "v2", tmp_path / "v2")
+    with pytest.raises(ValueError, match="vae_preset"):
+        tl.train(latent_config(tmp, out=str(tmp_path / "v2"), vae_preset="small"), sample_fn=standin_world)
+    with pytest.raises(ValueError, match="needs a finished VAE"):
+        tl.train(latent_config(tmp, out=str(tmp_path / "none"), stage="unet"), sample_fn=standin_world)
+
+
+def test_unet_stage_trains_on_scaled_latents_with_the_eps_target(latent_run, tmp_path, monkeypatch):
+    """x0 of every step is a training latent × scaling_factor; the loss is `denoising_loss` (ε target, checked on a
+    known input by test_denoising_loss_is_min_snr_weighted_eps_mse)."""
+    tmp, summary = latent_run
+    seen = []
+    real = tl.denoising_loss
+
+    def spy(unet, text_encoder, x0, *args, **kwargs):
+        seen.append(x0.detach().clone())
+        return real(unet, text_encoder, x0, *args, **kwargs)
+
+    monkeypatch.setattr(tl, "denoising_loss", spy)
+    import shutil
+
+    out = tmp_path / "v2"
+    shutil.copytree(tmp / "v2", out)
+    (out / tl.UNET_CHECKPOINT).unlink()
+    tl.train(latent_config(tmp, out=str(out), stage="unet", steps=2), sample_fn=standin_world)
+    vae = tl.load_vae(out / "vae", torch.device("cpu"))
+    lat_dir = next((out / "latents").iterdir())
+    lat = shards.load_split(lat_dir, "train", 2, name="mean").tensors.float() * vae.config.scaling_factor
+    assert len(seen) == 2
+    for x0 in seen:
+        for row in x0:
+            assert any(torch.equal(row, cand) for cand in lat)
+
+
+def test_cli_kind_selects_the_trainer(capsys):
+    with pytest.raises(SystemExit) as e:
+        tp.cli_train_prior(["--kind", "latent", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--vae-steps" in out and "--stage" in out and "--data" in out
+    with pytest.raises(SystemExit) as e:
+        tp.cli_train_prior(["--kind", "nerf"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert tp.split_kind(["--out", "x", "--kind=latent", "--steps", "3"]) == ("latent", ["--out", "x", "--steps", "3"])
+    assert tp.split_kind(["--out", "x"]) == ("pixel", ["--out", "x"])
+
+
+def test_latent_run_killed_mid_run_continues_to_the_same_weights(tmp_path):
+    """kill -9 of `dreammapping train-prior --kind latent` at a random moment, then the same command again: it ends
+    where an uninterrupted run (same seed) ends, bit for bit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(out):
+        return [sys.executable, "-m", "dreammapping.cli", "train-prior", "--kind", "latent", "--out", str(out),
+                "--data", str(tmp_path / "data"), "--preset", "tiny", "--vae-preset", "tiny", "--resolution", "16",
+                "--shard-size", "8", "--train-shards", "2", "--vae-steps", "6", "--vae-batch-size", "4", "--steps", "6",
+                "--batch-size", "4", "--checkpoint-every", "1", "--samples-per-prompt", "0", "--device", "cpu",
+                "--threads", "1", "--warmup-steps", "1"]
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(tp.__file__).parents[2]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    subprocess.run(command(tmp_path / "straight"), check=True, env=env, capture_output=True)
+    victim = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / tl.VAE_CHECKPOINT
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    done = subprocess.run(command(tmp_path / "killed"), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in done.stdout
+    for name in (tl.VAE_CHECKPOINT, tl.UNET_CHECKPOINT):
+        a, _ = tp.load_checkpoint(tmp_path / "straight" / name)
+        b, _ = tp.load_checkpoint(tmp_path / "killed" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert not list((tmp_path / "killed").glob(".*.tmp"))

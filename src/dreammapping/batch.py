@@ -66,6 +66,7 @@ from dreammapping.evaluate import EvalOptions, evaluate_run
 from dreammapping.gaussian_scene import GaussiansConfig
 from dreammapping.config import check_config
 from dreammapping.files import atomic_write_text
+from dreammapping.priors import is_embedded
 from dreammapping.resources import read_capped
 from dreammapping.signals import install_term_as_interrupt, note_sigterm, parent_death_signal, sigterm_received
 from dreammapping.toyworld import grammar
@@ -139,7 +140,7 @@ def _prompt_problem(text: str, prior: str, max_chars: int) -> str:
         return f"control character(s) {', '.join(bad)} in the prompt"
     if len(text) > max_chars:
         return f"the prompt is {len(text)} characters long; at most {max_chars} (the text encoder would cut it)"
-    if prior == "embedded":
+    if is_embedded(prior):
         words = unknown_words(text)
         if words:
             return (f"the embedded prior does not know {', '.join(map(repr, words))} (it knows toy shapes, colours, "
@@ -181,7 +182,7 @@ def _absolute_if_path(value: str, suffix: str = "") -> str:
     """A prior folder or .ply given relative to here, made absolute (Ray workers run elsewhere); names and hub ids
     stay as they are."""
     path = Path(value)
-    return str(path.resolve()) if value != "embedded" and value.endswith(suffix) and path.exists() else value
+    return str(path.resolve()) if not is_embedded(value) and value.endswith(suffix) and path.exists() else value
 
 
 def plan_tasks(prompts: Sequence[PromptLine], configs: dict[str, GenerateConfig], seeds: Sequence[int],

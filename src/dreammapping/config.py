@@ -44,6 +44,7 @@ from dreammapping.guidance.vsd import VSDConfig
 from dreammapping.init import InitOptions
 from dreammapping.nerf import NerfConfig
 from dreammapping.strategy import DensityStrategy
+from dreammapping.priors import is_embedded
 from dreammapping.toyworld.grammar import V1_KNOWN_WORDS, content_words, unknown_words
 from dreammapping.resources import check_generate, check_yaml_shape, read_capped
 from dreammapping.validation import check_ranges, short
@@ -455,15 +456,17 @@ def check_config(cfg: GenerateConfig) -> None:
         raise ConfigError(str(e)) from None
     method_config(cfg)
     check_generate(cfg)  # one memory estimate (resolution × batch, points, turntable) and threads ≤ cores
-    if cfg.prior == "embedded" and not content_words(cfg.prompt):  # it would run with no prompt at all
+    if is_embedded(cfg.prior) and not content_words(cfg.prompt):  # it would run with no prompt at all
         raise EmptyPromptError(f"the embedded prior knows no word of {cfg.prompt!r}: it draws toy shapes "
                                "(cube, sphere, cone, cylinder, torus) in colours, e.g. \"a red cube\"")
 
 
 def unknown_prompt_words(cfg: GenerateConfig) -> list[str]:
-    """Words of the prompt the embedded toy-world prior was never trained on (only checked for that prior; the
-    shipped one is world v1's, so patterns, white and black are reported)."""
-    return unknown_words(cfg.prompt, V1_KNOWN_WORDS) if cfg.prior == "embedded" else []
+    """Words of the prompt the embedded toy-world prior was never trained on (only checked for the embedded priors;
+    v1, the default, is world v1's, so patterns, white and black are reported for it)."""
+    if not is_embedded(cfg.prior):
+        return []
+    return unknown_words(cfg.prompt) if cfg.prior == "embedded-v2" else unknown_words(cfg.prompt, V1_KNOWN_WORDS)
 
 
 # ================================================================================================ run folder names

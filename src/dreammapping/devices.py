@@ -29,7 +29,7 @@ def resolve_dtype(name: str, device: torch.device | None = None, prior: str | No
     CUDA, fp32 on CPU: `default_dtype`); any other name → torch's dtype of that name."""
     if name != "auto":
         return getattr(torch, name)
-    if device is not None and device.type == "cpu" and prior == "embedded" and native_cpu_bf16():
+    if device is not None and device.type == "cpu" and prior in ("embedded", "embedded-v1") and native_cpu_bf16():
         return torch.bfloat16
     return None
 

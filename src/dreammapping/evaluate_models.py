@@ -33,7 +33,7 @@ from torch import Tensor
 
 from dreammapping.files import atomic_path
 from dreammapping.metrics import fid_from_features, to_channels_first, to_channels_last
-from dreammapping.priors import DiffusionPrior, embedded_prior_path
+from dreammapping.priors import DiffusionPrior, embedded_prior_path, is_embedded
 from dreammapping.toyworld import grammar
 from dreammapping.toyworld.classifier import AttributeClassifier
 
@@ -362,7 +362,7 @@ def reference_cache_dir() -> Path:
 def prior_fingerprint(prior_id: str) -> str:
     """Names, sizes and mtimes of the prior's files (the embedded prior's folder, or a local folder), so that
     retraining the prior invalidates its cached reference samples; a hub id stands for itself."""
-    folder = embedded_prior_path() if prior_id == "embedded" else Path(prior_id)
+    folder = embedded_prior_path(prior_id) if is_embedded(prior_id) else Path(prior_id)
     if not folder.is_dir():
         return prior_id
     entries = sorted(f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"

@@ -32,6 +32,9 @@ from dreammapping.devices import default_dtype, resolve_device
 
 VIEW_SUFFIXES: dict[str, str] = {tag: f", {tag} view" for tag in VIEW_TAGS}  # DreamFusion's view prompts
 EMBEDDED = "embedded"
+# The shipped toy-world priors by name → their folder under dreammapping/assets/. "embedded" is v1 (pixel space)
+# until v2 wins the comparison; every name then loads its folder by the same code as any diffusers folder.
+EMBEDDED_FOLDERS: dict[str, str] = {EMBEDDED: "prior", "embedded-v1": "prior", "embedded-v2": "prior-v2"}
 
 
 class PriorNotFoundError(RuntimeError):
@@ -161,9 +164,15 @@ def perpendicular(x: Tensor, y: Tensor, eps: float = 1e-6) -> Tensor:
     return x - coef * y
 
 
-def embedded_prior_path() -> Path:
-    """Folder of the prior shipped in the package (`dreammapping/assets/prior/`), whether or not it exists yet."""
-    return Path(str(importlib.resources.files("dreammapping"))) / "assets" / "prior"
+def embedded_prior_path(name: str = EMBEDDED) -> Path:
+    """Folder of the shipped prior `name` ("embedded" = "embedded-v1": `dreammapping/assets/prior/`; "embedded-v2":
+    `dreammapping/assets/prior-v2/`), whether or not it exists yet."""
+    return Path(str(importlib.resources.files("dreammapping"))) / "assets" / EMBEDDED_FOLDERS[name]
+
+
+def is_embedded(name: object) -> bool:
+    """Whether `name` names one of the shipped toy-world priors (whose prompts the toy grammar must read)."""
+    return isinstance(name, str) and name in EMBEDDED_FOLDERS
 
 
 def _offline() -> bool:
@@ -233,12 +242,15 @@ class DiffusionPrior:
         from transformers import AutoModel, AutoTokenizer
 
         name = str(id_or_folder)
-        if name == EMBEDDED:
-            folder = embedded_prior_path()
+        if is_embedded(name):
+            folder = embedded_prior_path(name)
             if not (folder / "unet").is_dir():
+                how = ("`dreammapping train-prior --kind latent --out runs/prior-v2` (or scripts/gpu_train_prior_v2.sh "
+                       f"on a GPU) and copy the folder there or pass it as the prior"
+                       if EMBEDDED_FOLDERS[name] == "prior-v2" else "`dreammapping train-prior`")
                 raise PriorNotFoundError(
-                    f"the embedded prior is not shipped in this install ({folder} has no unet/): train it with "
-                    "`dreammapping train-prior`, or pass a Stable Diffusion folder / hub id instead."
+                    f"the embedded prior {name!r} is not shipped in this install ({folder} has no unet/): train it "
+                    f"with {how}, or pass a Stable Diffusion folder / hub id instead."
                 )
             source, kwargs = str(folder), {}
         elif Path(name).expanduser().exists():
@@ -547,6 +559,6 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-__all__ = ["DiffusionPrior", "NonFiniteOutputError", "PriorNotFoundError", "PromptEmbeddings", "TextEmbeddings",
-           "VIEW_PROMPTS", "VIEW_SUFFIXES", "embedded_prior_path", "perpendicular", "sample_with_cfg",
-           "view_embeddings"]
+__all__ = ["DiffusionPrior", "EMBEDDED_FOLDERS", "NonFiniteOutputError", "PriorNotFoundError", "PromptEmbeddings",
+           "TextEmbeddings", "VIEW_PROMPTS", "VIEW_SUFFIXES", "embedded_prior_path", "is_embedded", "perpendicular",
+           "sample_with_cfg", "view_embeddings"]

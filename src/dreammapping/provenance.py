@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from dreammapping.devices import native_cpu_bf16, resolve_device, resolve_dtype, resolve_threads
-from dreammapping.priors import embedded_prior_path
+from dreammapping.priors import embedded_prior_path, is_embedded
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout (src layout); a wheel install has no git: "unknown"
 
@@ -58,7 +58,7 @@ def folder_sha256(folder: str | Path) -> str:
 
 
 def prior_sha256(prior: str) -> str:
-    folder = embedded_prior_path() if prior == "embedded" else Path(prior)
+    folder = embedded_prior_path(prior) if is_embedded(prior) else Path(prior)
     return folder_sha256(folder) if folder.is_dir() else f"hub:{prior}"
 
 

@@ -126,7 +126,7 @@ def check_generate(cfg, device: str | None = None, available: int | None = None)
         if resolve_device(device).type != "cuda" or not _gsplat_available():
             raise ConfigError("render_backend gsplat needs a CUDA device and the gsplat package (pip install -e "
                               "\".[gpu]\"); use auto or torch here")
-    resolution = cfg.resolution or (32 if cfg.prior == "embedded" else 512)
+    resolution = cfg.resolution or (64 if cfg.prior == "embedded-v2" else 32 if cfg.prior in ("embedded", "embedded-v1") else 512)
     if hasattr(scene, "num_points"):  # Gaussians
         max_gaussians = scene.density.max_gaussians
         require(training_bytes(cfg.batch, resolution, scene.num_points, max_gaussians),

@@ -85,9 +85,9 @@ class GuidanceConfig:
 def default_guidance_scale(prior: DiffusionPrior | str) -> float:
     """The CFG scale s when none is given: 7.5 for latent (Stable Diffusion) priors, 2.0 for pixel-space priors.
 
-    A prior may be given by name: "embedded" is the pixel-space toy prior, any other name counts as latent (the
-    name alone says no more; a loaded DiffusionPrior knows)."""
-    latent = prior.is_latent if not isinstance(prior, str) else prior != "embedded"
+    A prior may be given by name: "embedded" / "embedded-v1" is the pixel-space toy prior, any other name counts as
+    latent ("embedded-v2" is; otherwise the name alone says no more, a loaded DiffusionPrior knows)."""
+    latent = prior.is_latent if not isinstance(prior, str) else prior not in ("embedded", "embedded-v1")
     return 7.5 if latent else 2.0
 
 

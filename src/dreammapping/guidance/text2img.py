@@ -22,7 +22,7 @@ from dreammapping.devices import check_device
 from dreammapping.errors import EXIT_EMPTY_PROMPT, EXIT_OUTPUT, EXIT_USAGE, ConfigError
 from dreammapping.files import atomic_path, check_writable_folder, describe_write_error
 from dreammapping.guidance import METHODS
-from dreammapping.priors import DiffusionPrior, PriorNotFoundError
+from dreammapping.priors import DiffusionPrior, PriorNotFoundError, is_embedded
 from dreammapping.resources import require, text2img_bytes
 from dreammapping.toyworld.grammar import content_words
 
@@ -126,7 +126,7 @@ def cli_text2img(argv: list[str]) -> int:
         return fail(f"--lr must be a finite number > 0, got {args.lr}")
     if args.steps < 0 or args.batch_size < 1:
         return fail("--steps must be ≥ 0 and --batch-size ≥ 1")
-    if args.prior == "embedded" and not content_words(args.prompt):  # as generate: it would run with no prompt
+    if is_embedded(args.prior) and not content_words(args.prompt):  # as generate: it would run with no prompt
         return fail(f"the embedded prior knows no word of {args.prompt[:80]!r}: it draws toy shapes (cube, sphere, "
                     "cone, cylinder, torus) in colours, e.g. \"a red cube\"", EXIT_EMPTY_PROMPT)
     try:

@@ -184,6 +184,15 @@ def build_models(preset: str, vocabulary: Sequence[str], resolution: int = 32, b
     return PriorModels(unet, text_encoder, tokenizer, make_scheduler(beta_schedule))
 
 
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """`save_pretrained` into `folder`, with a tokenizer class that loads on transformers 4.x and 5.x alike."""
+    tokenizer.save_pretrained(folder)
+    cfg_path = Path(folder) / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
 def save_model_folder(models: PriorModels, folder: str | Path, unet_fp16: bool = True) -> Path:
     """Write the diffusers folder (UNet in fp16 when `unet_fp16`, text encoder fp32)."""
     import diffusers
@@ -204,11 +213,7 @@ def save_model_folder(models: PriorModels, folder: str | Path, unet_fp16: bool =
     with atomic_dir(folder / "text_encoder") as tmp:
         copy.deepcopy(models.text_encoder).cpu().float().save_pretrained(tmp, safe_serialization=True)
     with atomic_dir(folder / "tokenizer") as tmp:
-        models.tokenizer.save_pretrained(tmp)
-        cfg_path = tmp / "tokenizer_config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"  # loads on transformers 4.x and 5.x alike
-        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+        save_tokenizer(models.tokenizer, tmp)
     with atomic_dir(folder / "scheduler") as tmp:
         models.scheduler.save_pretrained(tmp)
     index = {
@@ -321,7 +326,8 @@ def default_sample_prompts() -> list[str]:
 
 @dataclass
 class TrainPriorConfig:
-    """Train the embedded toy-world prior (pixel-space UNet2DConditionModel + small CLIPTextModel)."""
+    """Train the embedded toy-world prior v1 (pixel-space UNet2DConditionModel + small CLIPTextModel); `--kind latent`
+    (first) trains prior v2 in Stable Diffusion's format instead (see `--kind latent --help`)."""
 
     out: str = "runs/prior"
     """Output folder: the diffusers model folder (EMA weights), MODEL_CARD.md, samples.png and checkpoint.safetensors."""
@@ -833,8 +839,27 @@ def accuracy_report(models: PriorModels | str | Path, classifier, n_per_prompt: 
     return head + "\n" + "\n".join(rows), numbers
 
 
+KINDS = ("pixel", "latent")
+
+
+def split_kind(argv: Sequence[str]) -> tuple[str, list[str]]:
+    """(`--kind` of argv — "pixel" when absent —, the other arguments in order); a bad value exits 2 with one line."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="dreammapping train-prior", add_help=False, allow_abbrev=False)
+    parser.add_argument("--kind", choices=KINDS, default="pixel")
+    known, rest = parser.parse_known_args(list(argv))
+    return known.kind, rest
+
+
 def cli_train_prior(argv: Sequence[str] | None = None) -> int:
+    """`--kind pixel` (default): the v1 pixel prior (this module); `--kind latent`: prior v2 (`train_latent`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    kind, argv = split_kind(argv)
+    if kind == "latent":
+        from dreammapping.toyworld.train_latent import cli_train_latent
+
+        return cli_train_latent(argv)
     cfg = tyro.cli(TrainPriorConfig, args=argv, prog="dreammapping train-prior")
     try:  # every value in its declared range, and the output folder writable, before any work
         check_ranges(cfg)
