@@ -13,7 +13,7 @@ from dreammapping import train as T
 from dreammapping.export import cli_render
 from dreammapping.formats import cli_export
 
-from test_train import TINY, final_state, run_cli
+from test_train import TINY, final_state, run_cli, without
 
 
 def snapshot(run: Path) -> dict[str, bytes]:
@@ -29,7 +29,7 @@ def one_line(err: str, prefix: str = "dreammapping generate:") -> str:
 @pytest.fixture(scope="module")
 def finished_run(tiny_pixel_folder, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("finished") / "run"
-    assert T.cli_generate(["a blue cone", "--prior", str(tiny_pixel_folder), "--out", str(run), *TINY,
+    assert T.cli_generate(["a blue cone", "--prior", str(tiny_pixel_folder), "--out", str(run), *without(TINY, "--iterations"),
                            "--iterations", "2"]) == 0
     return run
 
@@ -111,7 +111,7 @@ def test_overwrite_sets_aside_everything_the_old_run_made(run_copy, tiny_pixel_f
     assert cli_export([str(run_copy), "--format", "splat"]) == 0  # RUN/gaussians.splat, a stale export later
     assert cli_render([str(run_copy), "--frames", "2", "--size", "16", "--gif"]) == 0
     (run_copy / "mesh.glb").write_bytes(b"an old mesh")
-    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run_copy, "--overwrite", *TINY,
+    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run_copy, "--overwrite", *without(TINY, "--iterations"),
                         "--iterations", "2")
     assert code == 0, err
     names = {p.name for p in run_copy.iterdir()}

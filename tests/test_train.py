@@ -229,7 +229,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_pixel_folder, tm
     assert "stopped at step 3: the loss is nan" in err and "last good checkpoint (step 2)" in err
     assert final_state(run)["step"] == 2 and not (run / "gaussians.ply").exists()
 
-    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", tmp_path / "boom", *TINY,
+    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", tmp_path / "boom", *without(TINY, "--method"),
                         "--method", "sds", "--max-loss", "1e-9")
     assert code == T.EXIT_DIVERGED and "exploded" in err and "no checkpoint had been written yet" in err
 

@@ -19,7 +19,7 @@ from dreammapping import train as T
 from dreammapping.export import save_ply
 from dreammapping.gaussians import sphere
 
-from test_train import TINY, final_state, run_cli
+from test_train import TINY, final_state, run_cli, without
 
 
 def snapshot(run: Path) -> dict[str, bytes]:
@@ -37,7 +37,7 @@ def one_line(err: str) -> str:
 def finished_run(tiny_pixel_folder, tmp_path_factory) -> Path:
     """A finished 2-step run; tests copy it before touching it."""
     run = tmp_path_factory.mktemp("finished") / "run"
-    code = T.cli_generate(["a red cube", "--prior", str(tiny_pixel_folder), "--out", str(run), *TINY,
+    code = T.cli_generate(["a red cube", "--prior", str(tiny_pixel_folder), "--out", str(run), *without(TINY, "--iterations"),
                            "--iterations", "2"])
     assert code == 0
     return run
@@ -67,7 +67,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(run_copy
             return out
 
     monkeypatch.setitem(guidance.METHODS, "sds", Poisoned)
-    code, err = run_cli(capsys, "a blue cone", "--out", run_copy, "--overwrite", "--prior", tiny_pixel_folder, *TINY,
+    code, err = run_cli(capsys, "a blue cone", "--out", run_copy, "--overwrite", "--prior", tiny_pixel_folder, *without(TINY, "--method"),
                         "--method", "sds")
     assert code == T.EXIT_DIVERGED and snapshot(run_copy) == before
     assert not (run_copy / T.PREVIOUS_RUN).exists()
@@ -238,7 +238,7 @@ def test_init_ply_with_nan_positions_is_a_bad_init(tiny_pixel_folder, tmp_path, 
     g = sphere(50)
     g.means[:10] = float("nan")
     save_ply(tmp_path / "nan.ply", g)
-    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", tmp_path / "run", *TINY,
+    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", tmp_path / "run", *without(TINY, "--init"),
                         "--init", tmp_path / "nan.ply")  # after TINY's --init sphere
     assert code == T.EXIT_INIT and "10 of 50 Gaussians have NaN" in one_line(err)
     assert not (tmp_path / "run" / "config.yaml").exists()
@@ -254,7 +254,7 @@ def test_a_prompt_the_embedded_prior_cannot_read_is_an_error(tmp_path, capsys):
 
 def test_a_long_prompt_warns_where_it_is_cut(tiny_pixel_folder, tmp_path, capsys):
     prompt = "a red cube on top of a blue sphere next to a green cone"  # the tiny tokenizer spells: ~50 tokens
-    code, err = run_cli(capsys, prompt, "--prior", tiny_pixel_folder, "--out", tmp_path / "run", *TINY,
+    code, err = run_cli(capsys, prompt, "--prior", tiny_pixel_folder, "--out", tmp_path / "run", *without(TINY, "--iterations"),
                         "--iterations", "1")
     assert code == 0, err
     warning = [line for line in err.splitlines() if line.startswith("warning:") and "cut off" in line]
