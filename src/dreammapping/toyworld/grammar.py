@@ -248,7 +248,8 @@ def make_object(color: str, shape: str, size_name: str = "", pattern: str = "", 
     if color not in COLORS:
         raise ValueError(f"unknown colour {color!r}; known: {', '.join(COLORS)}")
     if bool(pattern) != bool(pattern_color) or (pattern and pattern not in PATTERNS):
-        raise ValueError(f"a pattern needs one of {', '.join(PATTERNS)} and a colour, got {pattern!r}, {pattern_color!r}")
+        raise ValueError(f"a pattern needs one of {', '.join(PATTERNS)} and a colour, "
+                         f"got {pattern!r}, {pattern_color!r}")
     if pattern and (pattern_color not in COLORS or pattern_color == color):
         raise ValueError(f"pattern colour {pattern_color!r} must be a known colour other than the object's ({color!r})")
     scale = base * (SIZES[size_name] if size_name else 1.0)
@@ -376,7 +377,8 @@ def _jittered_light(u_az: float, u_el: float, u_key: float, u_fill: float, jitte
     el = math.atan2(z, math.hypot(x, y)) + _uniform(-KEY_ELEVATION_JITTER, KEY_ELEVATION_JITTER, u_el, jitter, 0.0)
     key_dir = (math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el))
     return Light(key_dir, _uniform(*KEY_STRENGTH_RANGE, u_key, jitter, CANONICAL_LIGHT.key_strength),
-                 CANONICAL_LIGHT.fill_dir, _uniform(*FILL_STRENGTH_RANGE, u_fill, jitter, CANONICAL_LIGHT.fill_strength),
+                 CANONICAL_LIGHT.fill_dir,
+                 _uniform(*FILL_STRENGTH_RANGE, u_fill, jitter, CANONICAL_LIGHT.fill_strength),
                  CANONICAL_LIGHT.ambient)
 
 

@@ -68,7 +68,8 @@ class PackedScenes:
 
 
 def _light_row(light) -> list[float]:
-    key, fill = (F.normalize(torch.tensor(v, dtype=torch.float32), dim=0).tolist() for v in (light.key_dir, light.fill_dir))
+    key, fill = (F.normalize(torch.tensor(v, dtype=torch.float32), dim=0).tolist()
+                 for v in (light.key_dir, light.fill_dir))
     return [*key, light.key_strength, *fill, light.fill_strength, light.ambient]
 
 
