@@ -49,6 +49,7 @@ DEFAULT_ROOT = Path(os.environ.get("DREAMMAPPING_CLAIMS_ROOT", "/work/claims-run
 DEFAULT_RECORDS = REPO / "benchmarks" / "results" / "claims"
 PAPER_CFG = 7.5  # the paper's s in ε_c + s(ε_c − ε_u)
 GUIDANCE_SCALE = PAPER_CFG + 1.0  # the same CFG in diffusers' form ε_u + s'(ε_c − ε_u), which priors.py uses
+PROTOCOL = "claims-v1"  # the v2 protocol (docs/prereg/claims_v2.md) writes "claims-v2"
 METRICS_VERSION = 1  # bump when the metrics a record holds change; stale records are recomputed from snapshots
 
 # variant → (guidance method, that method's options); the guidance scale is added for all of them.
@@ -113,6 +114,7 @@ class Plan:
     eval_views: int = 16
     fid_reference: int = 16
     block: int = 3  # prompts per block (see `jobs`)
+    train_overrides: dict = field(default_factory=dict)  # GenerateConfig fields over `train_options` (tests: tiny)
 
     def jobs(self) -> list[Job]:
         """Seed-major; within a seed, blocks of `block` prompts, and within a block the variants by `TIERS`
@@ -158,7 +160,7 @@ def train_options(plan: Plan, job: Job) -> dict:
                 seed=job.seed, iterations=plan.iterations, device="cpu", checkpoint_every=100,
                 # a small turntable: the preset's (48 frames at 128², written twice) costs minutes on a busy CPU;
                 # `dreammapping render RUN/gaussians.ply` makes a full one of any run worth showing
-                turntable_frames=8, turntable_size=64)
+                turntable_frames=8, turntable_size=64, **plan.train_overrides)
 
 
 # ================================================================================================ state of a run
@@ -228,6 +230,8 @@ def score_job(plan: Plan, job: Job) -> dict:
     """The record of a finished run: metrics at every snapshot (FID only at the last), timings, config."""
     import yaml
 
+    from dreammapping import provenance
+    from dreammapping.config import GenerateConfig, merge_config
     from dreammapping.evaluate import _jsonable, evaluate_gaussians
     from dreammapping.export import load_ply
     from dreammapping.files import atomic_write_text
@@ -247,6 +251,8 @@ def score_job(plan: Plan, job: Job) -> dict:
         if last:
             skipped = skipped_here
     train_metrics = json.loads((run_dir / "metrics.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    final_ply = run_dir / "snapshots" / f"step{steps[-1]:05d}.ply"
     method, options = VARIANTS[job.variant]
     record = {
         "prompt": job.prompt, "seed": job.seed, "variant": job.variant, "method": method,
@@ -261,11 +267,44 @@ def score_job(plan: Plan, job: Job) -> dict:
         "final": snapshots[str(steps[-1])],
         "snapshots": snapshots,
         "skipped": skipped,
-        "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
+        "config": config,
         "run_dir": str(run_dir),
+        # what pins the record to its run (`rerun_record` remakes it from this JSON alone)
+        "protocol": PROTOCOL,
+        "pin": provenance.as_dict(provenance.pin_config(merge_config(GenerateConfig(), config))),
+        "final_ply": {"path": str(final_ply.relative_to(plan.root)) if final_ply.is_relative_to(plan.root)
+                      else str(final_ply), "sha256": provenance.file_sha256(final_ply)},
     }
     atomic_write_text(plan.record_path(job), json.dumps(_jsonable(record), indent=1, sort_keys=True) + "\n")
     return record
+
+
+def rerun_record(record: dict, root: Path, log=print) -> dict:
+    """Remake a record from its JSON alone: the resolved config (its `out` replaced by a folder under `root`),
+    the snapshot schedule and the evaluation settings it holds; returns {"final": metrics, "final_ply_sha256",
+    "pin"}. On the machine and software its `pin` names, the result equals the record bit for bit."""
+    from dreammapping import provenance
+    from dreammapping.config import GenerateConfig, merge_config
+    from dreammapping.evaluate import EvalOptions, _jsonable, evaluate_gaussians
+    from dreammapping.export import load_ply, save_ply
+    from dreammapping.train import train
+
+    run_dir = Path(root) / "rerun"
+    cfg = merge_config(GenerateConfig(), {**record["config"], "out": str(run_dir), "overwrite": True})
+    last = cfg.iterations
+    ply = run_dir / "snapshots" / f"step{last:05d}.ply"
+
+    def snapshot(step: int, info: dict) -> None:
+        if step == last:
+            save_ply(ply, info["scene"])
+
+    (run_dir / "snapshots").mkdir(parents=True, exist_ok=True)
+    train(cfg, run_dir, progress=False, callback=snapshot, log=lambda msg: log(f"    {msg}"))
+    options = EvalOptions(**record["eval_settings"])
+    metrics, _ = evaluate_gaussians(load_ply(ply), record["prompt"], cfg.prior, options)
+    metrics["gaussians"] = float(len(load_ply(ply)))
+    return {"final": _jsonable(metrics), "final_ply_sha256": provenance.file_sha256(ply),
+            "pin": provenance.as_dict(provenance.pin_config(cfg))}
 
 
 def save_views(plan: Plan, job: Job, size: int = 64) -> Path:
