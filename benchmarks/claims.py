@@ -7,6 +7,7 @@
     python benchmarks/claims.py report                    # docs/claims.md + docs/claims/*.png from the records
     python benchmarks/claims.py text2d [--shard 0/2]      # text-to-2D runs (claim 6), one record each in text2d/
     python benchmarks/claims.py prior-quality --scales 2 3 5 8.5   # the prior's own samples per prompt and scale
+    python benchmarks/claims.py oracle [--shard 0/2]      # the photometric ceiling per (prompt, seed), in oracle/
 
 **The guidance scale.** The paper writes CFG as ε_c + s·(ε_c − ε_u) (its Eq. 4); `priors.predict_noise` uses
 diffusers' ε_u + s'·(ε_c − ε_u). They are equal for s' = s + 1, so the paper's s = 7.5 is `guidance_scale=8.5`
@@ -305,6 +306,60 @@ def rerun_record(record: dict, root: Path, log=print) -> dict:
     metrics["gaussians"] = float(len(load_ply(ply)))
     return {"final": _jsonable(metrics), "final_ply_sha256": provenance.file_sha256(ply),
             "pin": provenance.as_dict(provenance.pin_config(cfg))}
+
+
+def oracle_record_path(plan: Plan, prompt: str, seed: int) -> Path:
+    return plan.records / "oracle" / f"{Job(prompt, 'oracle', seed).name}.json"
+
+
+def run_oracle(plan: Plan, shard: str | None = None, log=print) -> int:
+    """`oracle.fit_oracle` per (prompt, seed) of the plan with the runs' own config (`train_options` of SDS:
+    same init, resolution, cameras, schedule, budget), scored at the training resolution and at 2×; one pinned
+    record each in records/oracle/ (the .ply under `--root`). Returns the number of failures."""
+    import yaml
+
+    from dreammapping import provenance
+    from dreammapping.config import config_to_dict
+    from dreammapping.evaluate import EvalOptions, _jsonable, evaluate_gaussians
+    from dreammapping.export import save_ply
+    from dreammapping.files import atomic_write_text
+    from dreammapping.oracle import EMBEDDED_RESOLUTION, fit_oracle
+    from dreammapping.train import build_config
+
+    units = select_shard([(p, s) for s in plan.seeds for p in plan.prompts], shard)
+    failures = 0
+    for prompt, seed in units:
+        out = oracle_record_path(plan, prompt, seed)
+        if load_record(out):
+            continue
+        t0 = time.perf_counter()
+        cfg = build_config(prompt, preset="cpu", **train_options(plan, Job(prompt, "sds", seed)))
+        side = cfg.resolution or EMBEDDED_RESOLUTION
+        try:
+            gaussians = fit_oracle(cfg, side)
+        except Exception as error:  # noqa: BLE001 — one failure logged, the others go on
+            failures += 1
+            log(f"FAILED oracle {prompt!r} seed {seed}: {type(error).__name__}: {error}")
+            continue
+        ply = plan.root / "oracle" / f"{Job(prompt, 'oracle', seed).name}.ply"
+        save_ply(ply, gaussians)
+        scores = {}
+        for res in (side, 2 * side):
+            metrics, _ = evaluate_gaussians(gaussians, prompt, "embedded", EvalOptions(
+                resolution=res, num_views=plan.eval_views if res == side else 0, clip=False, fid=False, device="cpu"))
+            scores[str(res)] = metrics
+        record = {"prompt": prompt, "seed": seed, "variant": "oracle", "protocol": "claims-v2",
+                  "iterations": cfg.iterations, "training_resolution": side, "metrics": scores,
+                  "config": yaml.safe_load(yaml.safe_dump(config_to_dict(cfg))),
+                  "pin": provenance.as_dict(provenance.pin_config(cfg)),
+                  "final_ply": {"path": str(ply), "sha256": provenance.file_sha256(ply)},
+                  "seconds": round(time.perf_counter() - t0, 1)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(_jsonable(record), indent=1, sort_keys=True) + "\n")
+        m = scores[str(side)]
+        log(f"oracle {prompt!r} seed {seed}: IoU {m['iou']:.3f}, PSNR {m['psnr']:.2f} at {side}² "
+            f"({record['seconds']:.0f} s)")
+    return failures
 
 
 def save_views(plan: Plan, job: Job, size: int = 64) -> Path:
@@ -1354,7 +1409,8 @@ def budget_note(records: list[dict], variants) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/claims.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("plan", "run", "rescore", "views", "report", "text2d", "prior-quality"))
+    parser.add_argument("command", choices=("plan", "run", "rescore", "views", "report", "text2d", "prior-quality",
+                                            "oracle"))
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="run folders (outside git)")
     parser.add_argument("--records", type=Path, default=DEFAULT_RECORDS, help="committed per-run JSON records")
     parser.add_argument("--iterations", type=int, default=Plan.iterations)
@@ -1392,6 +1448,8 @@ def main(argv: list[str] | None = None) -> int:
         t2d = Text2DPlan(records=plan.records / "text2d", steps=args.steps, seeds=tuple(args.seeds),
                          variants=tuple(v for v in TEXT2D if not args.variants or v in args.variants))
         return 1 if run_text2d(t2d, args.shard, args.max_runs, log) else 0
+    if args.command == "oracle":
+        return 1 if run_oracle(plan, args.shard, log) else 0
     if args.command == "prior-quality":
         prompts = PROMPTS if args.prompt_set == "v1" else V2_PROMPTS
         run_prior_quality(plan.records, prompts, args.scales, args.samples, args.sample_steps, log)

@@ -380,3 +380,15 @@ def test_a_record_is_pinned_and_rerun_from_its_json_alone_bit_for_bit(claims, tm
     assert again["final_ply_sha256"] == record["final_ply"]["sha256"]
     assert json.loads(json.dumps(again["final"])) == record["final"]
     assert again["pin"] == pin
+
+
+def test_the_oracle_command_writes_a_pinned_record_scored_at_both_resolutions(claims, tmp_path):
+    plan = plan_in(claims, tmp_path, prompts=("a red cube",), seeds=(0,), iterations=3, eval_views=2,
+                   train_overrides={"num_points": 150})
+    assert claims.run_oracle(plan, log=lambda m: None) == 0
+    record = json.loads(claims.oracle_record_path(plan, "a red cube", 0).read_text())
+    assert set(record["metrics"]) == {"32", "64"} and record["training_resolution"] == 32
+    assert record["config"]["iterations"] == 3 and record["config"]["num_points"] == 150
+    assert record["pin"]["dtype"] == "float32" and len(record["final_ply"]["sha256"]) == 64
+    assert 0 <= record["metrics"]["32"]["iou"] <= 1 and "ssim_matched" in record["metrics"]["64"]
+    assert claims.run_oracle(plan, log=lambda m: None) == 0  # done: nothing redone
