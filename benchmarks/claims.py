@@ -944,7 +944,8 @@ def _seconds_range(records: list[dict]) -> str:
     return f"{t[0]:.0f}–{t[-1]:.0f} s (median {t[len(t) // 2]:.0f} s over {len(t)} runs)"
 
 
-def undrawable_prompts(records_dir: Path | None, scale: float = GUIDANCE_SCALE) -> tuple[frozenset, str]:
+def undrawable_prompts(records_dir: Path | None, prompts=PROMPTS, scale: float = GUIDANCE_SCALE
+                       ) -> tuple[frozenset, str]:
     """(the prompts the prior cannot draw at `scale`, a sentence saying how that was decided) from
     records/regime/prior_quality.json (`prior-quality`); empty with the reason when there is no such record."""
     from dreammapping import regime
@@ -957,10 +958,14 @@ def undrawable_prompts(records_dir: Path | None, scale: float = GUIDANCE_SCALE) 
     bad = regime.undrawable(rows, scale)
     settings = record.get("settings", {})
     per = ", ".join(f"{r.prompt} {r.attr_all:.2f}" for r in sorted(rows, key=lambda r: r.attr_all))
+    missing = [p for p in prompts if p not in {r.prompt for r in rows}]
+    gap = (f"; measured for {len(prompts) - len(missing)} of the {len(prompts)} prompts only (sampling cost "
+           f"minutes per prompt on the shared CPUs and the job was stopped), so the other {len(missing)} are kept "
+           "whatever the prior does with them") if missing else ""
     return frozenset(bad), (f"the prompts whose own prior samples at {scale:g} ({settings.get('samples')} per prompt, "
                             f"{settings.get('steps')} steps) the classifier finds right (colour, shape, alone) less "
                             f"than {regime.DRAWABLE:g} of the time: {', '.join(bad) or 'none'} (attr_all per "
-                            f"prompt: {per}; benchmarks/results/claims/regime/prior_quality.json)")
+                            f"prompt: {per}; benchmarks/results/claims/regime/prior_quality.json){gap}")
 
 
 def claims_section(records: list[dict], records_dir: Path | None) -> list[str]:
