@@ -392,3 +392,18 @@ def test_the_oracle_command_writes_a_pinned_record_scored_at_both_resolutions(cl
     assert record["pin"]["dtype"] == "float32" and len(record["final_ply"]["sha256"]) == 64
     assert 0 <= record["metrics"]["32"]["iou"] <= 1 and "ssim_matched" in record["metrics"]["64"]
     assert claims.run_oracle(plan, log=lambda m: None) == 0  # done: nothing redone
+
+
+def test_text2d_fid_with_fewer_samples_than_features_matches_the_reference_formula(claims):
+    from dreammapping.metrics import feature_statistics, frechet_distance
+
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(40, 8))
+    refs = {"p": {"features": ref.tolist()}}
+    recs = [{"prompt": "p", "seed": k, "variant": v, "features": [rng.normal(size=8).tolist()]}
+            for k in range(4) for v in ("vdm+dca300", "sds")]
+    out = claims.text2d_fid(recs, ["vdm+dca300", "sds"], refs, n_resamples=5)
+    for v in ("vdm+dca300", "sds"):
+        feats = np.asarray([r["features"][0] for r in recs if r["variant"] == v])
+        expected = frechet_distance(*feature_statistics(feats), *feature_statistics(ref))
+        assert out[v][0] == pytest.approx(expected, rel=1e-4)
