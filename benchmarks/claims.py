@@ -1476,7 +1476,8 @@ def budget_note(records: list[dict], variants) -> str:
             parts.append(f"{key} {_fmt_est(e, key)}")
             if e.sign != 0:
                 moving.append(key)
-    verdict = (f"by the pre-registered rule the budget is **not** enough: {', '.join(moving)} still changed over those 100 iterations"
+    verdict = (f"by the pre-registered rule the budget is **not** enough: {', '.join(moving)} still changed over "
+               "those 100 iterations"
                if moving else "by the pre-registered rule the budget is enough (every interval holds 0)")
     return (f"Change over the last 100 iterations (step {last} − step {earlier}, the {len(rs)} core runs above, "
             f"mean over prompts [95% cluster-bootstrap CI]): " + "; ".join(parts) + f". So {verdict}.")
