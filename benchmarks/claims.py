@@ -7,6 +7,7 @@
     python benchmarks/claims.py report                    # docs/claims.md + docs/claims/*.png from the records
     python benchmarks/claims.py text2d [--shard 0/2]      # text-to-2D runs (claim 6), one record each in text2d/
     python benchmarks/claims.py prior-quality --scales 2 3 5 8.5   # the prior's own samples per prompt and scale
+    python benchmarks/claims.py oracle [--shard 0/2]      # the photometric ceiling per (prompt, seed), in oracle/
 
 **The guidance scale.** The paper writes CFG as ε_c + s·(ε_c − ε_u) (its Eq. 4); `priors.predict_noise` uses
 diffusers' ε_u + s'·(ε_c − ε_u). They are equal for s' = s + 1, so the paper's s = 7.5 is `guidance_scale=8.5`
@@ -49,6 +50,7 @@ DEFAULT_ROOT = Path(os.environ.get("DREAMMAPPING_CLAIMS_ROOT", "/work/claims-run
 DEFAULT_RECORDS = REPO / "benchmarks" / "results" / "claims"
 PAPER_CFG = 7.5  # the paper's s in ε_c + s(ε_c − ε_u)
 GUIDANCE_SCALE = PAPER_CFG + 1.0  # the same CFG in diffusers' form ε_u + s'(ε_c − ε_u), which priors.py uses
+PROTOCOL = "claims-v1"  # the v2 protocol (docs/prereg/claims_v2.md) writes "claims-v2"
 METRICS_VERSION = 1  # bump when the metrics a record holds change; stale records are recomputed from snapshots
 
 # variant → (guidance method, that method's options); the guidance scale is added for all of them.
@@ -113,6 +115,7 @@ class Plan:
     eval_views: int = 16
     fid_reference: int = 16
     block: int = 3  # prompts per block (see `jobs`)
+    train_overrides: dict = field(default_factory=dict)  # GenerateConfig fields over `train_options` (tests: tiny)
 
     def jobs(self) -> list[Job]:
         """Seed-major; within a seed, blocks of `block` prompts, and within a block the variants by `TIERS`
@@ -158,7 +161,7 @@ def train_options(plan: Plan, job: Job) -> dict:
                 seed=job.seed, iterations=plan.iterations, device="cpu", checkpoint_every=100,
                 # a small turntable: the preset's (48 frames at 128², written twice) costs minutes on a busy CPU;
                 # `dreammapping render RUN/gaussians.ply` makes a full one of any run worth showing
-                turntable_frames=8, turntable_size=64)
+                turntable_frames=8, turntable_size=64, **plan.train_overrides)
 
 
 # ================================================================================================ state of a run
@@ -228,6 +231,8 @@ def score_job(plan: Plan, job: Job) -> dict:
     """The record of a finished run: metrics at every snapshot (FID only at the last), timings, config."""
     import yaml
 
+    from dreammapping import provenance
+    from dreammapping.config import GenerateConfig, merge_config
     from dreammapping.evaluate import _jsonable, evaluate_gaussians
     from dreammapping.export import load_ply
     from dreammapping.files import atomic_write_text
@@ -247,6 +252,8 @@ def score_job(plan: Plan, job: Job) -> dict:
         if last:
             skipped = skipped_here
     train_metrics = json.loads((run_dir / "metrics.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    final_ply = run_dir / "snapshots" / f"step{steps[-1]:05d}.ply"
     method, options = VARIANTS[job.variant]
     record = {
         "prompt": job.prompt, "seed": job.seed, "variant": job.variant, "method": method,
@@ -261,11 +268,98 @@ def score_job(plan: Plan, job: Job) -> dict:
         "final": snapshots[str(steps[-1])],
         "snapshots": snapshots,
         "skipped": skipped,
-        "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
+        "config": config,
         "run_dir": str(run_dir),
+        # what pins the record to its run (`rerun_record` remakes it from this JSON alone)
+        "protocol": PROTOCOL,
+        "pin": provenance.as_dict(provenance.pin_config(merge_config(GenerateConfig(), config))),
+        "final_ply": {"path": str(final_ply.relative_to(plan.root)) if final_ply.is_relative_to(plan.root)
+                      else str(final_ply), "sha256": provenance.file_sha256(final_ply)},
     }
     atomic_write_text(plan.record_path(job), json.dumps(_jsonable(record), indent=1, sort_keys=True) + "\n")
     return record
+
+
+def rerun_record(record: dict, root: Path, log=print) -> dict:
+    """Remake a record from its JSON alone: the resolved config (its `out` replaced by a folder under `root`),
+    the snapshot schedule and the evaluation settings it holds; returns {"final": metrics, "final_ply_sha256",
+    "pin"}. On the machine and software its `pin` names, the result equals the record bit for bit."""
+    from dreammapping import provenance
+    from dreammapping.config import GenerateConfig, merge_config
+    from dreammapping.evaluate import EvalOptions, _jsonable, evaluate_gaussians
+    from dreammapping.export import load_ply, save_ply
+    from dreammapping.train import train
+
+    run_dir = Path(root) / "rerun"
+    cfg = merge_config(GenerateConfig(), {**record["config"], "out": str(run_dir), "overwrite": True})
+    last = cfg.iterations
+    ply = run_dir / "snapshots" / f"step{last:05d}.ply"
+
+    def snapshot(step: int, info: dict) -> None:
+        if step == last:
+            save_ply(ply, info["scene"])
+
+    (run_dir / "snapshots").mkdir(parents=True, exist_ok=True)
+    train(cfg, run_dir, progress=False, callback=snapshot, log=lambda msg: log(f"    {msg}"))
+    options = EvalOptions(**record["eval_settings"])
+    metrics, _ = evaluate_gaussians(load_ply(ply), record["prompt"], cfg.prior, options)
+    metrics["gaussians"] = float(len(load_ply(ply)))
+    return {"final": _jsonable(metrics), "final_ply_sha256": provenance.file_sha256(ply),
+            "pin": provenance.as_dict(provenance.pin_config(cfg))}
+
+
+def oracle_record_path(plan: Plan, prompt: str, seed: int) -> Path:
+    return plan.records / "oracle" / f"{Job(prompt, 'oracle', seed).name}.json"
+
+
+def run_oracle(plan: Plan, shard: str | None = None, log=print) -> int:
+    """`oracle.fit_oracle` per (prompt, seed) of the plan with the runs' own config (`train_options` of SDS:
+    same init, resolution, cameras, schedule, budget), scored at the training resolution and at 2×; one pinned
+    record each in records/oracle/ (the .ply under `--root`). Returns the number of failures."""
+    import yaml
+
+    from dreammapping import provenance
+    from dreammapping.config import config_to_dict
+    from dreammapping.evaluate import EvalOptions, _jsonable, evaluate_gaussians
+    from dreammapping.export import save_ply
+    from dreammapping.files import atomic_write_text
+    from dreammapping.oracle import EMBEDDED_RESOLUTION, fit_oracle
+    from dreammapping.train import build_config
+
+    units = select_shard([(p, s) for s in plan.seeds for p in plan.prompts], shard)
+    failures = 0
+    for prompt, seed in units:
+        out = oracle_record_path(plan, prompt, seed)
+        if load_record(out):
+            continue
+        t0 = time.perf_counter()
+        cfg = build_config(prompt, preset="cpu", **train_options(plan, Job(prompt, "sds", seed)))
+        side = cfg.resolution or EMBEDDED_RESOLUTION
+        try:
+            gaussians = fit_oracle(cfg, side)
+        except Exception as error:  # noqa: BLE001 — one failure logged, the others go on
+            failures += 1
+            log(f"FAILED oracle {prompt!r} seed {seed}: {type(error).__name__}: {error}")
+            continue
+        ply = plan.root / "oracle" / f"{Job(prompt, 'oracle', seed).name}.ply"
+        save_ply(ply, gaussians)
+        scores = {}
+        for res in (side, 2 * side):
+            metrics, _ = evaluate_gaussians(gaussians, prompt, "embedded", EvalOptions(
+                resolution=res, num_views=plan.eval_views if res == side else 0, clip=False, fid=False, device="cpu"))
+            scores[str(res)] = metrics
+        record = {"prompt": prompt, "seed": seed, "variant": "oracle", "protocol": "claims-v2",
+                  "iterations": cfg.iterations, "training_resolution": side, "metrics": scores,
+                  "config": yaml.safe_load(yaml.safe_dump(config_to_dict(cfg))),
+                  "pin": provenance.as_dict(provenance.pin_config(cfg)),
+                  "final_ply": {"path": str(ply), "sha256": provenance.file_sha256(ply)},
+                  "seconds": round(time.perf_counter() - t0, 1)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(_jsonable(record), indent=1, sort_keys=True) + "\n")
+        m = scores[str(side)]
+        log(f"oracle {prompt!r} seed {seed}: IoU {m['iou']:.3f}, PSNR {m['psnr']:.2f} at {side}² "
+            f"({record['seconds']:.0f} s)")
+    return failures
 
 
 def save_views(plan: Plan, job: Job, size: int = 64) -> Path:
@@ -850,7 +944,8 @@ def _seconds_range(records: list[dict]) -> str:
     return f"{t[0]:.0f}–{t[-1]:.0f} s (median {t[len(t) // 2]:.0f} s over {len(t)} runs)"
 
 
-def undrawable_prompts(records_dir: Path | None, scale: float = GUIDANCE_SCALE) -> tuple[frozenset, str]:
+def undrawable_prompts(records_dir: Path | None, prompts=PROMPTS, scale: float = GUIDANCE_SCALE
+                       ) -> tuple[frozenset, str]:
     """(the prompts the prior cannot draw at `scale`, a sentence saying how that was decided) from
     records/regime/prior_quality.json (`prior-quality`); empty with the reason when there is no such record."""
     from dreammapping import regime
@@ -863,10 +958,23 @@ def undrawable_prompts(records_dir: Path | None, scale: float = GUIDANCE_SCALE) 
     bad = regime.undrawable(rows, scale)
     settings = record.get("settings", {})
     per = ", ".join(f"{r.prompt} {r.attr_all:.2f}" for r in sorted(rows, key=lambda r: r.attr_all))
+    missing = [p for p in prompts if p not in {r.prompt for r in rows}]
+    gap = (f"; measured for {len(prompts) - len(missing)} of the {len(prompts)} prompts only (sampling cost "
+           f"minutes per prompt on the shared CPUs and the job was stopped), so the other {len(missing)} are kept "
+           "whatever the prior does with them") if missing else ""
     return frozenset(bad), (f"the prompts whose own prior samples at {scale:g} ({settings.get('samples')} per prompt, "
                             f"{settings.get('steps')} steps) the classifier finds right (colour, shape, alone) less "
                             f"than {regime.DRAWABLE:g} of the time: {', '.join(bad) or 'none'} (attr_all per "
-                            f"prompt: {per}; benchmarks/results/claims/regime/prior_quality.json)")
+                            f"prompt: {per}; benchmarks/results/claims/regime/prior_quality.json){gap}")
+
+
+def _without_cell(o: Outcome, w: Outcome | None) -> str:
+    """The 'without the undrawable prompts' cell: the estimate, and the verdict where the claim has one."""
+    if w is None:
+        return "—"
+    n = w.estimate.n_clusters
+    text = f"{_fmt_est(w.estimate, o.test.key)} ({n} prompt{'s' * (n != 1)})"
+    return text if o.test.unmeasurable or w.verdict.startswith("not measurable") else f"{text}: {w.verdict}"
 
 
 def claims_section(records: list[dict], records_dir: Path | None) -> list[str]:
@@ -885,11 +993,15 @@ def claims_section(records: list[dict], records_dir: Path | None) -> list[str]:
         e = o.estimate
         main = (f"{_fmt_est(e, o.test.key)} ({e.n_clusters} / {e.n})"
                 + (f", p = {o.p_holm:.3g}" if math.isfinite(o.p_holm) else ""))
-        other = "—" if w is None else f"{_fmt_est(w.estimate, o.test.key)} ({w.estimate.n_clusters}): {w.verdict}"
+        other = _without_cell(o, w)
         tost = "—" if o.tost is None else (f"[{o.tost.low:+.3f}, {o.tost.high:+.3f}] vs ±{o.test.margin:g}, "
                                            f"p = {o.tost_p_holm:.3g}")
         lines.append(f"| {o.test.number} | {o.test.claim} | {o.test.where} | {o.test.label} | {main} | {other} | "
                      f"{tost} | {o.verdict} |")
+    lines += ["", "Read 1d, 2a and 3b with their per-prompt column below: the v1 edge F-score thresholds the Sobel "
+              "magnitude at an absolute 0.1, so it depends on the object's contrast against white (lighter objects "
+              "lose edges without any blur), and a few prompts can carry a mean; the contrast-invariant "
+              "`relative_edge_f_score` / `matched_ssim` that would settle it need the v2 runs."]
     prompts = sorted({p for o in every for p in o.per_prompt})
     shown = [o for o in every if o.per_prompt and o.estimate.n_clusters >= MIN_PROMPTS]
     if shown:
@@ -913,6 +1025,52 @@ def claims_section(records: list[dict], records_dir: Path | None) -> list[str]:
     lines += ["", "Secondary, not a claim of the paper — ground-truth geometry, VDM+DCA300 − SDS at the prompt level: "
               + "; ".join(parts) + "."]
     return lines
+
+
+README_BEGIN = "<!-- claims-report:begin -->"
+README_END = "<!-- claims-report:end -->"
+
+
+def readme_block(records: list[dict], records_dir: Path | None, command: str) -> list[str]:
+    """The README's claims table: the same primary tests, numbers and verdicts as docs/claims.md."""
+    drop, _ = undrawable_prompts(records_dir)
+    every = judge(v1_claims(), records)
+    without = judge(v1_claims(), records, drop) if drop else [None] * len(every)
+    lines = [README_BEGIN, "",
+             f"Made by `{command}` (with docs/claims.md; do not edit by hand). One primary endpoint per claim, "
+             "prompt-level 95% CI (cluster bootstrap, prompts / pairs), Holm across claims, TOST before a tie:", "",
+             "| # | claim of the paper | primary endpoint (v1 metric, chosen post hoc) | mean [95% CI] | "
+             "without the undrawable prompts | verdict |", "|---|---|---|---|---|---|"]
+    for o, w in zip(every, without):
+        e = o.estimate
+        other = _without_cell(o, w)
+        lines.append(f"| {o.test.number} | {o.test.claim} | {o.test.label} | {_fmt_est(e, o.test.key)} "
+                     f"({e.n_clusters} / {e.n}) | {other} | {o.verdict} |")
+    parts = []
+    for key in ("iou", "psnr"):
+        vals, prompts = paired_by_prompt(records, "vdm+dca300", "sds", key)
+        e = prompt_ci(vals, prompts)
+        text = f"{METRIC_NOTES[key]} {_fmt_est(e, key)}"
+        if drop:
+            e2 = prompt_ci(*paired_by_prompt(records, "vdm+dca300", "sds", key, drop))
+            text += f" (without the undrawable prompts {_fmt_est(e2, key)})"
+        parts.append(text)
+    lines += ["", "Ground-truth geometry, VDM+DCA300 − SDS at the prompt level (not a claim of the paper): "
+              + "; ".join(parts) + ".", "", README_END]
+    return lines
+
+
+def update_readme(path: Path, block: list[str]) -> bool:
+    """Replace the text between the README's markers with `block`; False (untouched) when the markers are absent."""
+    from dreammapping.files import atomic_write_text
+
+    text = path.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    atomic_write_text(path, head + "\n".join(block) + tail)
+    return True
 
 
 def write_report(records: list[dict], docs: Path, command: str, probe: Path | None = None,
@@ -1085,7 +1243,7 @@ def ablation_section(records: list[dict]) -> list[str]:
              "`operator_size=\"ulite\"`) from a plain random start (`operator_init=\"random\"`) — against the "
              "default (`vdm+dca300`: ~14k parameters, identity-residual start). Same prompts, seeds and initial "
              f"Gaussians; {', '.join(BASELINE_PROMPTS)}, seeds {', '.join(map(str, ABLATION_SEEDS))} as far as run. "
-             "Paired difference, mean [95% bootstrap CI]; *italic* = inside the noise.", ""]
+             "Paired difference, mean over prompts [95% cluster-bootstrap CI]; *italic* = the interval holds 0.", ""]
     lines += paired_table(records, present, "vdm+dca300", ABLATION_KEYS, METRIC_NOTES)
     return lines
 
@@ -1130,7 +1288,18 @@ def text2d_fid(records: list[dict], variants, references: dict[str, dict], n_res
 
     def fid(v, idx):
         feats = np.concatenate([np.asarray(by[(*units[i], v)]["features"]) for i in idx])
-        return frechet_distance(*feature_statistics(feats), *ref_stats)
+        mu, sigma = feature_statistics(feats)
+        if len(feats) > sigma.shape[0]:  # enough samples for a full-rank covariance: the reference computation
+            return frechet_distance(mu, sigma, *ref_stats)
+        # few samples (n ≤ 256): Σ1 = XᵀX / (n − 1) with X the centred features, so the non-zero eigenvalues of
+        # Σ1 Σ2 are those of the n × n PSD matrix X Σ2 Xᵀ / (n − 1), and tr((Σ1 Σ2)^½) is the sum of their square
+        # roots: the number scipy's sqrtm gives (to ~1e-9 here), without a 256 × 256 matrix square root per
+        # resample — what makes 200 resamples × 7 methods affordable on a shared CPU
+        x = feats - feats.mean(0)
+        small = x @ ref_stats[1] @ x.T / max(len(feats) - 1, 1)
+        tr = float(np.sqrt(np.clip(np.linalg.eigvalsh((small + small.T) / 2), 0, None)).sum())
+        d = mu - ref_stats[0]
+        return float(d @ d + np.trace(sigma) + np.trace(ref_stats[1]) - 2.0 * tr)
 
     everything = list(range(len(units)))
     out = {v: (fid(v, everything),) * 3 for v in variants}
@@ -1171,7 +1340,7 @@ def text2d_section(records: list[dict], docs: Path, folder: Path | None) -> list
              "the renders themselves score "
              f"{_ref_hf(folder, prompts)}); the feature distance ‖f(image) − mean f(renders)‖² in the classifier's "
              "256-d features (the mean term of the FID for one image); and a pooled classifier-feature FID.",
-             "", "Mean [95% bootstrap CI] per method:", ""]
+             "", "Mean over prompts [95% cluster-bootstrap CI] per method:", ""]
     keys = TEXT2D_KEYS + ("cpu_sec_per_step",)
     recs = [dict(r, final={**r["final"], "cpu_sec_per_step": r["timings"]["cpu_sec_per_step"]}) for r in records]
     lines += level_table(recs, variants, keys, TEXT2D_NOTES)
@@ -1307,7 +1476,8 @@ def budget_note(records: list[dict], variants) -> str:
             parts.append(f"{key} {_fmt_est(e, key)}")
             if e.sign != 0:
                 moving.append(key)
-    verdict = (f"by the pre-registered rule the budget is **not** enough: {', '.join(moving)} still move"
+    verdict = (f"by the pre-registered rule the budget is **not** enough: {', '.join(moving)} still changed over "
+               "those 100 iterations"
                if moving else "by the pre-registered rule the budget is enough (every interval holds 0)")
     return (f"Change over the last 100 iterations (step {last} − step {earlier}, the {len(rs)} core runs above, "
             f"mean over prompts [95% cluster-bootstrap CI]): " + "; ".join(parts) + f". So {verdict}.")
@@ -1315,7 +1485,8 @@ def budget_note(records: list[dict], variants) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/claims.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("plan", "run", "rescore", "views", "report", "text2d", "prior-quality"))
+    parser.add_argument("command", choices=("plan", "run", "rescore", "views", "report", "text2d", "prior-quality",
+                                            "oracle"))
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="run folders (outside git)")
     parser.add_argument("--records", type=Path, default=DEFAULT_RECORDS, help="committed per-run JSON records")
     parser.add_argument("--iterations", type=int, default=Plan.iterations)
@@ -1353,6 +1524,8 @@ def main(argv: list[str] | None = None) -> int:
         t2d = Text2DPlan(records=plan.records / "text2d", steps=args.steps, seeds=tuple(args.seeds),
                          variants=tuple(v for v in TEXT2D if not args.variants or v in args.variants))
         return 1 if run_text2d(t2d, args.shard, args.max_runs, log) else 0
+    if args.command == "oracle":
+        return 1 if run_oracle(plan, args.shard, log) else 0
     if args.command == "prior-quality":
         prompts = PROMPTS if args.prompt_set == "v1" else V2_PROMPTS
         run_prior_quality(plan.records, prompts, args.scales, args.samples, args.sample_steps, log)
@@ -1371,9 +1544,13 @@ def main(argv: list[str] | None = None) -> int:
                 save_views(plan, job)
         return 0
     command = "python benchmarks/claims.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
-    path = write_report(load_records(plan.records), args.docs, command, probe=args.docs / "vdm_probe.json",
+    records = load_records(plan.records)
+    path = write_report(records, args.docs, command, probe=args.docs / "vdm_probe.json",
                         records_dir=plan.records, text2d_records=load_text2d_records(plan.records / "text2d"))
     log(f"wrote {path}")
+    if args.docs.resolve() == (REPO / "docs").resolve() and update_readme(REPO / "README.md",
+                                                                          readme_block(records, plan.records, command)):
+        log(f"wrote the claims table of {REPO / 'README.md'}")
     return 0
 
 

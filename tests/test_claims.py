@@ -361,3 +361,50 @@ def test_report_has_the_text2d_claim_and_section_and_the_ablation_rows(claims, t
     assert "| `csd` | 3 / 6 | -1.000 [-1.000, -1.000] |" in text  # attribute accuracy, paired, 3 prompts / 6 pairs
     assert "Pooled classifier-feature FID" in text
     assert "## Ablation: Mψ as the paper builds it" in text and "| `vdm+dca300+ulite` | 3 / 3 |" in text
+
+
+# ---- pinned records ---------------------------------------------------------------------------------------------
+def test_a_record_is_pinned_and_rerun_from_its_json_alone_bit_for_bit(claims, tmp_path):
+    """One tiny run (4 steps, 200 Gaussians) through the runner: its record pins commit, compute, versions, the
+    prior's hash and the final .ply; `rerun_record` remakes it from the JSON alone with identical metrics and .ply."""
+    plan = plan_in(claims, tmp_path, prompts=("a red cube",), seeds=(0,), core=("sds",), baselines=(), ablations=(),
+                   iterations=4, snapshot_every=2, eval_views=2, eval_resolution=32,
+                   train_overrides={"num_points": 200})
+    assert claims.run(plan, log=lambda m: None) == 0
+    record = json.loads(plan.record_path(plan.jobs()[0]).read_text())
+    pin = record["pin"]
+    assert pin["dtype"] == "float32" and pin["threads"] == 1 and pin["device"] == "cpu"
+    assert len(pin["prior_sha256"]) == 64 and pin["torch"] and pin["diffusers"] and len(pin["commit"]) in (7, 40) \
+        or pin["commit"] == "unknown"
+    assert record["protocol"] == "claims-v1" and len(record["final_ply"]["sha256"]) == 64
+    again = claims.rerun_record(json.loads(json.dumps(record)), tmp_path / "again", log=lambda m: None)
+    assert again["final_ply_sha256"] == record["final_ply"]["sha256"]
+    assert json.loads(json.dumps(again["final"])) == record["final"]
+    assert again["pin"] == pin
+
+
+def test_the_oracle_command_writes_a_pinned_record_scored_at_both_resolutions(claims, tmp_path):
+    plan = plan_in(claims, tmp_path, prompts=("a red cube",), seeds=(0,), iterations=3, eval_views=2,
+                   train_overrides={"num_points": 150})
+    assert claims.run_oracle(plan, log=lambda m: None) == 0
+    record = json.loads(claims.oracle_record_path(plan, "a red cube", 0).read_text())
+    assert set(record["metrics"]) == {"32", "64"} and record["training_resolution"] == 32
+    assert record["config"]["iterations"] == 3 and record["config"]["num_points"] == 150
+    assert record["pin"]["dtype"] == "float32" and len(record["final_ply"]["sha256"]) == 64
+    assert 0 <= record["metrics"]["32"]["iou"] <= 1 and "ssim_matched" in record["metrics"]["64"]
+    assert claims.run_oracle(plan, log=lambda m: None) == 0  # done: nothing redone
+
+
+def test_text2d_fid_with_fewer_samples_than_features_matches_the_reference_formula(claims):
+    from dreammapping.metrics import feature_statistics, frechet_distance
+
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(40, 8))
+    refs = {"p": {"features": ref.tolist()}}
+    recs = [{"prompt": "p", "seed": k, "variant": v, "features": [rng.normal(size=8).tolist()]}
+            for k in range(4) for v in ("vdm+dca300", "sds")]
+    out = claims.text2d_fid(recs, ["vdm+dca300", "sds"], refs, n_resamples=5)
+    for v in ("vdm+dca300", "sds"):
+        feats = np.asarray([r["features"][0] for r in recs if r["variant"] == v])
+        expected = frechet_distance(*feature_statistics(feats), *feature_statistics(ref))
+        assert out[v][0] == pytest.approx(expected, rel=1e-4)
