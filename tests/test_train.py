@@ -23,6 +23,20 @@ TINY = ["--iterations", "6", "--num-points", "200", "--init", "sphere", "--turnt
         "--density.max-gaussians", "260"]
 
 
+def without(args: list[str], *flags: str) -> list[str]:
+    """`args` less the given flags and their values: a top-level flag repeated after a scene's own flags (which
+    select the scene's subcommand) is refused by tyro once `config.SCENES` has more than one entry."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
 def run_cli(capsys, *argv) -> tuple[int, str]:
     code = T.cli_generate([str(a) for a in argv])
     return code, capsys.readouterr().err
@@ -149,6 +163,9 @@ def test_unknown_words_warn_for_the_embedded_prior(tmp_path, capsys, monkeypatch
 
     assert T.unknown_prompt_words(T.GenerateConfig(prompt="a red cube on top of a blue sphere")) == []
     assert T.unknown_prompt_words(T.GenerateConfig(prompt="a red cube", prior="/some/sd")) == []
+    # the shipped embedded prior is world v1's: world v2's words are news to it
+    assert T.unknown_prompt_words(T.GenerateConfig(prompt="a red cube with white stripes")) == ["with", "white",
+                                                                                                 "stripes"]
 
     def missing(*args, **kwargs):
         raise priors.PriorNotFoundError("the embedded prior is not shipped in this install")
@@ -172,20 +189,23 @@ def test_existing_run_is_not_overwritten(tiny_pixel_folder, tmp_path, capsys):
     # any run output counts as a run, not only the checkpoint (issue 11: a finished run without checkpoint.pt was
     # silently replaced)
     (run / "checkpoint.pt").unlink()
-    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run, *TINY, "--iterations", "2")
+    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run,
+        *without(TINY, "--iterations"), "--iterations", "2")
     assert code == T.EXIT_RUN_EXISTS and "config.yaml" in err
     assert (run / "config.yaml").read_text() == "prompt: earlier\n"
     # a folder where a run failed before writing anything (e.g. the prior was missing) holds no run: reused
     empty = tmp_path / "empty"
     code, err = run_cli(capsys, "a red cube", "--prior", tmp_path / "no-prior", "--out", empty, *TINY)
     assert code == T.EXIT_PRIOR and not any(p.name in T.RUN_FILES for p in empty.iterdir())
-    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", empty, *TINY, "--iterations", "2")
+    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", empty,
+        *without(TINY, "--iterations"), "--iterations", "2")
     assert code == 0, err
 
 
 def test_checkpoint_of_another_method_is_refused_on_resume(tiny_pixel_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run, *TINY, "--iterations", "2")
+    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run,
+        *without(TINY, "--iterations"), "--iterations", "2")
     assert code == 0, err
     code, err = run_cli(capsys, "--resume", run, "--method", "sds", "--iterations", "4")
     assert code != 0 and "checkpoint was made with method 'vdm'" in err, err
@@ -203,7 +223,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_pixel_folder, tm
 
     monkeypatch.setitem(guidance.METHODS, "sds", Poisoned)
     run = tmp_path / "run"
-    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run, *TINY, "--method", "sds")
+    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run,
+        *without(TINY, "--method"), "--method", "sds")
     assert code == T.EXIT_DIVERGED
     assert "stopped at step 3: the loss is nan" in err and "last good checkpoint (step 2)" in err
     assert final_state(run)["step"] == 2 and not (run / "gaussians.ply").exists()

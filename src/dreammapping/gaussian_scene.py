@@ -117,6 +117,9 @@ class GaussianTraining:
     def update_learning_rates(self, step: int, max_steps: int) -> None:
         update_learning_rates(self.optimizer, step, self.config.lr, max_steps)  # position lr decays log-linearly
 
+    def regularization(self, render: RenderOutput, step: int, max_steps: int) -> None:
+        return None  # 3DGS has no loss of its own
+
     def optimizer_step(self) -> None:
         self.optimizer.step()
 

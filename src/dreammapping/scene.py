@@ -74,6 +74,10 @@ class Representation(Protocol):
     def update_learning_rates(self, step: int, max_steps: int) -> None:
         """Set this step's learning rates (schedules relative to the run's length)."""
 
+    def regularization(self, render: RenderOutput, step: int, max_steps: int) -> Tensor | None:
+        """The scene's own loss on this step's render (a field's sparsity / orientation terms), added to the
+        method's before backward; None when it has none."""
+
     def optimizer_step(self) -> None:
         """Step every optimiser of the scene."""
 
