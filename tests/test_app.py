@@ -18,6 +18,7 @@ pytest.importorskip("viser", reason="the app extra (viser) is not installed")
 from dreammapping import cli, train  # noqa: E402
 from dreammapping.app import (  # noqa: E402
     DOWNLOADS,
+    App,
     TRANSITIONS,
     JobState,
     RunQueue,
@@ -332,6 +333,20 @@ def test_the_form_passes_the_priors_own_guidance_scale(tiny_latent_folder, tiny_
         prior = DiffusionPrior.from_pretrained(str(folder), device="cpu")
         assert METHODS[cfg.method](prior, cfg.guidance).guidance_scale == scale
     assert job_config(RunRequest("a red cube", guidance_scale=3.0)).guidance.guidance_scale == 3.0
+
+
+def test_the_page_shows_the_priors_scale_and_passes_none_until_it_is_changed(tmp_path):
+    app = App(port=0, runs_root=tmp_path / "runs")
+    try:
+        assert app.guidance_scale.value == 2.0 and app.request().guidance_scale is None
+        app.prior.value = "stabilityai/stable-diffusion-2-1-base"  # set here, as if typed: the scale follows
+        assert app.guidance_scale.value == 7.5 and app.request().guidance_scale is None
+        app._scale_edited = True  # what a value typed into the scale field sets
+        app.guidance_scale.value = 4.0
+        app.prior.value = "embedded"
+        assert app.guidance_scale.value == 4.0 and app.request().guidance_scale == 4.0
+    finally:
+        app.close()
 
 
 def test_cli_app_without_the_extra_is_one_line(monkeypatch, capsys):

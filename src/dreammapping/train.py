@@ -8,7 +8,10 @@
         out      ← method(x, emb, step)                      # lines 4-13: t, ε, x_t, ε_φ, (VDM: M_ψ, λ_t of DCA)
         (out.loss + out.aux_loss).backward()                 # ∇θ L_VDM reaches θ; ∇ψ L_op reaches M_ψ only
         step θ's Adam (3DGS per-parameter lrs) and ψ's own   # lines 14-15
-        densify / prune on schedule
+        densify / prune on schedule                          # (every schedule relative to the run's length)
+
+θ is a scene behind `dreammapping.scene`'s protocols (3D Gaussians: `dreammapping.gaussian_scene`); the loop is
+`setup` → `train_step` (one step, returning a `StepInfo`) → a short loop of bookkeeping and callbacks.
 
 Everything a run makes lives in one folder (default `runs/<prompt-slug>-<method>-<seed>`): `config.yaml` (fully
 resolved), `loss.csv`, `checkpoint.pt` (atomic, every `checkpoint_every` steps, on Ctrl-C and at the end),
@@ -103,7 +106,8 @@ from dreammapping.export import save_frames_row, save_turntable
 from dreammapping.files import atomic_write_text, is_disk_full
 from dreammapping.gaussians import Gaussians
 from dreammapping.init import InitError
-from dreammapping.priors import DiffusionPrior, NonFiniteOutputError, PriorNotFoundError
+from dreammapping.guidance import Guidance
+from dreammapping.priors import DiffusionPrior, NonFiniteOutputError, PriorNotFoundError, PromptEmbeddings
 from dreammapping.scene import Representation, Scene, render_frames
 from dreammapping.rundir import (
     PREVIOUS_RUN,
@@ -178,8 +182,8 @@ class Run:
     run_dir: Path
     device: torch.device
     resolution: int  # rendered image side
-    text: object  # the prompt's PromptEmbeddings (all view tags)
-    method: object  # the guidance method (METHODS[cfg.method])
+    text: PromptEmbeddings  # the prompt's embeddings (all view tags)
+    method: Guidance  # the guidance method (METHODS[cfg.method])
     method_params: list[torch.Tensor]  # Mψ / LoRA: what the method trains itself
     method_optimizer: torch.optim.Optimizer | None
     representation: Representation  # the scene and its optimisers, schedules, densification

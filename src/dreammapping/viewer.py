@@ -2,9 +2,10 @@
 
 viser (nerfstudio's and gsplat's web viewer) rasterises Gaussian splats natively in WebGL
 (`scene.add_gaussian_splats`), so the browser gets the scene itself — 32 bytes a Gaussian — and orbits it at screen
-rate, instead of the server rendering and streaming images. `LiveView` is a `train.train` callback: every `every`
-steps (and at most `max_rate` times a second) it converts the detached scene to viser's arrays and replaces one
-scene node; the conversion is a few small tensor ops (`benchmarks/live_view.py` measures what it adds per step).
+rate, instead of the server rendering and streaming images. `LiveView` is a `train.train` callback (it gets a
+`train.StepInfo`): every `every` steps (and at most `max_rate` times a second) it converts the scene's preview to
+viser's arrays and replaces one scene node (a scene without splats previews as an image, shown as the
+background); the conversion is a few small tensor ops (`benchmarks/live_view.py` measures what it adds per step).
 
     view = LiveView.serve(port=8080)                 # http://127.0.0.1:8080
     train.train(cfg, run_dir, callback=view)         # `dreammapping generate … --viewer` does this
