@@ -60,11 +60,11 @@ from dreammapping.devices import check_device, resolve_device
 from dreammapping.errors import ConfigError
 from dreammapping.export import load_ply
 from dreammapping.files import atomic_path, atomic_write_text
-from dreammapping.gaussians import Gaussians
 from dreammapping.guidance.base import default_guidance_scale
 from dreammapping.nerf import NATIVE_FILE, NerfScene, load_field
 from dreammapping.priors import DiffusionPrior, embedded_prior_path
 from dreammapping.render import rasterize
+from dreammapping.scene import Scene
 from dreammapping.toyworld import grammar
 from dreammapping.toyworld.classifier import AttributeClassifier
 from dreammapping.toyworld.sdf import render_scenes
@@ -774,8 +774,8 @@ def _render(gaussians, cameras) -> tuple[Tensor, Tensor]:
     """The result (`Gaussians`, or any `scene.Scene`: a radiance field) on white at `cameras`: rgb [B,H,W,3] in
     [0,1], alpha [B,H,W,1]."""
     white = torch.ones(3, device=cameras.device)
-    out = rasterize(gaussians, cameras, background=white) if isinstance(gaussians, Gaussians) else \
-        gaussians.render(cameras, white)
+    out = gaussians.render(cameras, white) if isinstance(gaussians, Scene) else \
+        rasterize(gaussians, cameras, background=white)
     return out.rgb.clamp(0, 1), out.alpha
 
 
