@@ -45,12 +45,14 @@ import numpy as np
 import viser
 
 from dreammapping.config import DEFAULT_PRESET, PRESETS, GenerateConfig, build_config, default_run_dir, method_config
-from dreammapping.errors import GenerateError, Interrupted, OutputError
+from dreammapping.errors import ConfigError, GenerateError, Interrupted, OutputError
 from dreammapping.evaluate import evaluate_run
 from dreammapping.formats import export
 from dreammapping.guidance import METHODS, default_guidance_scale
 from dreammapping.train import GenerateResult, StepInfo, train
+from dreammapping.validation import check_ranges
 from dreammapping.viewer import LiveView, configure_scene
+from dreammapping.webguard import allow_only_own_origin, check_listen_address
 
 
 # ================================================================================================ the state machine
@@ -120,6 +122,7 @@ def job_config(request: RunRequest, run_dir: Path | None = None, **overrides) ->
                        iterations=int(request.iterations), seed=int(request.seed), prior=request.prior.strip(),
                        guidance=guidance, out=None if run_dir is None else str(run_dir), **overrides)
     method_config(cfg)  # an unknown method or option fails here, before the job waits in the queue
+    check_ranges(cfg)  # and every value outside its declared range (the prompt is train's to judge)
     return cfg
 
 
@@ -163,8 +166,10 @@ class RunQueue:
     def __init__(self, runs_root: str | Path = "runs", *, runner: Runner = train_runner,
                  evaluate: Callable[[Path], dict] | None = ground_truth_metrics,
                  on_change: Callable[[Job], None] | None = None,
-                 on_step: Callable[[Job, StepInfo], None] | None = None, **overrides):
+                 on_step: Callable[[Job, StepInfo], None] | None = None, priors: tuple[str, ...] | None = None,
+                 **overrides):
         self.runs_root = Path(runs_root)
+        self.priors = priors  # the priors a request may name (None: any; the app passes its --prior choices)
         self.runner, self.evaluate, self.overrides = runner, evaluate, overrides
         self.on_change, self.on_step = on_change, on_step
         self.jobs: list[Job] = []
@@ -182,6 +187,9 @@ class RunQueue:
         job = Job(id=next(self._ids), request=request, state=JobState.QUEUED)
         with self._cv:
             try:
+                if self.priors is not None and request.prior not in self.priors:
+                    raise ConfigError(f"prior {str(request.prior)[:60]!r} is not one this app offers "
+                                      f"({', '.join(self.priors)})")
                 job.config = job_config(request, **self.overrides)
                 job.iterations = job.config.iterations
                 job.run_dir = self._allocate_run_dir(job.config)
@@ -378,19 +386,46 @@ def metrics_markdown(evaluation: dict | None) -> str:
     return "Ground truth (toy world)\n\n| metric | value |\n|---|---|\n" + "\n".join(f"| {n} | {v} |" for n, v in rows)
 
 
+# The form's numbers: (min, max, step). A browser may send any value over the websocket (the page's own limits are
+# only hints), so each is clamped on arrival and again when read; kept as floats, which viser's wire format always
+# carries (an int above 2**64, such as a seed of 1e30, would break every later message to every page).
+NUMBER_LIMITS = {"guidance_scale": (0.01, 100.0, 0.1), "dca_cutoff": (0, 1000, 1), "iterations": (1, 100_000, 1),
+                 "seed": (0, 2**31 - 1, 1)}
+
+
+def clamp(value, name: str) -> float:
+    """`value` within NUMBER_LIMITS[name] (NaN, ±inf and non-numbers: the lower bound), on the field's step grid."""
+    lo, hi, step = NUMBER_LIMITS[name]
+    try:
+        value = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return float(lo)
+    if not math.isfinite(value):
+        value = hi if value == math.inf else lo
+    value = min(max(value, lo), hi)
+    return float(round(value)) if step == 1 else value
+
+
 class App:
-    """The viser page driving a `RunQueue`; one per process (one run at a time, the rest queued)."""
+    """The viser page driving a `RunQueue`; one per process (one run at a time, the rest queued).
+
+    `priors`: what the Prior field offers (a choice, never a free path: the page is not trusted with the file
+    system); the embedded prior first."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 7860, runs_root: str | Path = "runs",
-                 view_every: int = 5, **overrides):
+                 view_every: int = 5, priors: tuple[str, ...] = ("embedded",), **overrides):
+        self.priors = tuple(dict.fromkeys(priors)) or ("embedded",)
+        check_listen_address(host, port)  # viser retries a bad address forever: exit 6 at once instead
         self.server = viser.ViserServer(host=host, port=port, label="dreammapping", verbose=False)
+        allow_only_own_origin(self.server, host)  # no other site's page may drive the app
         configure_scene(self.server, control_width="large")
         self.view = LiveView(self.server, every=view_every)
         self._ui_lock = threading.RLock()
         self._shown: Job | None = None  # the job the status / result area is about
         self._result_handles: list = []
         self._build_form()
-        self.queue = RunQueue(runs_root, on_change=self._on_change, on_step=self._on_step, **overrides)
+        self.queue = RunQueue(runs_root, on_change=self._on_change, on_step=self._on_step, priors=self.priors,
+                              **overrides)
 
     @property
     def url(self) -> str:
@@ -401,17 +436,28 @@ class App:
         gui.add_markdown("**dreammapping** — text → 3D Gaussian splat")
         self.prompt = gui.add_text("Prompt", initial_value="a red cube", hint="what to generate")
         self.method = gui.add_dropdown("Method", options=tuple(METHODS), initial_value="vdm")
-        self.guidance_scale = gui.add_number("Guidance scale", initial_value=default_guidance_scale("embedded"),
-                                             min=0.0, max=100.0, step=0.1,
-                                             hint="classifier-free guidance; follows the prior (2 embedded, 7.5 "
-                                                  "Stable Diffusion) until changed")
+        def number(label: str, name: str, initial: float, hint: str | None = None):
+            lo, hi, step = NUMBER_LIMITS[name]
+            handle = gui.add_number(label, initial_value=float(initial), min=float(lo), max=float(hi),
+                                    step=float(step), hint=hint)
+
+            @handle.on_update
+            def _(_event) -> None:  # a forged value is put back in range for this page and every other
+                clamped = clamp(handle.value, name)
+                if clamped != handle.value:
+                    handle.value = clamped
+            return handle
+
+        self.guidance_scale = number("Guidance scale", "guidance_scale", default_guidance_scale(self.priors[0]),
+                                     "classifier-free guidance; follows the prior (2 embedded, 7.5 Stable "
+                                     "Diffusion) until changed")
         self._scale_edited = False  # once the user sets a scale, a new prior no longer replaces it
-        self.dca_cutoff = gui.add_number("DCA cut-off", initial_value=300, min=0, max=1000, step=1,
-                                         hint="VDM's distribution-coefficient annealing cut-off timestep")
-        self.iterations = gui.add_number("Iterations", initial_value=RunRequest.iterations, min=1, max=100_000, step=1)
-        self.seed = gui.add_number("Seed", initial_value=0, min=0, max=2**31 - 1, step=1)
-        self.prior = gui.add_text("Prior", initial_value="embedded",
-                                  hint="embedded, a Hugging Face id in the local cache, or a diffusers folder")
+        self.dca_cutoff = number("DCA cut-off", "dca_cutoff", 300,
+                                 "VDM's distribution-coefficient annealing cut-off timestep")
+        self.iterations = number("Iterations", "iterations", RunRequest.iterations)
+        self.seed = number("Seed", "seed", 0)
+        self.prior = gui.add_dropdown("Prior", options=self.priors, initial_value=self.priors[0],
+                                      hint="the priors this app was started with (dreammapping app --prior …)")
         self.generate = gui.add_button("Generate", color="blue")
         self.stop = gui.add_button("Stop", color="red", disabled=True)
         self.progress = gui.add_progress_bar(0.0)
@@ -427,7 +473,7 @@ class App:
         @self.prior.on_update
         def _(_event) -> None:
             if not self._scale_edited:  # the prior's own default (7.5 for an SD prior), as the CLI would use
-                self.guidance_scale.value = default_guidance_scale(self.prior.value.strip() or "embedded")
+                self.guidance_scale.value = default_guidance_scale(str(self.prior.value).strip() or "embedded")
 
         @self.guidance_scale.on_update
         def _(event) -> None:
@@ -445,11 +491,14 @@ class App:
                 self.queue.stop(running)
 
     def request(self) -> RunRequest:
-        """The form's current values."""
-        return RunRequest(prompt=self.prompt.value, method=self.method.value,
-                          guidance_scale=self.guidance_scale.value if self._scale_edited else None,
-                          dca_cutoff=self.dca_cutoff.value,
-                          iterations=self.iterations.value, seed=self.seed.value, prior=self.prior.value)
+        """The form's current values, clamped; a prior or method the page does not offer fails the job (a forged
+        value: the page itself cannot send one)."""
+        return RunRequest(prompt=str(self.prompt.value)[:2000], method=str(self.method.value)[:40],
+                          guidance_scale=clamp(self.guidance_scale.value, "guidance_scale") if self._scale_edited
+                          else None,
+                          dca_cutoff=int(clamp(self.dca_cutoff.value, "dca_cutoff")),
+                          iterations=int(clamp(self.iterations.value, "iterations")),
+                          seed=int(clamp(self.seed.value, "seed")), prior=str(self.prior.value)[:4096])
 
     # ---- updates from the queue ----
     def _on_step(self, job: Job, info: StepInfo) -> None:
@@ -534,15 +583,18 @@ def cli_app(argv: list[str] | None = None) -> int:
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (the next free one when taken)")
     parser.add_argument("--runs", default="runs", help="folder for the run folders (default: runs)")
+    parser.add_argument("--prior", action="append", default=[], metavar="PRIOR",
+                        help="a prior the page may choose besides the embedded one: a Hugging Face id in the local "
+                             "cache or a diffusers folder (repeat for more); the page offers only these")
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
-    if not 0 <= args.port <= 65535:
-        print(f"dreammapping app: --port must be 0..65535, got {args.port}", file=sys.stderr)
-        return 2
     try:
-        app = App(host=args.host, port=args.port, runs_root=args.runs)
+        app = App(host=args.host, port=args.port, runs_root=args.runs, priors=("embedded", *args.prior))
+    except GenerateError as e:  # a bad --port (2), an address this machine cannot listen on (6)
+        print(f"dreammapping app: {e}", file=sys.stderr)
+        return e.exit_code
     except OSError as e:
         print(f"dreammapping app: cannot listen on {args.host}:{args.port} ({e.strerror or e})", file=sys.stderr)
         return 6

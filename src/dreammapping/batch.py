@@ -53,16 +53,21 @@ from dreammapping.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_OUTPUT,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     ConfigError,
     GenerateError,
     Interrupted,
     OutputError,
     RunExistsError,
+    Terminated,
 )
 from dreammapping.evaluate import EvalOptions, evaluate_run
 from dreammapping.gaussian_scene import GaussiansConfig
+from dreammapping.config import check_config
 from dreammapping.files import atomic_write_text
+from dreammapping.resources import read_capped
+from dreammapping.signals import install_term_as_interrupt, note_sigterm, parent_death_signal, sigterm_received
 from dreammapping.toyworld import grammar
 from dreammapping.toyworld.grammar import unknown_words
 from dreammapping.train import StepInfo, parse_args, train
@@ -95,7 +100,7 @@ def read_prompts(path: str | os.PathLike, prior: str = "embedded", max_chars: in
     not know, two prompts that would share a run folder) before anything is run."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_capped(path, what="prompts file")  # capped: `batch /dev/zero` must not read forever
     except OSError as e:
         raise PromptsFileError(f"cannot read the prompts file {path}: {e.strerror or e}") from None
     prompts, problems, folders = [], [], {}
@@ -307,7 +312,7 @@ def run_task(task: Task, attempt: int = 1) -> dict:
             options = on_run_device(task.evaluate, cfg.device)
             evaluation = cached_evaluation(run_dir, options) or evaluate_run(run_dir, options)
             record.update(metrics=dict(evaluation["metrics"]), skipped_metrics=dict(evaluation["skipped"]))
-    except (Interrupted, KeyboardInterrupt) as e:  # checkpointed by train: a rerun resumes it
+    except (Interrupted, Terminated, KeyboardInterrupt) as e:  # checkpointed by train: a rerun resumes it
         record.update(status="interrupted", error=_one_line(e))
     except Exception as e:  # noqa: BLE001 — one run's failure is reported, the batch goes on
         record.update(status="failed", error=_one_line(e))
@@ -345,10 +350,22 @@ def machine_cores() -> int:
         return os.cpu_count() or 1
 
 
+_DRIVER: int | None = None  # a pool worker's parent, the batch driver (set by the initializer)
+
+
+def _pool_task(task: Task, attempt: int) -> dict:
+    """run_task in a pool worker; a worker whose driver has died (its run checkpointed on the SIGTERM the kernel sent)
+    exits instead of waiting forever for work no one will send."""
+    record = run_task(task, attempt)
+    if _DRIVER is not None and os.getppid() != _DRIVER:
+        os._exit(EXIT_TERMINATED)
+    return record
+
+
 def _worker_init(threads: int, stop, gpus) -> None:
     """Runs first in every pool worker: its share of the cores, its GPU, and Ctrl-C left to train's handler."""
-    global _STOP
-    _STOP = stop
+    global _STOP, _DRIVER
+    _STOP, _DRIVER = stop, os.getppid()
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(threads)
     torch.set_num_threads(threads)
@@ -357,6 +374,10 @@ def _worker_init(threads: int, stop, gpus) -> None:
     # An idle worker ignores Ctrl-C (the terminal sends it to the whole process group); train() installs its own
     # handler while it runs (checkpoint at the next step, then Interrupted), and the driver's stop event does the same.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM acts as Ctrl-C (a running train() checkpoints and stops, an idle worker exits), and the kernel sends
+    # it when the driver dies however it dies (SIGKILL included): no worker outlives its batch
+    install_term_as_interrupt()
+    parent_death_signal()
 
 
 class LocalPool:
@@ -383,7 +404,7 @@ class LocalPool:
         self.broken = False
 
     def submit(self, task: Task, attempt: int):
-        return self.executor.submit(run_task, task, attempt)
+        return self.executor.submit(_pool_task, task, attempt)
 
     def wait(self, handles: list, timeout: float) -> list[tuple[object, dict | BaseException]]:
         done, _ = futures.wait(handles, timeout=timeout, return_when=futures.FIRST_COMPLETED)
@@ -488,14 +509,18 @@ class _CtrlC:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous_term = signal.signal(signal.SIGTERM, self._handle)  # SIGTERM: the same, exit 143
         return self
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGTERM:
+            note_sigterm()
         self.count += 1
 
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+            signal.signal(signal.SIGTERM, self._previous_term)
         return False
 
 
@@ -743,16 +768,18 @@ def cli_batch(argv: Sequence[str] | None = None) -> int:
         prior = next(iter(configs.values())).prior
         prompts = read_prompts(args.prompts, prior=prior)
         out = Path(args.out)
+        tasks = plan_tasks(prompts, configs, args.seeds, out, evaluate=args.evaluate)
+        for task in tasks:  # every value of every run, before anything is written (else: fail, retry, fail)
+            check_config(task.config)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(f"cannot create the output folder {out}: {e.strerror or e}") from None
-        tasks = plan_tasks(prompts, configs, args.seeds, out, evaluate=args.evaluate)
         records = run_batch(tasks, workers=args.workers, ray=args.ray, retries=args.retries,
                             progress=not args.no_progress, summary_dir=out)
     except BatchInterrupted as e:
         print(f"dreammapping batch: {e}; summary in {Path(args.out) / SUMMARY_MD}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if sigterm_received() else EXIT_INTERRUPTED
     except GenerateError as e:
         for line in str(e).splitlines():
             print(f"dreammapping batch: {line}", file=sys.stderr)

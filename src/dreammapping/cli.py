@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 from dreammapping import __version__
 
@@ -24,6 +25,10 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 }
 # Subcommands that need an optional extra, and which: a missing package is then one line naming the extra.
 EXTRAS: dict[str, str] = {"app": "app"}
+# Libraries whose own warnings (deprecations of their arguments, e.g. huggingface_hub's local_dir_use_symlinks, tyro's
+# notes on defaults) say nothing to a user of the command line and would add lines to its one-line errors. Our own
+# warnings (an unknown word, a cut prompt) are printed by the program itself and are not affected.
+QUIET_LIBRARIES = r"(huggingface_hub|tyro|diffusers|transformers|torch|imageio|viser|ray)(\..*)?$"
 
 
 def _usage() -> str:
@@ -47,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dreammapping: unknown command {name!r}; choose one of: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
     module, function, _ = SUBCOMMANDS[name]
+    warnings.filterwarnings("ignore", module=QUIET_LIBRARIES)
     try:
         entry = getattr(importlib.import_module(module), function)
     except ModuleNotFoundError as e:

@@ -29,6 +29,7 @@ import tyro
 import yaml
 
 from dreammapping import cameras as C
+from dreammapping.degrade import DegradeConfig, check_degrade
 from dreammapping.devices import check_device
 from dreammapping.errors import ConfigError, EmptyPromptError, UnknownMethodError, UnknownPresetError
 from dreammapping.files import atomic_write_text
@@ -43,7 +44,9 @@ from dreammapping.guidance.vsd import VSDConfig
 from dreammapping.init import InitOptions
 from dreammapping.nerf import NerfConfig
 from dreammapping.strategy import DensityStrategy
-from dreammapping.toyworld.grammar import content_words, unknown_words
+from dreammapping.toyworld.grammar import V1_KNOWN_WORDS, content_words, unknown_words
+from dreammapping.resources import check_generate, check_yaml_shape, read_capped
+from dreammapping.validation import check_ranges, short
 
 # The Config of every method in METHODS (SDS uses the base GuidanceConfig); tests check that none is missing.
 GuidanceOptions = GuidanceConfig | VDMConfig | CSDConfig | NFSDConfig | ISMConfig | VSDConfig
@@ -113,6 +116,8 @@ class GenerateConfig:
     threads: int = 0  # CPU threads for torch (0: the cores other processes leave free, devices.resolve_threads)
     # the prior's dtype; auto: fp16 on CUDA, bf16 for the embedded prior on a CPU with native bf16, else fp32
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # experiments only: blur / desaturate what the prior sees, decaying to nothing by a fixed step (off by default)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
 
     def __post_init__(self):
         # `GenerateConfig(method="sds")` or `dataclasses.replace(cfg, method="ism")`: the options follow the method.
@@ -246,7 +251,7 @@ def merge_config(base, data: dict, where: str = "config"):
         table = data.pop("method_options", None)
         if table is not None and not (isinstance(table, dict) and all(isinstance(v, (dict, type(None)))
                                                                        for v in table.values())):
-            raise ConfigError(f"{where}.method_options: expected a mapping of method → options, got {table!r}")
+            raise ConfigError(f"{where}.method_options: expected a mapping of method → options, got {short(table)}")
         if "method" in data:
             base = dataclasses.replace(base, method=_coerce(data.pop("method"), str, f"{where}.method"))
         base, data = _merge_scene(base, data, where)
@@ -307,9 +312,9 @@ def _coerce(value, hint, where: str):
             and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if origin is Literal and value not in args:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        raise ConfigError(f"{where}: {short(value)} is not one of {', '.join(map(repr, args))}")
     if not _matches(value, hint):
-        raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+        raise ConfigError(f"{where}: expected {_type_name(hint)}, got {short(value)}")
     return value
 
 
@@ -362,7 +367,7 @@ def check_values(obj, where: str) -> None:
             continue
         value, name = getattr(obj, f.name), f"{where}.{f.name}" if where else f.name
         if not _matches(value, hints.get(f.name)):
-            raise ConfigError(f"{name}: expected {_type_name(hints.get(f.name))}, got {value!r}")
+            raise ConfigError(f"{name}: expected {_type_name(hints.get(f.name))}, got {short(value)}")
         if dataclasses.is_dataclass(value):
             check_values(value, name)
         for v in (value if isinstance(value, tuple) else (value,)):
@@ -372,10 +377,14 @@ def check_values(obj, where: str) -> None:
 
 def read_yaml(path: str | os.PathLike) -> dict:
     """A YAML file of options as a dict; ConfigError (one line) when it cannot be read or parsed."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+    try:  # capped: --config /dev/zero must not read forever; no alias bombs (dreammapping.resources)
+        text = read_capped(path, what="config file").decode("utf-8")
+        check_yaml_shape(text, str(path))
+        data = yaml.safe_load(text) or {}
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start + 1})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     return data
@@ -414,7 +423,7 @@ def build_config(prompt: str | None = None, preset: str = DEFAULT_PRESET, config
 
 def check_prompt_type(prompt) -> None:
     if not isinstance(prompt, str):
-        raise ConfigError(f"the prompt must be a string, got {type(prompt).__name__} {prompt!r}")
+        raise ConfigError(f"the prompt must be a string, got {type(prompt).__name__} {short(prompt)}")
 
 
 def method_config(cfg: GenerateConfig) -> GuidanceConfig:
@@ -433,36 +442,28 @@ def check_config(cfg: GenerateConfig) -> None:
     check_values(cfg, "")
     if not cfg.prompt or not cfg.prompt.strip():
         raise EmptyPromptError("the prompt is empty; say what to generate, e.g. dreammapping generate \"a red cube\"")
-    for name in ("iterations", "batch", "turntable_size", "turntable_frames", "log_every"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name} must be ≥ 1, got {getattr(cfg, name)}")
-    if cfg.checkpoint_every < 0:
-        raise ConfigError(f"checkpoint_every must be ≥ 0, got {cfg.checkpoint_every}")
-    if cfg.resolution is not None and cfg.resolution < 8:
-        raise ConfigError(f"resolution must be ≥ 8 (or None for the prior's), got {cfg.resolution}")
-    if not -2**63 <= cfg.seed < 2**64:  # what torch's generators accept
-        raise ConfigError(f"seed must be an integer in [-2**63, 2**64), got {cfg.seed}")
-    if not cfg.max_loss > 0:  # NaN compares false with everything: it would switch the explosion check off
-        raise ConfigError(f"max_loss must be > 0 (inf switches the explosion check off), got {cfg.max_loss}")
-    if cfg.threads < 0:
-        raise ConfigError(f"threads must be ≥ 0, got {cfg.threads}")
+    method_class(cfg.method)  # an unknown method is exit 4, before its options are looked at
+    check_ranges(cfg)  # every field's declared range and the cross-field rules (dreammapping.validation)
+    try:
+        check_degrade(cfg.degrade)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     check_device(cfg.device)
     try:
         cfg.scene.check()
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    guidance = method_config(cfg)
-    scale = guidance.guidance_scale
-    if scale is not None and not (math.isfinite(scale) and scale > 0):
-        raise ConfigError(f"guidance_scale must be a finite number > 0, got {scale}")
+    method_config(cfg)
+    check_generate(cfg)  # one memory estimate (resolution × batch, points, turntable) and threads ≤ cores
     if cfg.prior == "embedded" and not content_words(cfg.prompt):  # it would run with no prompt at all
         raise EmptyPromptError(f"the embedded prior knows no word of {cfg.prompt!r}: it draws toy shapes "
                                "(cube, sphere, cone, cylinder, torus) in colours, e.g. \"a red cube\"")
 
 
 def unknown_prompt_words(cfg: GenerateConfig) -> list[str]:
-    """Words of the prompt the embedded toy-world prior was never trained on (only checked for that prior)."""
-    return unknown_words(cfg.prompt) if cfg.prior == "embedded" else []
+    """Words of the prompt the embedded toy-world prior was never trained on (only checked for that prior; the
+    shipped one is world v1's, so patterns, white and black are reported)."""
+    return unknown_words(cfg.prompt, V1_KNOWN_WORDS) if cfg.prior == "embedded" else []
 
 
 # ================================================================================================ run folder names

@@ -15,12 +15,15 @@ EXIT_RUN_EXISTS = 7  # a fresh run would overwrite an existing one, or --resume 
 EXIT_PRIOR = 8  # the prior's weights are missing
 EXIT_DIVERGED = 9  # NaN or exploding loss
 EXIT_INIT = 10  # the requested initialisation cannot be used (e.g. a bad .ply)
+EXIT_BUSY = 11  # another process is writing the run folder (dreammapping.runlock)
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM), handled as Ctrl-C is: a checkpoint first
 EXIT_CODE_HELP = {EXIT_USAGE: "bad option or value", EXIT_EMPTY_PROMPT: "empty prompt",
                   EXIT_UNKNOWN_METHOD: "unknown method", EXIT_UNKNOWN_PRESET: "unknown preset",
                   EXIT_OUTPUT: "output not writable or disk full",
                   EXIT_RUN_EXISTS: "run exists / nothing to resume", EXIT_PRIOR: "prior missing",
-                  EXIT_DIVERGED: "diverged", EXIT_INIT: "bad init", EXIT_INTERRUPTED: "interrupted"}
+                  EXIT_DIVERGED: "diverged", EXIT_INIT: "bad init", EXIT_BUSY: "run folder in use",
+                  EXIT_INTERRUPTED: "interrupted", EXIT_TERMINATED: "terminated (SIGTERM)"}
 
 
 class GenerateError(Exception):
@@ -65,5 +68,15 @@ class InitFailedError(GenerateError):
     exit_code = EXIT_INIT
 
 
+class RunBusyError(GenerateError):
+    exit_code = EXIT_BUSY
+
+
 class Interrupted(GenerateError):
     exit_code = EXIT_INTERRUPTED
+
+
+class Terminated(GenerateError):
+    """A run stopped by SIGTERM, handled as Ctrl-C is (checkpoint, then stop): `dreammapping.signals`."""
+
+    exit_code = EXIT_TERMINATED

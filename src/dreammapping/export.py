@@ -29,13 +29,15 @@ from torch import Tensor
 
 from dreammapping.axes import from_file, to_file
 from dreammapping.cameras import canonical_views, turntable
-from dreammapping.errors import EXIT_OUTPUT, EXIT_USAGE
+from dreammapping.errors import EXIT_OUTPUT, EXIT_USAGE, ConfigError
 from dreammapping.files import atomic_path, check_writable_folder, describe_write_error
 from dreammapping.gaussians import Gaussians, num_sh_bases
 from dreammapping.nerf import NerfScene, load_field
 from dreammapping.nerf_export import field_file
 from dreammapping.render import rasterize
 from dreammapping.scene import render_frames
+from dreammapping.resources import frames_bytes, require
+from dreammapping.rundir import check_not_a_run_file, is_run_folder
 
 _LEAD = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
 _TAIL = ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
@@ -162,6 +164,31 @@ def check_finite(gaussians: Gaussians, path) -> None:
         raise PlyError(path, f"{int(bad.sum())} of {len(gaussians)} Gaussians have NaN or infinite values")
 
 
+# Beyond these a scene is not one anyone made: float32 overflow in the projection, a singular covariance, a mesh grid
+# spread over 10¹² units. Random bytes read as a .splat land here.
+MAX_ABS_POSITION = 1e6
+LOG_SCALE_RANGE = (-40.0, math.log(1e6))
+
+
+def check_splat(gaussians: Gaussians, path) -> None:
+    """The one validator of a loaded scene (.ply or .splat) before `render` or `export` uses it: PlyError (one line,
+    exit 2) for no Gaussians, NaN / inf values, positions beyond ±1e6, scales outside [e⁻⁴⁰, 1e6] or a quaternion
+    of zero length."""
+    if len(gaussians) == 0:
+        raise PlyError(path, "no Gaussians to use (the file has 0 vertices)")
+    check_finite(gaussians, path)
+    g = gaussians.detach().to("cpu")
+    lo, hi = LOG_SCALE_RANGE
+    problems = {
+        f"positions beyond ±{MAX_ABS_POSITION:g}": (g.means.abs() > MAX_ABS_POSITION).any(dim=1),
+        f"scales outside [e^{lo:g}, {math.exp(hi):g}]": ((g.log_scales < lo) | (g.log_scales > hi)).any(dim=1),
+        "a quaternion of zero length": g.quats.norm(dim=1) < 1e-12,
+    }
+    for what, bad in problems.items():
+        if bool(bad.any()):
+            raise PlyError(path, f"{int(bad.sum())} of {len(g)} Gaussians have {what}")
+
+
 # ---- pictures ----------------------------------------------------------------------------------------------------
 def _render_frames(gaussians: Gaussians, cameras, chunk: int = 8, background=None) -> np.ndarray:
     """uint8 frames [B,H,W,3], rendering `chunk` cameras at a time to bound memory."""
@@ -261,6 +288,11 @@ def cli_render(argv: list[str] | None = None) -> int:
         return fail("--frames must be ≥ 1 and --size ≥ 8")
     if args.fps < 1:  # 0 divides by zero in the gif's frame time; a negative rate makes an mp4 of nothing
         return fail(f"--fps must be ≥ 1, got {args.fps}")
+    try:  # one memory estimate before the scene is even read
+        require(frames_bytes(args.frames, args.size), f"rendering {args.frames} frames at --size {args.size}",
+                "lower --size or --frames")
+    except ConfigError as e:
+        return fail(str(e))
     source = Path(args.source)
     if field_file(source) is not None:  # a NeRF run: render the field itself
         try:
@@ -274,14 +306,18 @@ def cli_render(argv: list[str] | None = None) -> int:
             return fail(f"{source}: no gaussians.ply in this folder")
         try:
             gaussians = load_ply(ply)
-            check_finite(gaussians, ply)
+            check_splat(gaussians, ply)
         except PlyError as e:
             return fail(str(e))
-        if len(gaussians) == 0:
-            return fail(f"{ply}: no Gaussians to render (the file has 0 vertices)")
         scene, what = None, f"{len(gaussians)} Gaussians, SH degree {gaussians.sh_degree}"
-    out = Path(args.out) if args.out else ply.parent
+    # a run's own turntable and views are generate's: a render of a run goes to RUN/render/ unless told otherwise
+    out = Path(args.out) if args.out else ply.parent / "render" if is_run_folder(ply.parent) else ply.parent
     video_path = out / ("turntable.gif" if args.gif else "turntable.mp4")
+    try:
+        for path in (video_path, out / "views.png"):
+            check_not_a_run_file(path)
+    except ConfigError as e:
+        return fail(str(e))
     try:
         check_writable_folder(out)  # before rendering, not after
     except OSError as e:

@@ -20,12 +20,15 @@ import numpy as np
 import torch
 
 from dreammapping.axes import from_file, to_file
-from dreammapping.export import PlyError, load_ply, save_ply
+from dreammapping.export import PlyError, check_splat, load_ply, save_ply
 from dreammapping.files import atomic_path
 from dreammapping.gaussians import Gaussians, rgb_to_sh, sh_to_rgb
+from dreammapping.errors import GenerateError
 from dreammapping.mesh import MeshConfig, extract_mesh, mesh_report, save_mesh
 from dreammapping.nerf import load_field
 from dreammapping.nerf_export import NerfMeshConfig, field_file, nerf_gaussians, nerf_mesh
+from dreammapping.resources import mesh_bytes, require
+from dreammapping.rundir import check_not_a_run_file
 
 FORMATS = ("ply", "splat", "glb", "obj")
 SPLAT_DTYPE = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])
@@ -91,11 +94,13 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
     if field_file(source) is not None:
         return _export_field(field_file(source), fmt, out, resolution, decimate)
     g = load_any(source)
+    check_splat(g, source)  # render's validator: NaN in, nothing out
     stem = "gaussians" if source.is_dir() else source.stem
     folder = source if source.is_dir() else source.parent
     out = Path(out) if out else folder / f"{stem}.{fmt}"
     if out.resolve() == (source / "gaussians.ply" if source.is_dir() else source).resolve():
         raise ValueError(f"{out}: would overwrite the source; pass --out")
+    check_not_a_run_file(out)  # e.g. --out RUN/checkpoint.pt: a later --resume would find it "damaged"
     if fmt == "ply":
         return save_ply(out, g), f"{len(g)} Gaussians, SH degree {g.sh_degree}"
     if fmt == "splat":
@@ -138,8 +143,10 @@ def cli_export(argv: list[str] | None = None) -> int:
         print("dreammapping export: --resolution must be in [8, 1024] and --decimate in [0, 1)", file=sys.stderr)
         return 2
     try:
+        if args.format in ("glb", "obj"):  # the voxel grid grows with the cube of the resolution
+            require(mesh_bytes(args.resolution), f"a mesh at --resolution {args.resolution}", "lower --resolution")
         path, summary = export(args.source, args.format, args.out, args.resolution, args.decimate)
-    except (PlyError, ValueError, OSError, ImportError) as e:
+    except (PlyError, ValueError, OSError, ImportError, GenerateError) as e:
         print(f"dreammapping export: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(f"wrote {path}: {summary}")

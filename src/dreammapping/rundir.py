@@ -11,13 +11,15 @@ import shutil
 from pathlib import Path
 
 from dreammapping.checkpoint import CHECKPOINT
-from dreammapping.errors import OutputError, RunExistsError
+from dreammapping.errors import ConfigError, OutputError, RunExistsError
 from dreammapping.files import atomic_path, check_writable_folder, describe_write_error, remove_stale_temporaries
 
 # What a run writes: any of them in a folder means the folder holds a run (not only checkpoint.pt).
 RUN_FILES = ("config.yaml", "loss.csv", "checkpoint.pt", "gaussians.ply", "turntable.mp4", "turntable.gif",
              "views.png", "metrics.json", "eval.json")
 PREVIOUS_RUN = ".previous-run"  # where --overwrite keeps the old run until the new one has a checkpoint
+RUN_MARKERS = ("config.yaml", CHECKPOINT)  # only generate writes these: a folder holding one is a run folder
+KEEP_ON_OVERWRITE = ("batch.log",)  # batch's log of a folder's attempts: a log, not something the old run made
 
 
 def prepare_run_dir(run_dir: Path, fresh: bool, overwrite: bool) -> list[str]:
@@ -32,6 +34,9 @@ def prepare_run_dir(run_dir: Path, fresh: bool, overwrite: bool) -> list[str]:
                                  f"{shlex.quote(str(run_dir))}, choose another --out, or pass --overwrite")
         check_writable_folder(run_dir)
         remove_stale_temporaries(run_dir)  # a SIGKILL during an atomic write leaves its temporary behind
+        if existing:  # everything the old run made goes aside, its exports and renders too (they would be stale)
+            existing = sorted(p.name for p in run_dir.iterdir()
+                              if not p.name.startswith(".") and p.name not in KEEP_ON_OVERWRITE)
     except OSError as e:
         raise OutputError(f"cannot write to the output folder {run_dir}: {e.strerror or e}") from None
     return existing
@@ -45,6 +50,20 @@ def set_previous_run_aside(run_dir: Path, names: list[str]) -> None:
         (run_dir / PREVIOUS_RUN).mkdir()
         for name in names:
             (run_dir / name).rename(run_dir / PREVIOUS_RUN / name)
+
+
+def is_run_folder(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds a run of `generate` (its config.yaml or checkpoint.pt)."""
+    return any((Path(folder) / name).exists() for name in RUN_MARKERS)
+
+
+def check_not_a_run_file(path: str | os.PathLike, flag: str = "--out") -> None:
+    """ConfigError when writing `path` would replace a file of a run (checkpoint.pt, views.png, … in a folder that
+    holds a run): `export` and `render` never do; they write beside the run's files or elsewhere."""
+    path = Path(path)
+    if (path.name in RUN_FILES or path.name.startswith(".")) and is_run_folder(path.parent):
+        raise ConfigError(f"{flag} {path} would replace a file of the run in {path.parent}; choose another name "
+                          "or folder (the run's own files are only written by generate)")
 
 
 def discard_previous_run(run_dir: Path) -> None:
@@ -100,7 +119,8 @@ class LossLog:
             with path.open(newline="") as f:
                 reader = csv.DictReader(f)
                 self.columns = reader.fieldnames
-                rows = [r for r in reader if int(r["step"]) <= keep_before]
+                # a row torn by a kill mid-write has missing fields (None): dropped, as a row after the checkpoint
+                rows = [r for r in reader if None not in r.values() and int(r["step"]) <= keep_before]
         self.writer = None
         if self.columns:  # the kept rows replace the file whole (a crash here must not lose the log), then append
             with atomic_path(path) as tmp, tmp.open("w", newline="") as f:

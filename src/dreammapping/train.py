@@ -87,6 +87,7 @@ from dreammapping.errors import (
     EXIT_OUTPUT,
     EXIT_PRIOR,
     EXIT_RUN_EXISTS,
+    EXIT_TERMINATED,
     EXIT_UNKNOWN_METHOD,
     EXIT_UNKNOWN_PRESET,
     EXIT_USAGE,
@@ -99,9 +100,11 @@ from dreammapping.errors import (
     OutputError,
     PriorError,
     RunExistsError,
+    Terminated,
     UnknownMethodError,
     UnknownPresetError,
 )
+from dreammapping.degrade import degrade_images
 from dreammapping.export import save_frames_row, save_turntable
 from dreammapping.files import atomic_write_text, is_disk_full
 from dreammapping.gaussians import Gaussians
@@ -109,6 +112,9 @@ from dreammapping.init import InitError
 from dreammapping.guidance import Guidance
 from dreammapping.priors import DiffusionPrior, NonFiniteOutputError, PriorNotFoundError, PromptEmbeddings
 from dreammapping.scene import Representation, Scene, render_frames
+from dreammapping.resuming import check_resume
+from dreammapping.runlock import run_lock
+from dreammapping.signals import sigterm_received, term_as_interrupt
 from dreammapping.rundir import (
     PREVIOUS_RUN,
     RUN_FILES,
@@ -223,13 +229,20 @@ def train(cfg: GenerateConfig, run_dir: Path, resume: bool = False, progress: bo
     torch.set_num_threads(resolve_threads(cfg.threads))
     run_dir = Path(run_dir)
     try:
-        return _train(cfg, run_dir, resume, progress, callback, log or (lambda msg: print(msg, file=sys.stderr)))
-    except BaseException as e:
-        with contextlib.suppress(OSError):  # --overwrite: the old run comes back if the new one has no checkpoint
-            recover_previous_run(run_dir)
-        if isinstance(e, OSError):  # a full disk, a folder made read-only mid-run: one line, and what is kept
-            raise OutputError(io_failure(e, run_dir)) from None
-        raise
+        with run_lock(run_dir, create=not resume):  # one writer per run folder, until its last file is written
+            try:
+                if resume:
+                    check_resume(cfg, run_dir)  # what --resume would ignore or relabel, a damaged loss.csv
+                return _train(cfg, run_dir, resume, progress, callback,
+                              log or (lambda msg: print(msg, file=sys.stderr)))
+            except BaseException as e:
+                with contextlib.suppress(OSError):  # --overwrite: the old run comes back if the new one has none
+                    recover_previous_run(run_dir)
+                if isinstance(e, OSError):  # a full disk, a folder made read-only mid-run: one line, what is kept
+                    raise OutputError(io_failure(e, run_dir)) from None
+                if isinstance(e, Interrupted) and sigterm_received():  # SIGTERM, handled as Ctrl-C
+                    raise Terminated(str(e).replace("interrupted", "terminated (SIGTERM)", 1)) from None
+                raise
     finally:
         torch.set_num_threads(threads)  # a library call leaves the caller's setting as it found it
 
@@ -362,6 +375,7 @@ def train_step(run: Run, step: int) -> StepInfo:
     # render, score with the prior, back-propagate
     render = representation.scene.render(cams, background)
     images = render.rgb.permute(0, 3, 1, 2)  # [B,H,W,3] → [B,3,H,W]
+    images = degrade_images(images, cfg.degrade, step)  # the prior's view only (identity unless set)
     try:
         out = run.method(images, emb, step, cfg.iterations)
     except NonFiniteOutputError as e:  # not finite even in float32 (or fallback off): name it, keep θ
@@ -590,7 +604,14 @@ def _one_line_usage_error(box: str) -> str:
 
 
 def cli_generate(argv: list[str] | None = None) -> int:
-    """`dreammapping generate "a red cube on top of a blue sphere" [--preset cpu|paper] [--method vdm] …`."""
+    """`dreammapping generate "a red cube on top of a blue sphere" [--preset cpu|paper] [--method vdm] …`; SIGTERM
+    is handled as Ctrl-C (a checkpoint, the resume command) and exits 143."""
+    with term_as_interrupt():
+        code = _cli_generate(argv)
+    return EXIT_TERMINATED if code == EXIT_INTERRUPTED and sigterm_received() else code
+
+
+def _cli_generate(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     run_dir = view = None
     try:

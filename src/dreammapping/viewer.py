@@ -27,6 +27,7 @@ import viser
 
 from dreammapping.gaussians import Gaussians, quat_to_rotmat
 from dreammapping.train import StepInfo
+from dreammapping.webguard import allow_only_own_origin, check_listen_address
 
 SPLAT_NODE = "/splat"  # the one scene node the live view draws into
 # Where the browser's camera starts: in front of the object, a little above (world is +z up, azimuth 0 = +x, as in
@@ -81,8 +82,11 @@ class LiveView:
 
     @classmethod
     def serve(cls, port: int = 8080, host: str = "127.0.0.1", **options) -> "LiveView":
-        """Start a viser server on host:port (the next free port when taken) and print its address."""
+        """Start a viser server on host:port (the next free port when taken) and print its address. ConfigError for
+        a port outside 0..65535, OutputError for an address this machine cannot listen on (`webguard`)."""
+        check_listen_address(host, port)
         server = viser.ViserServer(host=host, port=port, label="dreammapping", verbose=False)
+        allow_only_own_origin(server, host)
         configure_scene(server)
         print(f"live view: http://{host}:{server.get_port()}", file=sys.stderr)
         return cls(server, **options)

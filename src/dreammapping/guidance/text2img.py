@@ -19,21 +19,26 @@ import torch
 from torch import Tensor
 
 from dreammapping.devices import check_device
-from dreammapping.errors import EXIT_OUTPUT, EXIT_USAGE, ConfigError
+from dreammapping.errors import EXIT_EMPTY_PROMPT, EXIT_OUTPUT, EXIT_USAGE, ConfigError
 from dreammapping.files import atomic_path, check_writable_folder, describe_write_error
 from dreammapping.guidance import METHODS
 from dreammapping.priors import DiffusionPrior, PriorNotFoundError
+from dreammapping.resources import require, text2img_bytes
+from dreammapping.toyworld.grammar import content_words
 
 
 def text2img(prompt: str, method: str = "vdm", prior="embedded", steps: int = 500, lr: float = 0.03, seed: int = 0,
              batch_size: int = 1, guidance_scale: float | None = None, config=None, device=None,
-             callback=None, snapshot_every: int = 0, on_snapshot=None) -> Tensor:
+             callback=None, snapshot_every: int = 0, on_snapshot=None, init: Tensor | None = None,
+             frozen: bool = False) -> Tensor:
     """Optimise `batch_size` images for `prompt`; returns them as [B,3,R,R] in [0,1].
 
     `prior` is a DiffusionPrior or anything `DiffusionPrior.from_pretrained` accepts; `config` a method Config
     (overrides `guidance_scale`); `callback(step, out)` is called after every step with the GuidanceOutput;
     `on_snapshot(steps_done, images [B,3,R,R] in [0,1])` after every `snapshot_every` steps (0: never), so that
-    metric-vs-step curves come from the run itself.
+    metric-vs-step curves come from the run itself. `init` [B,3,R,R] in [0,1]: the images to start from (default:
+    mid-grey plus a little noise); `frozen`: the images never move and only the method's own parameters train
+    (VDM's operator on a point-mass render distribution: docs/operator_ability.md).
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty" if isinstance(prompt, str) else
@@ -55,9 +60,15 @@ def text2img(prompt: str, method: str = "vdm", prior="embedded", steps: int = 50
     torch.manual_seed(seed)
     guidance = cls(prior, config)
     emb = prior.encode_text(prompt, view_dependent=False).for_views(batch_size)
-    with torch.no_grad():  # start from a mid-grey image
-        z0 = prior.encode_images(torch.full((batch_size, 3, prior.resolution, prior.resolution), 0.5))
-        z0 = z0 + 0.1 * torch.randn_like(z0)
+    with torch.no_grad():
+        if init is None:  # start from a mid-grey image
+            z0 = prior.encode_images(torch.full((batch_size, 3, prior.resolution, prior.resolution), 0.5))
+            z0 = z0 + 0.1 * torch.randn_like(z0)
+        else:
+            if init.shape != (batch_size, 3, prior.resolution, prior.resolution):
+                raise ValueError(f"init must be [{batch_size},3,{prior.resolution},{prior.resolution}], "
+                                 f"got {list(init.shape)}")
+            z0 = prior.encode_images(init.to(prior.device))
     z = z0.clone().requires_grad_(True)
     image_opt = torch.optim.Adam([z], lr=lr)
     method_opt = guidance.optimizer_config().build(guidance.parameters())
@@ -67,7 +78,8 @@ def text2img(prompt: str, method: str = "vdm", prior="embedded", steps: int = 50
         if method_opt is not None:
             method_opt.zero_grad(set_to_none=True)
         (out.loss + out.aux_loss).backward()
-        image_opt.step()
+        if not frozen:
+            image_opt.step()
         if method_opt is not None:
             method_opt.step()
         if not prior.is_latent:
@@ -114,11 +126,17 @@ def cli_text2img(argv: list[str]) -> int:
         return fail(f"--lr must be a finite number > 0, got {args.lr}")
     if args.steps < 0 or args.batch_size < 1:
         return fail("--steps must be ≥ 0 and --batch-size ≥ 1")
-    if args.device is not None:
-        try:
+    if args.prior == "embedded" and not content_words(args.prompt):  # as generate: it would run with no prompt
+        return fail(f"the embedded prior knows no word of {args.prompt[:80]!r}: it draws toy shapes (cube, sphere, "
+                    "cone, cylinder, torus) in colours, e.g. \"a red cube\"", EXIT_EMPTY_PROMPT)
+    try:
+        if args.device is not None:
             check_device(args.device)
-        except ConfigError as err:
-            return fail(str(err))
+        # one memory estimate before the prior is loaded: the embedded prior works at 32², SD's latents at 64²
+        require(text2img_bytes(args.batch_size, 32 if args.prior == "embedded" else 64),
+                f"--batch-size {args.batch_size}", "lower --batch-size", args.device or "cpu")
+    except ConfigError as err:
+        return fail(str(err))
     try:
         image_format(args.out)
         check_writable_folder(Path(args.out).parent)

@@ -48,13 +48,22 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dreammapping.cameras import VIEW_TAGS
-from dreammapping.devices import resolve_device
-from dreammapping.files import atomic_dir, atomic_path, atomic_write_text, remove_stale_temporaries
+from dreammapping.devices import check_device, resolve_device
+from dreammapping.errors import EXIT_OUTPUT, GenerateError
+from dreammapping.files import (
+    atomic_dir,
+    atomic_path,
+    atomic_write_text,
+    check_writable_folder,
+    describe_write_error,
+    remove_stale_temporaries,
+)
 from dreammapping.priors import sample_with_cfg
 from dreammapping.toyworld import grammar
 from dreammapping.toyworld.classifier import match_pair
 from dreammapping.toyworld.dataset import EVAL_PROMPTS, sample_batch
 from dreammapping.toyworld.grammar import with_article
+from dreammapping.validation import check_ranges
 
 MODEL_CLASS_NAME = "DreamMappingToyPrior"
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -827,6 +836,16 @@ def accuracy_report(models: PriorModels | str | Path, classifier, n_per_prompt: 
 def cli_train_prior(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = tyro.cli(TrainPriorConfig, args=argv, prog="dreammapping train-prior")
+    try:  # every value in its declared range, and the output folder writable, before any work
+        check_ranges(cfg)
+        check_device(cfg.device)
+        check_writable_folder(cfg.out)
+    except GenerateError as e:
+        print(f"dreammapping train-prior: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:
+        print(f"dreammapping train-prior: {describe_write_error(e, e.filename or cfg.out)}", file=sys.stderr)
+        return EXIT_OUTPUT
     command = "dreammapping train-prior " + " ".join(shlex.quote(a) for a in argv)
     train(cfg, command=command)
     return 0
