@@ -23,18 +23,27 @@ TINY = ["--iterations", "6", "--num-points", "200", "--init", "sphere", "--turnt
         "--turntable-frames", "3", "--log-every", "2", "--checkpoint-every", "2", "--background", "random"]
 
 
+def tiny(*extra) -> list[str]:
+    """TINY with the flags of `extra` replaced by theirs: a top-level flag repeated after a scene's own flags (which
+    select the scene's subcommand) is refused by tyro once `config.SCENES` has more than one entry."""
+    extra = [str(a) for a in extra]
+    given = {a for a in extra if a.startswith("--")}
+    kept = [x for pair in zip(TINY[::2], TINY[1::2]) if pair[0] not in given for x in pair]
+    return kept + extra
+
+
 def batch(prompts: Path, out: Path, prior: Path, *extra) -> int:
     # one thread a run, as the references: a run left alone in the pool would otherwise get every core
     return B.cli_batch([str(prompts), "--out", str(out), "--prior", str(prior), "--workers", "2", "--no-progress",
-                        "--threads", "1", *TINY, *map(str, extra)])
+                        "--threads", "1", *tiny(*extra)])
 
 
 def reference_run(tmp_path: Path, prior: Path, prompt: str, seed: int, *extra) -> Path:
     """The same run made on its own, in this process, with `train` directly, on one thread as the batch's runs
     (another thread count sums in another order: equal runs, not bit-identical ones)."""
     run = tmp_path / "reference" / f"{T.slugify(prompt)}-{seed}"
-    cfg, _ = T.parse_args([prompt, "--prior", str(prior), *TINY, "--seed", str(seed), "--out", str(run),
-                           "--threads", "1", *map(str, extra)])
+    cfg, _ = T.parse_args([prompt, "--prior", str(prior), "--seed", str(seed), "--out", str(run),
+                           "--threads", "1", *tiny(*extra)])
     T.train(cfg, run, progress=False)
     return run
 

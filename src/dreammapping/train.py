@@ -644,7 +644,8 @@ def _cli_generate(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     m = result.metrics
     size = result.scene.size_name
-    print(f"wrote {result.run_dir}: {m[size]} {size.replace('_', ' ')}, {m['iterations']} steps in "
+    label = "Gaussians" if size == "gaussians" else size.replace("_", " ")  # "occupied cells" for a field
+    print(f"wrote {result.run_dir}: {m[size]} {label}, {m['iterations']} steps in "
           f"{m['train_seconds']:.1f} s "
           f"({m['it_per_s']:.2f} it/s), final loss {m['final_loss']:.4g}; see {result.turntable_gif} and {result.views}")
     if view is not None:
