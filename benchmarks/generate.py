@@ -389,7 +389,8 @@ def threads_table(results: dict[str, dict[str, list[dict]]], cores: int) -> str:
     # where the threads make a difference: the phases (medians, seconds); "outputs: render frames" says whether
     # the turntable's rendering (bigger images than the loop's) gains from a second thread
     phases = ("start-up: imports", "start-up: prior load", "start-up: threads", "other (start-up)", "prior UNet",
-              "render", "backward (rest)", "Mψ", "outputs: render frames", "outputs: turntable encode", "outputs: views")
+              "render", "backward (rest)", "Mψ", "outputs: render frames", "outputs: turntable encode",
+              "outputs: views")
     lines += ["", "| case | threads asked | " + " | ".join(phases) + " |", "|---|---|" + "---|" * len(phases)]
     for case, by_label in results.items():
         for label, runs in by_label.items():

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(gaussians)} Gaussians, {args.frames} frames at {args.size}², {args.threads} torch thread(s)")
     print(f"| step (median of {args.reps}) | wall s | CPU s |\n|---|---|---|")
     for name, values in times.items():
-        print(f"| {name} | {statistics.median(v[0] for v in values):.2f} | {statistics.median(v[1] for v in values):.2f} |")
+        wall, cpu_s = (statistics.median(v[i] for v in values) for i in (0, 1))
+        print(f"| {name} | {wall:.2f} | {cpu_s:.2f} |")
     gif, mp4, both = (statistics.median(v[0] for v in times[k]) for k in
                       ("encode .gif", "encode .mp4", "encode .gif and .mp4 at once"))
     print(f"one after the other {gif + mp4:.2f} s, at once {both:.2f} s: saves {gif + mp4 - both:.2f} s")

@@ -96,3 +96,34 @@ def test_run_sets_the_resolved_threads_and_restores_the_callers(monkeypatch, tmp
     T.train(T.build_config("a red cube", threads=0), tmp_path / "run")
     T.train(T.build_config("a red cube", threads=2), tmp_path / "run")
     assert seen == [1, 2] and torch.get_num_threads() == before
+
+
+def test_auto_threads_are_narrowed_by_the_calibration_once_the_prior_is_loaded(tiny_pixel_folder, tmp_path,
+                                                                                monkeypatch):
+    # threads 0 on the CPU: the free cores (2 here, nothing busy), then what the calibration says for this prior and
+    # batch; the run's log line names the count it used. An explicit count is not calibrated.
+    calls, lines = [], []
+
+    def calibrated(prior, batch, free, log):
+        calls.append((prior.name, batch, free, torch.get_num_threads()))
+        return 1
+
+    monkeypatch.setattr(T, "auto_threads", calibrated)
+    monkeypatch.setattr(dreammapping, "OPENMP_PASSIVE", True)
+    monkeypatch.setattr(devices, "busy_cores", lambda: 0.0)
+    monkeypatch.setattr(devices, "allowed_cores", lambda: 2)
+    tiny = ["--iterations", "1", "--num-points", "50", "--init", "sphere", "--turntable-size", "8",
+            "--turntable-frames", "1", "--batch", "2", "--prior", str(tiny_pixel_folder)]
+    cfg, _ = T.parse_args(["a red cube", *tiny, "--threads", "0"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)  # the caller's count: every core of a 4-core machine, of which 2 are allowed
+    try:
+        T.train(cfg, tmp_path / "auto", progress=False, log=lines.append)
+    finally:
+        torch.set_num_threads(before)
+    assert calls == [(str(tiny_pixel_folder), 2, 2, 2)]  # free = min(4, 2 allowed) − 0 busy, set before the call
+    assert any("1 thread)" in line for line in lines), lines
+    calls.clear()
+    cfg, _ = T.parse_args(["a red cube", *tiny, "--threads", "2"])
+    T.train(cfg, tmp_path / "two", progress=False, log=lines.append)
+    assert calls == []
