@@ -203,6 +203,12 @@ def cmd_summary(args) -> int:
                      f" | {c['operator_lr']:g} | {r['prompt']} | {r['steps']} × {r.get('batch', 1)} | {s.op_ratio:.3f} [{lo:.3f}, {hi:.3f}] | "
                      f"{s.op_ratio_lo:.3f} | {s.op_ratio_mid:.3f} | {s.op_ratio_hi:.3f} | {s.cos_sds:.3f} | {verdict} | "
                      f"{r['seconds']:.0f} | {r['provenance']['commit'][:7]}{'+' if r['provenance']['dirty'] else ''} |")
+    partial = RECORDS / "t-ulite-online-partial.log"
+    if partial.exists():
+        text = partial.read_text().splitlines()
+        lines += ["", "## The online primary run, stopped early", "", "From `benchmarks/results/operator/"
+                  "t-ulite-online-partial.log` (its header pins it):", ""]
+        lines += ["    " + line for line in text]
     lines += ["", "## Along the run", "",
               "op_ratio pooled per eighth of the run (t<300 / t≥600 in brackets) and its mean cos(VDM, SDS).", ""]
     if records:
