@@ -123,20 +123,23 @@ def make_draws(prior, prompt: str, image: Tensor, n: int, seed: int = 0, config:
 
 
 def replay(operator: torch.nn.Module, optimizer: torch.optim.Optimizer, draws: DrawSet, batch: int = 1,
-           on_row=None) -> list[dict[str, float]]:
-    """Train `operator` on `draws` in order, `batch` draws per step, with VDM's L_op = mean (Mψ(ε_φ, t) − ε)²; each
-    draw's errors are measured before the step that trains on it (held out). One row per draw, as
-    `run_frozen_probe`'s (step, t, err_op, err_id)."""
+           on_row=None, steps_per_draw: int = 1) -> list[dict[str, float]]:
+    """Train `operator` on `draws` in order, `batch` draws per step, with VDM's L_op = mean (Mψ(ε_φ, t) − ε)²
+    (`steps_per_draw` optimiser steps on each: more operator steps per iteration); each draw's errors are measured
+    before the first step that trains on it (held out). One row per draw, as `run_frozen_probe`'s
+    (step, t, err_op, err_id)."""
     rows: list[dict[str, float]] = []
     device = next(operator.parameters()).device
     for step, i in enumerate(range(0, len(draws.t), batch)):
         t = draws.t[i:i + batch].to(device)
         noise, eps = draws.noise[i:i + batch].to(device), draws.eps_cond[i:i + batch].to(device)
-        mapped = operator(eps, t)
-        loss = (mapped - noise).pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        for k in range(steps_per_draw):
+            out = operator(eps, t)
+            if k == 0:
+                mapped = out
+            optimizer.zero_grad(set_to_none=True)
+            (out - noise).pow(2).mean().backward()
+            optimizer.step()
         with torch.no_grad():
             err_op = (mapped.detach() - noise).pow(2).flatten(1).mean(1)
             err_id = (eps - noise).pow(2).flatten(1).mean(1)
