@@ -6,7 +6,8 @@
 Each side's `src/` is taken with `git archive REF src` into a temporary folder (the working tree is used as it is
 for `--after worktree`, the default) and each side runs in a subprocess with PYTHONPATH pointing at that `src/`
 (checked: the subprocess reports which package it imported). The runs are short seeded runs of the embedded cpu
-preset, one per guidance method plus a resumed one, with densification moved early so that it is exercised, and a
+preset, one per guidance method plus a resumed one, with densification moved early so that it is exercised, the cpu
+preset at its own 160 steps and densification schedule (2 views a step), and a
 few steps of `text2img`; one subprocess per side runs them all in turn through `dreammapping.cli.main`. Then, per run, every output is compared:
 
 - `checkpoint.pt`: every tensor (Gaussians, Adam state, Mψ / LoRA parameters, strategy statistics, RNG states) and
@@ -49,6 +50,9 @@ GENERATE_RUNS: dict[str, list[str]] = {
 # Mψ of the paper's size, another seed, random backgrounds: stopped after 8 steps, then resumed
 RESUMED = ["--method", "vdm", "--guidance.operator-size", "ulite", "--seed", "3", "--background", "random"]
 TEXT2IMG = ["text2img", PROMPT, "--method", "sds", "--steps", "5", "--seed", "2"]
+# The cpu preset at its own length and densification schedule (only the outputs made smaller)
+CPU_PRESET = ["--batch", "2", "--checkpoint-every", "80", "--turntable-size", "32", "--turntable-frames", "3",
+              "--threads", "1"]
 
 
 def export_tree(ref: str, dest: Path) -> Path:
@@ -96,6 +100,9 @@ def plan_side(out: Path) -> dict[str, tuple[Path, list[list[str]]]]:
     plan["vdm ulite resumed 8→16"] = folder, [
         ["generate", PROMPT, *SHORT, *RESUMED, "--iterations", "8", "--out", str(folder)],
         ["generate", "--resume", str(folder), "--iterations", "16"]]
+    # the cpu preset's own schedule (densification at steps 81 and 108 of its 160), 2 views a step
+    folder = out / "cpu-preset"
+    plan["cpu preset 160 steps"] = folder, [["generate", PROMPT, *CPU_PRESET, "--out", str(folder)]]
     image = out / "text2img.png"
     plan["text2img sds"] = image, [[*TEXT2IMG, "--out", str(image)]]
     return {name: v for name, v in plan.items() if ONLY is None or name in ONLY}

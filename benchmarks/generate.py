@@ -135,9 +135,9 @@ def install_hooks(clock: PhaseClock) -> dict[str, bool]:
         ("dreammapping.strategy", "DensityStrategy.step_post_backward", "densification"),
         ("dreammapping.train", "save_checkpoint", "checkpoints"),
         ("dreammapping.export", "save_ply", "outputs: ply"),
-        ("dreammapping.export", "_render_frames", "outputs: render frames"),
+        ("dreammapping.scene", "render_frames", "outputs: render frames"),
         ("dreammapping.export", "save_turntable", "outputs: turntable encode"),
-        ("dreammapping.export", "save_view_grid", "outputs: views"),
+        ("dreammapping.export", "save_frames_row", "outputs: views"),
         ("diffusers.models.unets.unet_2d_condition", "UNet2DConditionModel.forward", "prior UNet"),
     ]
     for module, name, _ in functions:

@@ -84,16 +84,16 @@ def run_variant(name: str, iterations: int, warmup: int, folder: Path) -> tuple[
     stamps: list[float] = []
     spent = [0.0]
 
-    def note(step, info) -> None:
+    def note(info) -> None:
         stamps.append(time.perf_counter())
-        if step == warmup:
+        if info.step == warmup:
             spent[0] = 0.0
 
     if name == "app":
         app = App(port=0, runs_root=folder / "runs", **SMALL_OUTPUTS)
         reader = Reader(app.server.get_port())
         on_step, app.queue.on_change = timed(app.queue.on_step, spent), timed(app.queue.on_change, spent)
-        app.queue.on_step = lambda job, step, info: (on_step(job, step, info), note(step, info))
+        app.queue.on_step = lambda job, info: (on_step(job, info), note(info))
         app.queue.evaluate = None
         job = app.queue.submit(RunRequest("a blue cone", iterations=iterations))
         app.queue.wait(job)
@@ -107,10 +107,10 @@ def run_variant(name: str, iterations: int, warmup: int, folder: Path) -> tuple[
             reader = Reader(view.server.get_port())
         show = timed(view, spent) if view is not None else None
 
-        def callback(step, info):
+        def callback(info):
             if show is not None:
-                show(step, info)
-            note(step, info)
+                show(info)
+            note(info)
 
         train.train(cfg, folder / name.replace("/", "-"), progress=False, callback=callback, log=lambda m: None)
         if view is not None:
@@ -130,12 +130,12 @@ def paired(iterations: int, block: int = 10) -> tuple[float, float, int]:
     durations: dict[bool, list[float]] = {True: [], False: []}
     last = [None]
 
-    def callback(step, info):
-        on = (step // block) % 2 == 1
+    def callback(info):
+        on = (info.step // block) % 2 == 1
         if on:
-            view(step, info)
+            view(info)
         now = time.perf_counter()
-        if last[0] is not None and step > block:  # the first block warms up
+        if last[0] is not None and info.step > block:  # the first block warms up
             durations[on].append(now - last[0])
         last[0] = now
 

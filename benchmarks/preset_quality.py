@@ -22,7 +22,7 @@ Variants (flags on top of the current cpu preset; `--threads 1` is added to ever
     s200-lr1.5  the same with learning rates 1.5× the first release's
 
 The report gives, per metric, the mean of the paired differences (variant − before) over prompts × seeds with a
-95% bootstrap interval, and the training seconds as the runs report them (only comparable between runs that ran
+95% cluster-bootstrap interval (`dreammapping.stats`: the prompt is the unit, seeds resampled within prompts), and the training seconds as the runs report them (only comparable between runs that ran
 side by side: here they share the machine with each other).
 """
 
@@ -37,10 +37,8 @@ import sys
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from claims import bootstrap_ci  # noqa: E402  (the claims benchmark's percentile bootstrap)
-
-from dreammapping.toyworld.grammar import HELD_OUT, with_article  # noqa: E402
+from dreammapping.stats import cluster_bootstrap
+from dreammapping.toyworld.grammar import HELD_OUT, with_article
 
 FIRST_RELEASE = f"--config {shlex.quote(str(Path(__file__).resolve().parents[1] / 'configs' / 'cpu-v0.1.yaml'))}"
 
@@ -120,21 +118,22 @@ def load(root: Path, variant: str, prompt: str, seed: int) -> dict | None:
 
 def report(root: Path, variants: list[str], seeds: list[int]) -> str:
     rows = {(v, p, s): load(root, v, p, s) for v in variants for p in prompts() for s in seeds}
-    lines = [f"{len(prompts())} held-out prompts × seeds {seeds}; paired differences variant − before, mean [95% CI]",
+    lines = [f"{len(prompts())} held-out prompts × seeds {seeds}; paired differences variant − before, mean [95% CI, prompts resampled, seeds within]",
              "", "| variant | n | " + " | ".join(KEYS) + " | train s (median) | Gaussians (median) |",
              "|---|---|" + "---|" * (len(KEYS) + 2)]
     for v in variants:
-        pairs = [(rows[("before", p, s)], rows[(v, p, s)]) for p in prompts() for s in seeds
+        pairs = [(p, rows[("before", p, s)], rows[(v, p, s)]) for p in prompts() for s in seeds
                  if rows.get(("before", p, s)) and rows.get((v, p, s))]
         own = [r for (vv, _, _), r in rows.items() if vv == v and r]
         cells = []
         for k in KEYS:
             if v == "before":
-                m, lo, hi = bootstrap_ci([r[k] for r in own])
-                cells.append(f"{m:.3f}")
+                own_k = [r[k] for r in own if r[k] is not None]
+                cells.append(f"{statistics.fmean(own_k):.3f}" if own_k else "—")
             else:
-                m, lo, hi = bootstrap_ci([a[k] - b[k] for b, a in pairs if a[k] is not None and b[k] is not None])
-                cells.append(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+                keep = [(p, a[k] - b[k]) for p, b, a in pairs if a[k] is not None and b[k] is not None]
+                e = cluster_bootstrap([d for _, d in keep], [p for p, _ in keep])
+                cells.append(f"{e.mean:+.3f} [{e.low:+.3f}, {e.high:+.3f}]")
         n = len(own) if v == "before" else len(pairs)
         med = (lambda key: statistics.median(r[key] for r in own) if own else float("nan"))
         lines.append(f"| {v} | {n} | " + " | ".join(cells) + f" | {med('train_seconds'):.1f} | "

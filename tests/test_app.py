@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,14 +18,17 @@ pytest.importorskip("viser", reason="the app extra (viser) is not installed")
 from dreammapping import cli, train  # noqa: E402
 from dreammapping.app import (  # noqa: E402
     DOWNLOADS,
+    App,
     TRANSITIONS,
     JobState,
     RunQueue,
     RunRequest,
+    job_config,
     markdown_text,
     metrics_markdown,
     progress_line,
 )
+from dreammapping.gaussian_scene import GaussianScene  # noqa: E402
 from dreammapping.gaussians import Gaussians  # noqa: E402
 from dreammapping.viewer import LiveView, splat_arrays  # noqa: E402
 
@@ -34,9 +38,10 @@ TINY = dict(num_points=200, init="sphere", turntable_size=16, turntable_frames=3
 
 
 def fake_result(run_dir: Path) -> train.GenerateResult:
+    scene = GaussianScene(Gaussians.sphere(4))
     return train.GenerateResult(run_dir=run_dir, ply=run_dir / "gaussians.ply", turntable_mp4=None,
                                 turntable_gif=run_dir / "turntable.gif", views=run_dir / "views.png",
-                                config=run_dir / "config.yaml", metrics={}, gaussians=Gaussians.sphere(4))
+                                config=run_dir / "config.yaml", metrics={}, scene=scene, gaussians=scene.gaussians)
 
 
 class StepRunner:
@@ -64,9 +69,10 @@ class StepRunner:
                     raise train.Interrupted(f"interrupted at step {step}/{cfg.iterations}; checkpoint saved.")
                 if self.gate is not None:
                     assert self.gate.wait(30)
-                stop = bool(callback(step + 1, {"loss": 1.0 / (step + 1), "gaussians": 4, "logs": {},
-                                                "iterations": cfg.iterations, "scene": Gaussians.sphere(4),
-                                                "train_seconds": 0.1 * (step + 1)}))
+                stop = bool(callback(train.StepInfo(
+                    step=step + 1, iterations=cfg.iterations, loss=1.0 / (step + 1), aux_loss=0.0, logs={},
+                    scene_logs={"gaussians": 4}, seconds=0.1, train_seconds=0.1 * (step + 1),
+                    scene=GaussianScene(Gaussians.sphere(4)))))
             return fake_result(run_dir)
         finally:
             with self._lock:
@@ -158,7 +164,7 @@ def test_real_run_done_stopped_resumed_and_empty_prompt(tmp_path, tiny_pixel_fol
     """The real train.train behind the queue: a bad prompt fails with the CLI's message; a run stopped from the
     callback leaves a checkpoint that `generate --resume` continues; a finished run has the normal folder."""
     steps: list[int] = []
-    q = RunQueue(tmp_path / "runs", evaluate=None, on_step=lambda job, step, info: steps.append(step), **TINY)
+    q = RunQueue(tmp_path / "runs", evaluate=None, on_step=lambda job, info: steps.append(info.step), **TINY)
     try:
         empty = q.submit(RunRequest("   ", iterations=3, prior=str(tiny_pixel_folder)))
         assert q.wait(empty, 60) and empty.state is JobState.FAILED
@@ -277,21 +283,70 @@ def test_splat_arrays_match_a_dense_reference():
     assert a.centers.shape == (3, 3) and a.centers.dtype.name == "float32"
 
 
+def step_info(step: int, iterations: int, scene) -> train.StepInfo:
+    return train.StepInfo(step=step, iterations=iterations, loss=1.0, aux_loss=0.0, logs={}, scene_logs={},
+                          seconds=0.0, train_seconds=0.0, scene=scene)
+
+
+class ImageScene:
+    """A scene without splats (as a radiance field): its preview is a rendered image."""
+
+    size_name = "cells"
+
+    def __init__(self):
+        self.previews = 0
+
+    def preview(self):
+        self.previews += 1
+        return np.full((8, 8, 3), 200, dtype=np.uint8)
+
+
 def test_live_view_throttle_and_count_changes():
     view = LiveView.serve(port=0, every=5, max_rate=0)
     try:
-        scene = Gaussians.sphere(10)
+        scene = GaussianScene(Gaussians.sphere(10))
         for step in range(1, 31):
-            view(step, {"iterations": 31, "scene": scene if step < 20 else Gaussians.sphere(25)})
+            view(step_info(step, 31, scene if step < 20 else GaussianScene(Gaussians.sphere(25))))
         assert view.updates == 6  # steps 5, 10, …, 30
-        view(31, {"iterations": 31, "scene": scene})  # the last step is always shown
+        view(step_info(31, 31, scene))  # the last step is always shown
         assert view.updates == 7 and len(view._handle.buffer) == 10
         slow = LiveView(view.server, every=1, max_rate=0.001)  # at most once in 1000 s
         for step in range(1, 10):
-            slow(step, {"iterations": 100, "scene": scene})
+            slow(step_info(step, 100, scene))
         assert slow.updates == 1
+        # a scene without splats: its image is drawn, and only rendered on the steps that are shown
+        images = ImageScene()
+        for step in range(1, 11):
+            view(step_info(step, 10, images))
+        assert images.previews == 2 and view.updates == 9
     finally:
         view.close()
+
+
+def test_the_form_passes_the_priors_own_guidance_scale(tiny_latent_folder, tiny_pixel_folder):
+    from dreammapping.guidance import METHODS
+    from dreammapping.priors import DiffusionPrior
+
+    for folder, scale in ((tiny_latent_folder, 7.5), (tiny_pixel_folder, 2.0)):
+        cfg = job_config(RunRequest("a red cube", prior=str(folder)))
+        assert cfg.guidance.guidance_scale is None  # not the embedded prior's 2.0 for every prior
+        prior = DiffusionPrior.from_pretrained(str(folder), device="cpu")
+        assert METHODS[cfg.method](prior, cfg.guidance).guidance_scale == scale
+    assert job_config(RunRequest("a red cube", guidance_scale=3.0)).guidance.guidance_scale == 3.0
+
+
+def test_the_page_shows_the_priors_scale_and_passes_none_until_it_is_changed(tmp_path):
+    app = App(port=0, runs_root=tmp_path / "runs")
+    try:
+        assert app.guidance_scale.value == 2.0 and app.request().guidance_scale is None
+        app.prior.value = "stabilityai/stable-diffusion-2-1-base"  # set here, as if typed: the scale follows
+        assert app.guidance_scale.value == 7.5 and app.request().guidance_scale is None
+        app._scale_edited = True  # what a value typed into the scale field sets
+        app.guidance_scale.value = 4.0
+        app.prior.value = "embedded"
+        assert app.guidance_scale.value == 4.0 and app.request().guidance_scale == 4.0
+    finally:
+        app.close()
 
 
 def test_cli_app_without_the_extra_is_one_line(monkeypatch, capsys):
@@ -313,7 +368,7 @@ def test_generate_viewer_flag(tmp_path, tiny_pixel_folder, monkeypatch):
     assert "viewer" not in train.config_to_dict(cfg)  # not a property of the run: not in config.yaml
     calls: list[int] = []
     original = LiveView.__call__
-    monkeypatch.setattr(LiveView, "__call__", lambda self, step, info: calls.append(step) or original(self, step, info))
+    monkeypatch.setattr(LiveView, "__call__", lambda self, info: calls.append(info.step) or original(self, info))
     code = train.cli_generate(["a red cube", "--prior", str(tiny_pixel_folder), "--out", str(tmp_path / "run"),
                                "--iterations", "4", "--num-points", "100", "--init", "sphere", "--turntable-size",
                                "16", "--turntable-frames", "2", "--viewer", "--port", "0"])

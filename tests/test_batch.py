@@ -184,7 +184,8 @@ def test_bad_prompts_file_lines_are_reported_with_their_numbers_before_anything_
     assert "no prompts" in capsys.readouterr().err
 
 
-def test_generate_options_reach_every_run_and_batch_options_are_not_mixed_up(tiny_pixel_folder, tmp_path):
+def test_generate_options_reach_every_run_and_batch_options_are_not_mixed_up(tiny_pixel_folder, tmp_path,
+                                                                               monkeypatch):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cube\na corgi\n")
     args, configs = B.parse_batch_args([str(prompts), "--out", str(tmp_path / "o"), "--method", "sds", "vdm",
@@ -199,6 +200,16 @@ def test_generate_options_reach_every_run_and_batch_options_are_not_mixed_up(tin
     assert tasks[0].evaluate is not None and tasks[2].evaluate is None  # ground truth only for toy-world prompts
     with pytest.raises(T.ConfigError, match="--resume"):
         B.parse_batch_args([str(prompts), "--out", "o", "--resume", "x"])
+    # without --method: the preset's; a second positional would be generate's prompt, which the file gives
+    assert list(B.parse_batch_args([str(prompts), "--out", "o"])[1]) == ["vdm"]
+    with pytest.raises(T.ConfigError, match="unexpected argument 'stray'"):
+        B.parse_batch_args([str(prompts), "--out", "o", "stray"])
+    # a .ply to start from, given relative to here, is made absolute in every task's scene (workers run elsewhere)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "start.ply").write_text("not read here")
+    configs = {"vdm": T.build_config(None, init="start.ply")}
+    task = B.plan_tasks(B.read_prompts(prompts, prior="a folder"), configs, [0], tmp_path / "o")[0]
+    assert task.config.scene.init == str(tmp_path / "start.ply")
 
 
 def test_local_ray_runs_match_single_runs_and_retry_a_failure(tiny_pixel_folder, tmp_path, capsys):

@@ -100,10 +100,11 @@ def test_train_options_apply_the_variant_and_the_scale(claims, tmp_path):
     cfg = build_config("a red cube", preset="cpu", **opts)
     assert method_config(cfg).dca_cutoff == 100 and method_config(cfg).guidance_scale == 8.5
     # the records' schedule and dtype stay pinned whatever the cpu preset becomes
-    d = cfg.density
+    d = cfg.scene.density
     assert (cfg.iterations, d.refine_start, d.refine_stop, d.refine_every, cfg.dtype, cfg.threads) == \
         (300, 100, 250, 50, "float32", 1)
-    assert (cfg.lr.position_init, cfg.lr.position_final, cfg.lr.opacity_logits, cfg.lr.sh_dc) == (2e-3, 2e-4, 5e-2, 2e-2)
+    lr = cfg.scene.lr
+    assert (lr.position_init, lr.position_final, lr.opacity_logits, lr.sh_dc) == (2e-3, 2e-4, 5e-2, 2e-2)
 
 
 def test_shards_split_the_jobs_without_overlap(claims, tmp_path):
@@ -196,21 +197,49 @@ def test_paired_differences_use_only_complete_pairs(claims):
     assert sorted(claims.paired(recs, "vdm+dca300", "sds", "abs_saturation_error")) == pytest.approx([-0.3, -0.1])
 
 
-def test_verdicts(claims):
-    def recs(diffs):
-        out = []
-        for k, d in enumerate(diffs):
-            out.append({"prompt": f"p{k}", "seed": 0, "variant": "sds", "final": {"color_error": 0.5}})
-            out.append({"prompt": f"p{k}", "seed": 0, "variant": "vdm+dca300", "final": {"color_error": 0.5 + d}})
-        return out
+def _recs(diffs_by_prompt, key="color_error"):
+    """SDS at 0.5 and VDM+DCA300 at 0.5 + d for every (prompt, seed) difference d."""
+    out = []
+    for prompt, diffs in diffs_by_prompt.items():
+        for seed, d in enumerate(diffs):
+            out.append({"prompt": prompt, "seed": seed, "variant": "sds", "final": {key: 0.5}})
+            out.append({"prompt": prompt, "seed": seed, "variant": "vdm+dca300", "final": {key: 0.5 + d}})
+    return out
 
-    claim = claims.Claim("x", "truer colour", "here", [claims.Test("c", "color_error", "vdm+dca300", "sds", expect=-1)])
-    assert claims.evaluate_claim(claim, recs([-0.1, -0.12, -0.09, -0.11]))[1] == "reproduced"
-    assert claims.evaluate_claim(claim, recs([0.1, 0.12, 0.09, 0.11]))[1].startswith("not reproduced (the opposite")
-    assert "inside the noise" in claims.evaluate_claim(claim, recs([-0.1, 0.12, -0.09, 0.11]))[1]
-    two = claims.Claim("y", "two", "here", claim.tests + [claims.Test("n", "color_error", "vdm+dca300", "sds", expect=+1)])
-    assert claims.evaluate_claim(two, recs([-0.1, -0.12, -0.09, -0.11]))[1].startswith("mixed (1 of 2")
-    assert claims.evaluate_claim(claim, recs([-0.1, -0.1]))[1].startswith("not measurable")
+
+def test_primary_tests_are_judged_at_the_prompt_level_with_holm_and_tost(claims):
+    truer = claims.Primary("x", "truer colour", "here", "color_error", "vdm+dca300", "sds", -1, 0.005)
+    clear = {f"p{k}": [-0.10 - 0.01 * k] * 3 for k in range(6)}
+    assert claims.judge([truer], _recs(clear))[0].verdict == "reproduced"
+    opposite = {p: [-d for d in v] for p, v in clear.items()}
+    assert claims.judge([truer], _recs(opposite))[0].verdict == "not reproduced (the opposite)"
+    tiny = {f"p{k}": [(-1) ** k * 0.0005] * 3 for k in range(8)}  # ±0.0005 around 0, margin 0.005
+    o = claims.judge([truer], _recs(tiny))[0]
+    assert o.verdict == "not reproduced (equivalent within ±0.005)" and o.tost.equivalent
+    noisy = {f"p{k}": [(-1) ** k * 0.05] * 3 for k in range(6)}
+    assert claims.judge([truer], _recs(noisy))[0].verdict == "inconclusive at this n"
+    few = {f"p{k}": [-0.1] * 3 for k in range(3)}
+    assert claims.judge([truer], _recs(few))[0].verdict.startswith("not measurable here: 3 prompts")
+
+
+def test_seeds_of_one_prompt_count_once(claims):
+    """Thirty near-copy seeds of one sign on 5 prompts are 5 samples: one prompt of the other sign widens the
+    interval to hold 0, where a seed-level bootstrap would have called it."""
+    diffs = {f"p{k}": [-0.02 + 1e-4 * s for s in range(6)] for k in range(5)}
+    diffs["p5"] = [0.08 + 1e-4 * s for s in range(6)]
+    vals, prompts = claims.paired_by_prompt(_recs(diffs), "vdm+dca300", "sds", "color_error")
+    e = claims.prompt_ci(vals, prompts)
+    assert e.n_clusters == 6 and e.n == 36 and e.low < 0 < e.high
+    naive = claims.bootstrap_ci(vals)
+    assert naive[2] < e.high  # the seed-level interval is narrower
+
+
+def test_holm_makes_the_family_stricter(claims):
+    tests = [claims.Primary(str(k), "c", "here", "color_error", "vdm+dca300", "sds", -1, 0.005) for k in range(8)]
+    borderline = {f"p{k}": [-0.01 + 0.012 * (k % 2)] * 2 for k in range(10)}  # mean −0.004, wide
+    single = claims.judge(tests[:1], _recs(borderline))[0]
+    family = claims.judge(tests, _recs(borderline))
+    assert all(o.p_holm >= single.p_holm for o in family)
 
 
 def test_report_is_made_from_records_alone_and_appends_the_probe_rows(claims, tmp_path):
@@ -242,6 +271,8 @@ def test_report_is_made_from_records_alone_and_appends_the_probe_rows(claims, tm
     assert "| 1c | VDM + DCA gives truer colour than SDS" in text
     assert "| 4 | correlation falls with t | §7.1 | corr(ε, ε_φ): 0.9 → 0.1 | reproduced |" in text
     assert "3 complete (prompt, seed) pairs" in text
+    assert "not measurable here: 3 prompts (< 5)" in text  # three prompts are too few for a verdict
+    assert "prereg/claims_v2.md" in text and "cluster bootstrap" in text
     grid = Image.open(tmp_path / "docs" / "claims" / "views.png")  # 3 rows × (truth + 5 variants)
     assert grid.width >= 6 * 32 and "claims/views.png" in text
 
@@ -326,7 +357,7 @@ def test_report_has_the_text2d_claim_and_section_and_the_ablation_rows(claims, t
     out = claims.write_report(claims.load_records(plan.records), tmp_path / "docs", "cmd", records_dir=plan.records,
                               text2d_records=t2d)
     text = out.read_text()
-    assert "| 6b | …and in text-to-2D" in text and "## Text-to-2D (claim 6b)" in text
-    assert "attribute accuracy, VDM+DCA300 − CSD > 0 (n=6): +1.000 [+1.000, +1.000] ✓" in text
+    assert "## Text-to-2D (claim 6b)" in text
+    assert "| `csd` | 3 / 6 | -1.000 [-1.000, -1.000] |" in text  # attribute accuracy, paired, 3 prompts / 6 pairs
     assert "Pooled classifier-feature FID" in text
-    assert "## Ablation: Mψ as the paper builds it" in text and "| `vdm+dca300+ulite` | 3 |" in text
+    assert "## Ablation: Mψ as the paper builds it" in text and "| `vdm+dca300+ulite` | 3 / 3 |" in text

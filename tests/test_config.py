@@ -8,10 +8,12 @@ import typing
 
 import pytest
 import torch
+import tyro
 import yaml
 
 from dreammapping import config as K
 from dreammapping import train as T
+from dreammapping.gaussian_scene import GaussiansConfig
 from dreammapping.guidance import METHODS, GuidanceConfig, default_guidance_scale
 from dreammapping.guidance.ism import ISMConfig
 from dreammapping.guidance.vdm import VDMConfig
@@ -71,9 +73,10 @@ def test_a_run_saved_with_method_options_still_resumes(tiny_pixel_folder, tmp_pa
                            "--guidance.dca-cutoff", "123"]) == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["guidance"]["dca_cutoff"] == 123 and "method_options" not in saved
-    # rewrite it as the versions before the typed guidance wrote it, with the step-2 checkpoint as the last one
+    # rewrite it as the versions before the typed guidance (and before `scene`: the Gaussians' options at the top
+    # level) wrote it, with the step-2 checkpoint as the last one
     old = {("method_options" if k == "guidance" else k): ({"vdm": v} if k == "guidance" else v)
-           for k, v in saved.items()}
+           for k, v in saved.items() if k != "scene"} | saved["scene"]["gaussians"]
     (run / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
     end = torch.load(run / "checkpoint.pt", weights_only=True)
     cfg = T.resume_config(run)
@@ -90,3 +93,65 @@ def test_default_guidance_scale(tiny_pixel_folder):
     prior = DiffusionPrior.from_pretrained(str(tiny_pixel_folder), device="cpu")
     assert not prior.is_latent and default_guidance_scale(prior) == 2.0
     assert METHODS["sds"](prior).guidance_scale == 2.0
+
+
+def test_the_scene_holds_the_gaussians_options_and_old_layouts_still_load(tmp_path):
+    cfg = K.build_config("a red cube", num_points=5, density={"refine_every": 3}, init="ball")  # the old keywords
+    assert type(cfg.scene) is GaussiansConfig and (cfg.scene.num_points, cfg.scene.init) == (5, "ball")
+    assert cfg.scene.density.refine_every == 3 and cfg.scene.density.refine_start == 75 / 160  # rest: the preset's
+    saved = K.config_to_dict(cfg)
+    assert list(saved["scene"]) == ["gaussians"] and saved["scene"]["gaussians"]["num_points"] == 5
+    assert not set(saved) & set(K.LEGACY_SCENE_FIELDS)
+    # the new layout round-trips; the old one (options at the top level) loads into the same config
+    path = tmp_path / "config.yaml"
+    K.save_yaml_config(path, cfg)
+    assert K.config_to_dict(K.load_yaml_config(path, K.GenerateConfig())) == saved
+    old = {k: v for k, v in saved.items() if k != "scene"} | saved["scene"]["gaussians"]
+    path.write_text(yaml.safe_dump(old))
+    assert K.config_to_dict(K.load_yaml_config(path, K.GenerateConfig())) == saved
+    # a scene given by name, a name no representation has, a scene that is not a mapping
+    assert K.build_config("x", scene={"gaussians": {"sh_degree": 1}}).scene.sh_degree == 1
+    assert K.build_config("x", scene=GaussiansConfig(num_points=9)).scene.num_points == 9
+    with pytest.raises(T.ConfigError, match="nerf"):
+        K.build_config("x", scene={"nerf": {"grid": 3}})
+    with pytest.raises(T.ConfigError, match="scene"):
+        K.build_config("x", scene=3)
+    with pytest.raises(T.ConfigError, match="num_points must be ≥ 1"):
+        T.check_config(K.build_config("x", num_points=0))
+
+
+def test_command_line_flags_of_the_scene_and_fractions():
+    cfg, _ = T.parse_args(["a red cube", "--num-points", "7", "--density.refine-start", "0.5",
+                           "--density.refine-stop", "90", "--lr.sh-dc", "0.1"])
+    d = cfg.scene.density
+    assert (cfg.scene.num_points, cfg.scene.lr.sh_dc) == (7, 0.1)
+    assert (d.refine_start, type(d.refine_start), d.refine_stop, type(d.refine_stop)) == (0.5, float, 90, int)
+    # YAML keeps an int a step and a float a fraction
+    cfg = K.build_config("x", density={"refine_stop": 90, "refine_start": 0.25})
+    assert (type(cfg.scene.density.refine_stop), type(cfg.scene.density.refine_start)) == (int, float)
+    with pytest.raises(T.ConfigError, match="refine_every"):
+        T.check_config(K.build_config("a red cube", density={"refine_every": 2.5}))
+
+
+def test_a_second_scene_is_a_subcommand_its_flags_or_its_name_choose():
+    """What config.SCENES makes of a second entry: the default's flags select it, the other is named."""
+
+    @dataclasses.dataclass
+    class FieldConfig:
+        grid: int = 64
+
+    scenes = {"gaussians": GaussiansConfig, "field": FieldConfig}
+    union = typing.Union[tuple(typing.Annotated[c, tyro.conf.subcommand(n)] for n, c in scenes.items())]
+
+    # (built with make_dataclass: this file's annotations are strings, which cannot name a local union)
+    Args = dataclasses.make_dataclass("Args", [
+        ("prompt", typing.Annotated[str, tyro.conf.Positional], dataclasses.field(default="")),
+        ("scene", typing.Annotated[union, tyro.conf.OmitSubcommandPrefixes, tyro.conf.arg(name="", prefix_name=False)],
+         dataclasses.field(default_factory=GaussiansConfig))])
+
+    def parse(*argv):
+        return tyro.cli(Args, args=list(argv), config=(tyro.conf.CascadeSubcommandArgs,)).scene
+
+    assert parse("a cube") == GaussiansConfig()
+    assert parse("a cube", "--num-points", "7").num_points == 7
+    assert parse("a cube", "field", "--grid", "3") == FieldConfig(grid=3)

@@ -15,6 +15,7 @@ import torch
 
 from conftest import disk_full_at
 from dreammapping import evaluate as ev
+from dreammapping import evaluate_models as em
 
 
 @pytest.fixture(autouse=True)
@@ -143,7 +144,8 @@ def fake_grammar(monkeypatch):
     grammar.COLORS = {"red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1)}
     grammar.SHAPES = ("cube", "sphere")
     grammar.RELATIONS = ("on top of", "next to")
-    monkeypatch.setattr(ev, "grammar", grammar)
+    monkeypatch.setattr(ev, "grammar", grammar)  # parse (evaluate_gaussians)
+    monkeypatch.setattr(em, "grammar", grammar)  # colour / shape names (attribute_accuracy)
     return grammar
 
 
@@ -342,7 +344,7 @@ def _fake_world(monkeypatch, fake_grammar, result_rgb, truth_rgb, shift):
     monkeypatch.setattr(ev, "rasterize", lambda g, cameras, background=None, **kw: _FakeOut(*draw(cameras, result_rgb, shift)))
     monkeypatch.setattr(ev, "load_ply", lambda path, device="cpu": "gaussians")
     monkeypatch.setattr(ev, "render_scenes", lambda scenes, cameras: draw(cameras, truth_rgb, 0))
-    monkeypatch.setattr(ev, "AttributeClassifier", types.SimpleNamespace(from_pretrained=lambda path=None: _ColourClassifier()))
+    monkeypatch.setattr(em, "AttributeClassifier", types.SimpleNamespace(from_pretrained=lambda path=None: _ColourClassifier()))
 
     def parse(prompt):
         if "red cube" not in prompt:
@@ -366,7 +368,7 @@ def _fake_world(monkeypatch, fake_grammar, result_rgb, truth_rgb, shift):
             return _ColourWordEncoder()
         raise ev.MetricUnavailable(f"open_clip weights {name}/{tag} not in the local cache")
 
-    monkeypatch.setattr(ev, "load_clip", load_clip)
+    monkeypatch.setattr(em, "load_clip", load_clip)  # what ModelCache.clip calls
 
 
 def _write_run(path, prompt):

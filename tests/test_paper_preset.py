@@ -10,6 +10,7 @@ import pytest
 
 from dreammapping import train as T
 from dreammapping.guidance import METHODS
+from dreammapping.schedule import at_step
 
 PAPER_YAML = Path(__file__).parents[1] / "configs" / "paper.yaml"
 
@@ -39,7 +40,7 @@ def test_yaml_and_preset_agree(both):
 def test_sourced_values(both):
     cfg, _ = both
     # paper §5
-    assert (cfg.prior, cfg.iterations, cfg.batch, cfg.init, cfg.num_points) == \
+    assert (cfg.prior, cfg.iterations, cfg.batch, cfg.scene.init, cfg.scene.num_points) == \
         ("stabilityai/stable-diffusion-2-1-base", 5000, 4, "shap-e", 50_000)
     vdm = T.method_config(cfg)
     assert (vdm.dca, vdm.dca_cutoff, vdm.operator_lr, vdm.guidance_scale) == (True, 300, 0.01, 7.5)
@@ -55,12 +56,16 @@ def test_sourced_values(both):
     # the same schedule and view prompts for every baseline
     for name in METHODS:
         options = T.method_config(dataclasses.replace(cfg, method=name))
-        assert (options.t_max_end, options.t_anneal_steps, options.weighting, options.view_prompt) == \
-            (0.5, 1500, "ism", "interpolate"), name
+        assert (options.t_max_end, at_step(options.t_anneal_steps, cfg.iterations), options.weighting,
+                options.view_prompt) == (0.5, 1500, "ism", "interpolate"), name
     # LucidDreamer's Gaussians: lrs with spatial_lr_scale 3.5, densification every 100 steps in [100, 3000)
-    assert (cfg.lr.position_init * cfg.lr.scene_extent, cfg.lr.sh_dc, cfg.lr.opacity_logits) == \
+    lr = cfg.scene.lr
+    assert (lr.position_init * lr.scene_extent, lr.sh_dc, lr.opacity_logits) == \
         (pytest.approx(5.6e-4), 5e-3, 5e-2)
-    d = cfg.density
-    assert (d.refine_start, d.refine_stop, d.refine_every, d.reset_opacity_every, d.split_scale_percent) == \
-        (100, 3000, 100, 300, 0.003)
+    d = cfg.scene.density
+    plan = d.schedule(cfg.iterations)  # fractions of the run: the same steps at 5000 iterations, scaled otherwise
+    assert (plan.refine_start, plan.refine_stop, plan.refine_every, plan.reset_opacity_every, d.split_scale_percent) \
+        == (100, 3000, 100, 300, 0.003)
+    assert d.schedule(2500) == dataclasses.replace(plan, refine_start=50, refine_stop=1500, refine_every=50,
+                                                   reset_opacity_every=150)
     assert d.prune_scale2d * 512 == pytest.approx(20.0)  # 20 px at 512²

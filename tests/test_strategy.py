@@ -1,6 +1,8 @@
+import dataclasses
 import math
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from dreammapping.gaussians import Gaussians, LearningRates, make_optimizer, quat_to_rotmat
@@ -165,3 +167,33 @@ def test_screen_size_pruning_after_first_reset():
     out = fake_render(len(g), torch.zeros(len(g)))
     out.radii[1, 7] = 20  # 20 / 64 of the image side in one view
     assert len(strategy.step_post_backward(g, opt, out, 50)) == 10 - 2  # the transparent one and row 7
+
+
+def refinement_steps(strategy: DensityStrategy, max_steps: int) -> list[int]:
+    """The steps at which `step_post_backward` refines, over a whole run of `max_steps` (refine itself recorded)."""
+    seen = []
+    strategy.refine = lambda g, opt, step, generator=None, max_steps=None: seen.append(step) or g
+    g = hand_built_scene()
+    opt = make_optimizer(g, LearningRates())
+    for step in range(max_steps):
+        strategy.step_post_backward(g, opt, fake_render(len(g), torch.zeros(len(g))), step, max_steps)
+    return seen
+
+
+def test_fractions_place_the_schedule_relative_to_the_run():
+    from dreammapping.config import preset_config
+
+    cpu = preset_config("cpu").scene.density
+    # the cpu preset: steps 81 and 108 of its 160, as before fractions; a 1000-step run densifies proportionally
+    assert refinement_steps(dataclasses.replace(cpu), 160) == [81, 108]
+    assert refinement_steps(dataclasses.replace(cpu), 1000) == [507, 676]
+    assert [round(s / 1000 * 160, 1) for s in (507, 676)] == [81.1, 108.2]
+    # ints stay absolute steps, whatever the run's length
+    absolute = DensityStrategy(refine_start=75, refine_stop=112, refine_every=27, reset_opacity_every=0)
+    assert refinement_steps(dataclasses.replace(absolute), 160) == refinement_steps(absolute, 1000) == [81, 108]
+    # a fraction needs the run's length; out-of-range values are one-line errors
+    with pytest.raises(ValueError, match="max_steps"):
+        cpu.schedule()
+    for bad in (1.5, -1, float("nan"), True):
+        with pytest.raises(ValueError, match="refine_start"):
+            DensityStrategy(refine_start=bad).check()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dreammapping import gaussian_scene as GS
 from dreammapping import train as T
 from dreammapping.export import load_ply
 from dreammapping.guidance import GuidanceConfig
@@ -20,6 +21,20 @@ TINY = ["--iterations", "6", "--num-points", "200", "--init", "sphere", "--turnt
         "--turntable-frames", "3", "--log-every", "2", "--checkpoint-every", "2", "--method", "vdm",
         "--density.refine-start", "1", "--density.refine-every", "2", "--density.grad-threshold", "1e-9",
         "--density.max-gaussians", "260"]
+
+
+def without(args: list[str], *flags: str) -> list[str]:
+    """`args` less the given flags and their values: a top-level flag repeated after a scene's own flags (which
+    select the scene's subcommand) is refused by tyro once `config.SCENES` has more than one entry."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        else:
+            out.append(a)
+    return out
 
 
 def run_cli(capsys, *argv) -> tuple[int, str]:
@@ -54,7 +69,7 @@ def test_end_to_end_writes_every_output(tiny_pixel_folder, tmp_path, capsys):
     cfg, resume = T.parse_args(["--config", str(run / "config.yaml")])
     assert resume is None and T.config_to_dict(cfg) == T.config_to_dict(
         T.load_yaml_config(run / "config.yaml", T.GenerateConfig()))
-    assert cfg.prompt == "a red cube" and cfg.iterations == 6 and cfg.density.refine_every == 2
+    assert cfg.prompt == "a red cube" and cfg.iterations == 6 and cfg.scene.density.refine_every == 2
     cfg2, _ = T.parse_args(["--config", str(run / "config.yaml"), "--iterations", "9", "--guidance.dca-cutoff", "100"])
     assert cfg2.iterations == 9 and cfg2.guidance.dca_cutoff == 100 and cfg2.prompt == "a red cube"
 
@@ -65,7 +80,7 @@ def test_interrupted_and_resumed_runs_end_identical(tiny_pixel_folder, tmp_path,
     assert run_cli(capsys, *common, "--out", straight)[0] == 0
 
     # Ctrl-C during step 2 → checkpoint before step 3, the resume command printed, exit 130
-    original = T.update_learning_rates
+    original = GS.update_learning_rates  # the Gaussians' lr schedule, called at the start of every step
 
     def ctrl_c_at(step_to_interrupt):
         def patched(optimizer, step, lrs, max_steps):
@@ -75,21 +90,21 @@ def test_interrupted_and_resumed_runs_end_identical(tiny_pixel_folder, tmp_path,
         return patched
 
     interrupted = tmp_path / "interrupted"
-    monkeypatch.setattr(T, "update_learning_rates", ctrl_c_at(2))
+    monkeypatch.setattr(GS, "update_learning_rates", ctrl_c_at(2))
     code, err = run_cli(capsys, *common, "--out", interrupted)
     assert code == T.EXIT_INTERRUPTED
     assert "interrupted at step 3/6" in err and f"dreammapping generate --resume {interrupted}" in err
     assert final_state(interrupted)["step"] == 3 and not (interrupted / "gaussians.ply").exists()
-    monkeypatch.setattr(T, "update_learning_rates", original)
+    monkeypatch.setattr(GS, "update_learning_rates", original)
 
     def no_init(*args, **kwargs):
         raise AssertionError("resume must not re-run the initialisation")
 
-    original_init = T.initialise
-    monkeypatch.setattr(T, "initialise", no_init)
+    original_init = GS.initialise
+    monkeypatch.setattr(GS, "initialise", no_init)
     code, err = run_cli(capsys, "--resume", interrupted)
     assert code == 0, err
-    monkeypatch.setattr(T, "initialise", original_init)
+    monkeypatch.setattr(GS, "initialise", original_init)
 
     # a crash (not Ctrl-C) at step 5: resume from the periodic checkpoint written after step 4
     def crash(optimizer, step, lrs, max_steps):
@@ -98,10 +113,10 @@ def test_interrupted_and_resumed_runs_end_identical(tiny_pixel_folder, tmp_path,
         return original(optimizer, step, lrs, max_steps)
 
     crashed = tmp_path / "crashed"
-    monkeypatch.setattr(T, "update_learning_rates", crash)
+    monkeypatch.setattr(GS, "update_learning_rates", crash)
     with pytest.raises(RuntimeError, match="power cut"):
         T.cli_generate([str(a) for a in (*common, "--out", crashed)])
-    monkeypatch.setattr(T, "update_learning_rates", original)
+    monkeypatch.setattr(GS, "update_learning_rates", original)
     assert final_state(crashed)["step"] == 4
     assert T.generate(resume=crashed, progress=False).metrics["resumed_from"] == 4
 
@@ -148,6 +163,9 @@ def test_unknown_words_warn_for_the_embedded_prior(tmp_path, capsys, monkeypatch
 
     assert T.unknown_prompt_words(T.GenerateConfig(prompt="a red cube on top of a blue sphere")) == []
     assert T.unknown_prompt_words(T.GenerateConfig(prompt="a red cube", prior="/some/sd")) == []
+    # the shipped embedded prior is world v1's: world v2's words are news to it
+    assert T.unknown_prompt_words(T.GenerateConfig(prompt="a red cube with white stripes")) == ["with", "white",
+                                                                                                 "stripes"]
 
     def missing(*args, **kwargs):
         raise priors.PriorNotFoundError("the embedded prior is not shipped in this install")
@@ -171,20 +189,23 @@ def test_existing_run_is_not_overwritten(tiny_pixel_folder, tmp_path, capsys):
     # any run output counts as a run, not only the checkpoint (issue 11: a finished run without checkpoint.pt was
     # silently replaced)
     (run / "checkpoint.pt").unlink()
-    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run, *TINY, "--iterations", "2")
+    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run,
+        *without(TINY, "--iterations"), "--iterations", "2")
     assert code == T.EXIT_RUN_EXISTS and "config.yaml" in err
     assert (run / "config.yaml").read_text() == "prompt: earlier\n"
     # a folder where a run failed before writing anything (e.g. the prior was missing) holds no run: reused
     empty = tmp_path / "empty"
     code, err = run_cli(capsys, "a red cube", "--prior", tmp_path / "no-prior", "--out", empty, *TINY)
     assert code == T.EXIT_PRIOR and not any(p.name in T.RUN_FILES for p in empty.iterdir())
-    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", empty, *TINY, "--iterations", "2")
+    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", empty,
+        *without(TINY, "--iterations"), "--iterations", "2")
     assert code == 0, err
 
 
 def test_checkpoint_of_another_method_is_refused_on_resume(tiny_pixel_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run, *TINY, "--iterations", "2")
+    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run,
+        *without(TINY, "--iterations"), "--iterations", "2")
     assert code == 0, err
     code, err = run_cli(capsys, "--resume", run, "--method", "sds", "--iterations", "4")
     assert code != 0 and "checkpoint was made with method 'vdm'" in err, err
@@ -202,7 +223,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_pixel_folder, tm
 
     monkeypatch.setitem(guidance.METHODS, "sds", Poisoned)
     run = tmp_path / "run"
-    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run, *TINY, "--method", "sds")
+    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run,
+        *without(TINY, "--method"), "--method", "sds")
     assert code == T.EXIT_DIVERGED
     assert "stopped at step 3: the loss is nan" in err and "last good checkpoint (step 2)" in err
     assert final_state(run)["step"] == 2 and not (run / "gaussians.ply").exists()
@@ -215,12 +237,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_pixel_folder, tm
 def test_python_api_and_presets(tmp_path):
     assert set(T.PRESETS) == {"cpu", "paper"}
     paper = T.build_config("a cat", preset="paper")
-    assert (paper.prior, paper.resolution, paper.batch, paper.iterations, paper.num_points, paper.init) == \
+    assert (paper.prior, paper.resolution, paper.batch, paper.iterations, paper.scene.num_points,
+            paper.scene.init) == \
         ("stabilityai/stable-diffusion-2-1-base", 512, 4, 5000, 50_000, "shap-e")
     vdm = T.method_config(paper)
     assert (vdm.guidance_scale, vdm.dca, vdm.dca_cutoff) == (7.5, True, 300)
     cpu = T.build_config("a red cube", iterations=7, lr={"sh_dc": 0.5}, guidance={"t_min": 0.1})
-    assert cpu.prior == "embedded" and cpu.iterations == 7 and cpu.lr.sh_dc == 0.5
+    assert cpu.prior == "embedded" and cpu.iterations == 7 and cpu.scene.lr.sh_dc == 0.5
     assert type(cpu.guidance) is VDMConfig and cpu.guidance.t_min == 0.1
     # the table of options per method of earlier versions: the chosen method's entry counts, the others not
     sds = T.build_config("a red cube", method="sds", method_options={"sds": {"t_min": 0.2}, "vdm": {"dca": False}})
@@ -251,13 +274,15 @@ def test_help_lists_every_exit_code(capsys):
 def test_callback_sees_the_scene_and_can_stop_the_run(tiny_pixel_folder, tmp_path):
     run, seen = tmp_path / "run", []
 
-    def callback(step, info):
-        seen.append((step, len(info["scene"]), info["iterations"], info["scene"].means.requires_grad))
-        return step == 3  # ask to stop after the third step
+    def callback(info: T.StepInfo):
+        seen.append((info.step, info.scene_size, info.iterations, info.preview().means.requires_grad,
+                     info.scene_logs["gaussians"], info.logs))
+        return info.step == 3  # ask to stop after the third step
 
     cfg, _ = T.parse_args(["a red cube", "--prior", str(tiny_pixel_folder), "--out", str(run), *TINY])
     with pytest.raises(T.Interrupted):
         T.train(cfg, run, progress=False, callback=callback)
     assert [s[0] for s in seen] == [1, 2, 3] and all(s[2] == 6 for s in seen)
-    assert not any(s[3] for s in seen)  # the callback gets a detached scene
+    assert not any(s[3] for s in seen)  # the preview is a detached scene
+    assert all(s[1] == s[4] > 0 and "t" in s[5] for s in seen)  # its size as logged, and the method's logs
     assert final_state(run)["step"] == 3  # stopped at a step boundary with a checkpoint, resumable

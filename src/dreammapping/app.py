@@ -49,7 +49,7 @@ from dreammapping.errors import ConfigError, GenerateError, Interrupted, OutputE
 from dreammapping.evaluate import evaluate_run
 from dreammapping.formats import export
 from dreammapping.guidance import METHODS, default_guidance_scale
-from dreammapping.train import GenerateResult, train
+from dreammapping.train import GenerateResult, StepInfo, train
 from dreammapping.validation import check_ranges
 from dreammapping.viewer import LiveView, configure_scene
 from dreammapping.webguard import allow_only_own_origin, check_listen_address
@@ -85,7 +85,8 @@ class RunRequest:
 
     prompt: str
     method: str = "vdm"  # a name in dreammapping.guidance.METHODS
-    guidance_scale: float = default_guidance_scale("embedded")  # CFG scale (Stable Diffusion wants ~7.5)
+    # CFG scale; None: the prior's own default (`default_guidance_scale`: 7.5 for Stable Diffusion, 2 embedded)
+    guidance_scale: float | None = None
     dca_cutoff: int = 300  # VDM's DCA cut-off timestep (VDM only)
     iterations: int = PRESETS[DEFAULT_PRESET]().iterations  # the preset's schedule
     seed: int = 0
@@ -114,7 +115,7 @@ class Job:
 def job_config(request: RunRequest, run_dir: Path | None = None, **overrides) -> GenerateConfig:
     """The run's config: the cpu preset, the form's values, then `overrides` (GenerateConfig fields; tests use them
     for small turntables). Raises the CLI's `GenerateError`s for an unknown method or bad option."""
-    guidance = {"guidance_scale": float(request.guidance_scale)}
+    guidance = {"guidance_scale": None if request.guidance_scale is None else float(request.guidance_scale)}
     if request.method == "vdm":
         guidance["dca_cutoff"] = int(request.dca_cutoff)
     cfg = build_config(request.prompt, preset=DEFAULT_PRESET, method=request.method,
@@ -159,13 +160,13 @@ class RunQueue:
     """Runs jobs one at a time, in order, on a worker thread; see the module docstring for the states.
 
     `on_change(job)` is called after every state change and every step (from the worker or the caller's thread);
-    `on_step(job, step, info)` gets train's callback info (with the detached scene) every step.
+    `on_step(job, info)` gets train's `StepInfo` (with the scene) every step.
     """
 
     def __init__(self, runs_root: str | Path = "runs", *, runner: Runner = train_runner,
                  evaluate: Callable[[Path], dict] | None = ground_truth_metrics,
                  on_change: Callable[[Job], None] | None = None,
-                 on_step: Callable[[Job, int, dict], None] | None = None, priors: tuple[str, ...] | None = None,
+                 on_step: Callable[[Job, StepInfo], None] | None = None, priors: tuple[str, ...] | None = None,
                  **overrides):
         self.runs_root = Path(runs_root)
         self.priors = priors  # the priors a request may name (None: any; the app passes its --prior choices)
@@ -300,13 +301,13 @@ class RunQueue:
             self._changed(job)
 
     def _run(self, job: Job) -> None:
-        def callback(step: int, info: dict) -> bool:
-            job.step, job.iterations, job.loss = step, info["iterations"], info["loss"]
-            job.gaussians = info["gaussians"]
-            job.it_per_s = step / info["train_seconds"] if info["train_seconds"] > 0 else 0.0
+        def callback(info: StepInfo) -> bool:
+            job.step, job.iterations, job.loss = info.step, info.iterations, info.loss
+            job.gaussians = info.scene_size
+            job.it_per_s = info.step / info.train_seconds if info.train_seconds > 0 else 0.0
             if self.on_step is not None:
                 try:
-                    self.on_step(job, step, info)
+                    self.on_step(job, info)
                 except Exception:  # noqa: BLE001
                     traceback.print_exc()
             self._changed(job)
@@ -447,8 +448,10 @@ class App:
                     handle.value = clamped
             return handle
 
-        self.guidance_scale = number("Guidance scale", "guidance_scale", RunRequest.guidance_scale,
-                                     "classifier-free guidance; 2 suits the embedded prior")
+        self.guidance_scale = number("Guidance scale", "guidance_scale", default_guidance_scale(self.priors[0]),
+                                     "classifier-free guidance; follows the prior (2 embedded, 7.5 Stable "
+                                     "Diffusion) until changed")
+        self._scale_edited = False  # once the user sets a scale, a new prior no longer replaces it
         self.dca_cutoff = number("DCA cut-off", "dca_cutoff", 300,
                                  "VDM's distribution-coefficient annealing cut-off timestep")
         self.iterations = number("Iterations", "iterations", RunRequest.iterations)
@@ -467,6 +470,16 @@ class App:
         def _(_event) -> None:
             self.dca_cutoff.disabled = self.method.value != "vdm"
 
+        @self.prior.on_update
+        def _(_event) -> None:
+            if not self._scale_edited:  # the prior's own default (7.5 for an SD prior), as the CLI would use
+                self.guidance_scale.value = default_guidance_scale(str(self.prior.value).strip() or "embedded")
+
+        @self.guidance_scale.on_update
+        def _(event) -> None:
+            if event.client is not None:  # a change typed on the page, not the prior's default set above
+                self._scale_edited = True
+
         @self.generate.on_click
         def _(_event) -> None:
             self.queue.submit(self.request())
@@ -481,14 +494,15 @@ class App:
         """The form's current values, clamped; a prior or method the page does not offer fails the job (a forged
         value: the page itself cannot send one)."""
         return RunRequest(prompt=str(self.prompt.value)[:2000], method=str(self.method.value)[:40],
-                          guidance_scale=clamp(self.guidance_scale.value, "guidance_scale"),
+                          guidance_scale=clamp(self.guidance_scale.value, "guidance_scale") if self._scale_edited
+                          else None,
                           dca_cutoff=int(clamp(self.dca_cutoff.value, "dca_cutoff")),
                           iterations=int(clamp(self.iterations.value, "iterations")),
                           seed=int(clamp(self.seed.value, "seed")), prior=str(self.prior.value)[:4096])
 
     # ---- updates from the queue ----
-    def _on_step(self, job: Job, step: int, info: dict) -> None:
-        self.view(step, info)
+    def _on_step(self, job: Job, info: StepInfo) -> None:
+        self.view(info)
 
     def _on_change(self, job: Job) -> None:
         with self._ui_lock:
@@ -528,7 +542,7 @@ class App:
 
         self._clear_result()
         result = job.result
-        self.view.show(result.gaussians)
+        self.view.show(result.scene.preview())
         gui, handles = self.server.gui, self._result_handles
         with self.result_folder:
             for name in ("gaussians.ply", *MESH_FILES):

@@ -63,13 +63,14 @@ from dreammapping.errors import (
     Terminated,
 )
 from dreammapping.evaluate import EvalOptions, evaluate_run
+from dreammapping.gaussian_scene import GaussiansConfig
 from dreammapping.config import check_config
 from dreammapping.files import atomic_write_text
 from dreammapping.resources import read_capped
 from dreammapping.signals import install_term_as_interrupt, note_sigterm, parent_death_signal, sigterm_received
 from dreammapping.toyworld import grammar
 from dreammapping.toyworld.grammar import unknown_words
-from dreammapping.train import parse_args, train
+from dreammapping.train import StepInfo, parse_args, train
 
 MAX_PROMPT_CHARS = 300  # CLIP-style text encoders read 77 tokens (~300 characters) and silently drop the rest
 SUMMARY_MD, SUMMARY_CSV, RUN_LOG = "summary.md", "summary.csv", "batch.log"
@@ -192,9 +193,11 @@ def plan_tasks(prompts: Sequence[PromptLine], configs: dict[str, GenerateConfig]
     for seed in seeds:
         for p in prompts:
             for method, base in configs.items():
+                scene = base.scene
+                if isinstance(scene, GaussiansConfig):  # a .ply to start from, made absolute as the prior folder
+                    scene = dataclasses.replace(scene, init=_absolute_if_path(scene.init, ".ply"))
                 cfg = dataclasses.replace(base, prompt=p.prompt, method=method, seed=seed,
-                                          prior=_absolute_if_path(base.prior),
-                                          init=_absolute_if_path(base.init, ".ply"))
+                                          prior=_absolute_if_path(base.prior), scene=scene)
                 run_dir = out / default_run_dir(cfg).name
                 cfg = dataclasses.replace(cfg, out=str(run_dir))
                 tasks.append(Task(str(run_dir), cfg, eval_options_for(p.prompt, evaluate), method, p.line))
@@ -250,7 +253,7 @@ def cached_evaluation(run_dir: str | os.PathLike, options: EvalOptions) -> dict 
 _STOP: threading.Event | None = None  # set by the pool's initializer: the driver asks running tasks to stop
 
 
-def _stop_requested(step: int, info: dict) -> bool:
+def _stop_requested(info: StepInfo) -> bool:
     return _STOP is not None and _STOP.is_set()
 
 
@@ -744,11 +747,13 @@ def parse_batch_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str,
             raise ConfigError(f"{flag} is not a batch option here (a rerun of the batch resumes its runs)")
     if args.retries < 0 or args.workers < 0:
         raise ConfigError("--retries and --workers must be ≥ 0")
+    # every method's config through generate's own parser: a flag that is not an option of one of them fails there
     configs = {}
-    methods = args.methods or [parse_args(["batch", *rest])[0].method]
-    for method in dict.fromkeys(methods):
-        cfg, _ = parse_args(["batch", *rest, "--method", method])
-        configs[method] = cfg
+    for method in dict.fromkeys(args.methods or [None]):
+        cfg, _ = parse_args([*rest, "--method", method] if method is not None else rest)
+        if cfg.prompt:  # a positional argument generate would take as its prompt
+            raise ConfigError(f"unexpected argument {cfg.prompt!r}: the prompts come from the prompts file")
+        configs[cfg.method] = cfg
     return args, configs
 
 

@@ -14,8 +14,9 @@ from dreammapping.errors import RunExistsError
 from dreammapping.files import atomic_path
 
 CHECKPOINT = "checkpoint.pt"  # its name in the run folder
-CHECKPOINT_KEYS = ("step", "gaussians", "optimizer", "method_params", "strategy", "rng", "train_seconds", "window",
-                   "init_used", "init_reason")
+# What every checkpoint holds; the scene's own entries (Gaussians: "gaussians", "optimizer", "strategy") come from its
+# representation (`SceneConfig.state_keys`) and are checked with them.
+CHECKPOINT_KEYS = ("step", "method_params", "rng", "train_seconds", "window", "init_used", "init_reason")
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -28,14 +29,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
         tmp.write_bytes(buffer.getbuffer())
 
 
-def load_checkpoint(path: Path) -> dict:
-    """The checkpoint's state (tensors only, never pickled code); RunExistsError when it is damaged."""
+def load_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict:
+    """The checkpoint's state (tensors only, never pickled code); RunExistsError when it is damaged or lacks one of
+    CHECKPOINT_KEYS or `required` (the scene's own entries)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, random bytes, a foreign pickle: torch's message suggests unsafe loading
         raise RunExistsError(f"cannot resume: {path} is damaged or not a checkpoint of this program "
                              f"({type(e).__name__}); nothing was changed — start again with --overwrite") from None
-    missing = [k for k in CHECKPOINT_KEYS if k not in state] if isinstance(state, dict) else ["all"]
+    missing = [k for k in (*CHECKPOINT_KEYS, *required) if k not in state] if isinstance(state, dict) else ["all"]
     if missing:
         raise RunExistsError(f"cannot resume: {path} is not a checkpoint of this program (missing "
                              f"{', '.join(missing)}); nothing was changed — start again with --overwrite")

@@ -29,9 +29,11 @@ import tyro
 import yaml
 
 from dreammapping import cameras as C
+from dreammapping.degrade import DegradeConfig, check_degrade
 from dreammapping.devices import check_device
 from dreammapping.errors import ConfigError, EmptyPromptError, UnknownMethodError, UnknownPresetError
 from dreammapping.files import atomic_write_text
+from dreammapping.gaussian_scene import GaussiansConfig
 from dreammapping.gaussians import LearningRates
 from dreammapping.guidance import METHODS, Guidance, GuidanceConfig
 from dreammapping.guidance.csd import CSDConfig
@@ -40,13 +42,32 @@ from dreammapping.guidance.nfsd import NFSDConfig
 from dreammapping.guidance.vdm import VDMConfig
 from dreammapping.guidance.vsd import VSDConfig
 from dreammapping.init import InitOptions
+from dreammapping.nerf import NerfConfig
 from dreammapping.strategy import DensityStrategy
-from dreammapping.toyworld.grammar import content_words, unknown_words
+from dreammapping.toyworld.grammar import V1_KNOWN_WORDS, content_words, unknown_words
 from dreammapping.resources import check_generate, check_yaml_shape, read_capped
 from dreammapping.validation import check_ranges, short
 
 # The Config of every method in METHODS (SDS uses the base GuidanceConfig); tests check that none is missing.
 GuidanceOptions = GuidanceConfig | VDMConfig | CSDConfig | NFSDConfig | ISMConfig | VSDConfig
+
+# The representations (dreammapping.scene): name → its options. The name is the command line's subcommand
+# (`dreammapping generate "a cube" nerf …`; the first is the default) and the scene's key in YAML (`scene: {gaussians:
+# {…}}`). A new representation is one more entry here.
+SCENES: dict[str, type] = {"gaussians": GaussiansConfig, "nerf": NerfConfig}
+# What `GenerateConfig.scene` holds: one tyro subcommand per entry of SCENES (a plain nested config while there is one).
+SceneOptions = typing.Union[tuple(Annotated[cls, tyro.conf.subcommand(name)] for name, cls in SCENES.items())]
+# The options the Gaussians' config took over from GenerateConfig: run folders and YAML files written before `scene`
+# hold them at the top level, where they still load from.
+LEGACY_SCENE_FIELDS = ("init", "num_points", "init_options", "sh_degree", "lr", "density", "render_backend")
+
+
+def scene_name(options) -> str:
+    """The SCENES name of a scene's options (ConfigError for anything else)."""
+    for name, cls in SCENES.items():
+        if type(options) is cls:
+            return name
+    raise ConfigError(f"scene: expected the options of one of {', '.join(SCENES)}, got {type(options).__name__}")
 
 
 def method_class(name: str) -> type[Guidance]:
@@ -79,12 +100,10 @@ class GenerateConfig:
     resolution: int | None = None  # rendered image side in pixels; None: the prior's own resolution
     background: Literal["white", "random"] = "white"  # colour behind the object while training
     orbit: C.OrbitConfig = field(default_factory=C.OrbitConfig)  # ranges of the random training cameras
-    init: str = "shap-e"  # starting Gaussians: "shap-e" (falls back when absent), "sphere", "ball" or a .ply path
-    num_points: int = 3000  # number of starting Gaussians (a .ply keeps its own)
-    init_options: InitOptions = field(default_factory=InitOptions)  # radius, colour, Shap-E settings
-    sh_degree: int = 0  # spherical-harmonic degree of the colours (0: view-independent)
-    lr: LearningRates = field(default_factory=LearningRates)  # Adam lrs per Gaussian parameter (3DGS's recipe)
-    density: DensityStrategy = field(default_factory=DensityStrategy)  # clone / split / prune schedule
+    # the 3D representation and its own options (init, learning rates, densification …), one of SCENES; on the
+    # command line a subcommand (gaussians, the default, is chosen by its own flags: --num-points, --density.* …)
+    scene: Annotated[SceneOptions, tyro.conf.OmitSubcommandPrefixes, tyro.conf.arg(name="", prefix_name=False)] = \
+        field(default_factory=GaussiansConfig)
     seed: int = 0  # seeds the global torch RNG (guidance's t and ε) and the camera generator
     out: str | None = None  # run folder; None: runs/<prompt-slug>-<method>-<seed>
     overwrite: bool = False  # allow a fresh run to write into a folder that already holds a run
@@ -97,7 +116,8 @@ class GenerateConfig:
     threads: int = 0  # CPU threads for torch (0: the cores other processes leave free, devices.resolve_threads)
     # the prior's dtype; auto: fp16 on CUDA, bf16 for the embedded prior on a CPU with native bf16, else fp32
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    render_backend: str = "auto"  # rasterizer: "auto" (gsplat on CUDA if installed, else torch), "torch", "gsplat"
+    # experiments only: blur / desaturate what the prior sees, decaying to nothing by a fixed step (off by default)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
 
     def __post_init__(self):
         # `GenerateConfig(method="sds")` or `dataclasses.replace(cfg, method="ism")`: the options follow the method.
@@ -118,16 +138,19 @@ def _cpu_preset(method: str = "vdm") -> GenerateConfig:
         iterations=160,
         batch=4,
         orbit=C.OrbitConfig(overhead_probability=0.15),  # as the prior's training views: some from above
-        init="sphere",  # Shap-E on a CPU costs minutes and is not available offline; a sphere works for toys
-        num_points=2000,
-        init_options=InitOptions(radius=0.6),
-        # the first release's learning rates × 300/160, so that lr × steps stays; without it, 200 steps already left
-        # cone tips unformed (attribute accuracy −0.18, docs/performance.md)
-        lr=LearningRates(position_init=3.75e-3, position_final=3.75e-4, log_scales=1.875e-2, quats=9.375e-3,
-                         opacity_logits=9.375e-2, sh_dc=3.75e-2),
-        # densification at steps 81 and 108, ~50% and ~67% of the run as the first release's 150 and 200 of 300
-        density=DensityStrategy(refine_start=75, refine_stop=112, refine_every=27, grad_threshold=2e-4,
-                                reset_opacity_every=0, max_gaussians=4000),
+        scene=GaussiansConfig(
+            init="sphere",  # Shap-E on a CPU costs minutes and is not available offline; a sphere works for toys
+            num_points=2000,
+            init_options=InitOptions(radius=0.6),
+            # the first release's learning rates × 300/160, so that lr × steps stays; without it, 200 steps already
+            # left cone tips unformed (attribute accuracy −0.18, docs/performance.md)
+            lr=LearningRates(position_init=3.75e-3, position_final=3.75e-4, log_scales=1.875e-2, quats=9.375e-3,
+                             opacity_logits=9.375e-2, sh_dc=3.75e-2),
+            # densification at steps 81 and 108, ~50% and ~67% of the run as the first release's 150 and 200 of 300;
+            # as fractions of the run (75, 112 and 27 of 160 steps): --iterations 1000 densifies at 507 and 676
+            density=DensityStrategy(refine_start=75 / 160, refine_stop=112 / 160, refine_every=27 / 160,
+                                    grad_threshold=2e-4, reset_opacity_every=0, max_gaussians=4000),
+        ),
         checkpoint_every=100,
         turntable_size=128,
     )
@@ -135,7 +158,8 @@ def _cpu_preset(method: str = "vdm") -> GenerateConfig:
 
 # The paper preset's guidance: one schedule for every method (so that `--method sds` etc. are compared under the
 # same setting), plus each method's own values.
-PAPER_SCHEDULE = {"guidance_scale": 7.5, "t_min": 0.02, "t_max": 0.98, "t_max_end": 0.5, "t_anneal_steps": 1500,
+# t_max is annealed over 1500 of the 5000 steps: 0.3 of the run (a float is a fraction of the run, an int a step).
+PAPER_SCHEDULE = {"guidance_scale": 7.5, "t_min": 0.02, "t_max": 0.98, "t_max_end": 0.5, "t_anneal_steps": 0.3,
                   "weighting": "ism", "view_prompt": "interpolate"}
 PAPER_METHOD_OPTIONS = {"vdm": {"dca": True, "dca_cutoff": 300, "operator_lr": 0.01},
                         "ism": {"delta_t": 80, "delta_s": 200, "xs_inv_steps": 5}}
@@ -160,16 +184,19 @@ def _paper_preset(method: str = "vdm") -> GenerateConfig:
         background="random",
         orbit=C.OrbitConfig(radius=(3.5, 5.5), elevation=(-15.0, 45.0), azimuth=(-180.0, 180.0),
                             fovy=(9.17, 34.38), overhead_probability=0.0),
-        init="shap-e",
-        num_points=50_000,
-        init_options=InitOptions(radius=0.5, opacity=0.1),
-        sh_degree=0,
-        lr=LearningRates(position_init=1.6e-4, position_final=1.6e-6, scene_extent=3.5, log_scales=5e-3,
-                         quats=1e-3, opacity_logits=5e-2, sh_dc=5e-3),
-        density=DensityStrategy(refine_start=100, refine_stop=3000, refine_every=100, grad_threshold=7.5e-3,
-                                split_scale_percent=0.003, scene_extent=3.5, prune_opacity=0.005,
-                                prune_scale3d=0.1, prune_scale2d=0.0390625, reset_opacity_every=300,
-                                max_gaussians=500_000),
+        scene=GaussiansConfig(
+            init="shap-e",
+            num_points=50_000,
+            init_options=InitOptions(radius=0.5, opacity=0.1),
+            sh_degree=0,
+            lr=LearningRates(position_init=1.6e-4, position_final=1.6e-6, scene_extent=3.5, log_scales=5e-3,
+                             quats=1e-3, opacity_logits=5e-2, sh_dc=5e-3),
+            # LucidDreamer's steps 100, 3000, every 100 and 300 of 5000, as fractions of the run
+            density=DensityStrategy(refine_start=0.02, refine_stop=0.6, refine_every=0.02, grad_threshold=7.5e-3,
+                                    split_scale_percent=0.003, scene_extent=3.5, prune_opacity=0.005,
+                                    prune_scale3d=0.1, prune_scale2d=0.0390625, reset_opacity_every=0.06,
+                                    max_gaussians=500_000),
+        ),
         checkpoint_every=500,
         log_every=10,
         max_loss=1e8,
@@ -195,7 +222,12 @@ def preset_config(name: str, method: str | None = None) -> GenerateConfig:
 
 # ================================================================================================ plain dicts / YAML
 def config_to_dict(obj) -> Any:
-    """A dataclass as plain YAML-able data (tuples become lists, tensors never appear)."""
+    """A dataclass as plain YAML-able data (tuples become lists, tensors never appear); a GenerateConfig's scene
+    under its name (`scene: {gaussians: {…}}`), which says which representation the options are of."""
+    if isinstance(obj, GenerateConfig):
+        data = {f.name: config_to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        data["scene"] = {scene_name(obj.scene): data["scene"]}
+        return data
     if dataclasses.is_dataclass(obj):
         return {f.name: config_to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
     if isinstance(obj, (list, tuple)):
@@ -222,6 +254,7 @@ def merge_config(base, data: dict, where: str = "config"):
             raise ConfigError(f"{where}.method_options: expected a mapping of method → options, got {short(table)}")
         if "method" in data:
             base = dataclasses.replace(base, method=_coerce(data.pop("method"), str, f"{where}.method"))
+        base, data = _merge_scene(base, data, where)
     names = {f.name: f for f in dataclasses.fields(base) if f.init}
     unknown = sorted(set(data) - set(names))
     if unknown:
@@ -241,6 +274,33 @@ def merge_config(base, data: dict, where: str = "config"):
     return merged
 
 
+def _merge_scene(base: GenerateConfig, data: dict, where: str) -> tuple[GenerateConfig, dict]:
+    """`base` with the scene of `data` merged in, and the rest of `data`. `scene: {NAME: {…}}` picks the
+    representation NAME (at its defaults when `base` has another) and updates its options; `scene: {…}` without a
+    name updates `base`'s own. Options of the Gaussians at the top level (the layout before `scene`) count as theirs.
+    """
+    scene = data.pop("scene", None)
+    legacy = {k: data.pop(k) for k in LEGACY_SCENE_FIELDS if k in data}
+    if scene is None and not legacy:
+        return base, data
+    options = base.scene
+    if legacy:
+        if not isinstance(options, GaussiansConfig):
+            raise ConfigError(f"{where}: {', '.join(legacy)}: options of the Gaussians, not of the scene "
+                              f"{scene_name(options)}")
+        options = merge_config(options, legacy, where)
+    if scene is not None:
+        if not isinstance(scene, dict):
+            raise ConfigError(f"{where}.scene: expected a mapping, got {scene!r}")
+        name = scene_name(options)
+        if len(scene) == 1 and next(iter(scene)) in SCENES:
+            name, scene = next(iter(scene.items()))
+            if type(options) is not SCENES[name]:
+                options = SCENES[name]()
+        options = merge_config(options, scene or {}, f"{where}.scene.{name}")
+    return dataclasses.replace(base, scene=options), data
+
+
 def _coerce(value, hint, where: str):
     """YAML gives lists for tuples and ints for floats; bring them back to the declared type."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -248,7 +308,7 @@ def _coerce(value, hint, where: str):
         return tuple(_coerce(v, args[0] if args else None, where) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if origin in (typing.Union, types.UnionType) and float in args \
+    if origin in (typing.Union, types.UnionType) and float in args and int not in args \
             and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if origin is Literal and value not in args:
@@ -344,7 +404,8 @@ def build_config(prompt: str | None = None, preset: str = DEFAULT_PRESET, config
     """Preset → YAML file → keyword options (nested ones as dicts or dataclasses, e.g. lr={"sh_dc": 0.01},
     guidance={"dca_cutoff": 100}) → prompt. The method is chosen first: the last of these that names one."""
     data = read_yaml(config_file) if config_file is not None else {}
-    options = {k: config_to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in options.items()}
+    options = {k: ({scene_name(v): config_to_dict(v)} if k == "scene" else config_to_dict(v))
+               if dataclasses.is_dataclass(v) else v for k, v in options.items()}
     layers = [(layer, where) for layer, where in ((data, str(config_file)), (options, "options")) if layer]
     method = next((layer["method"] for layer, _ in reversed(layers)
                    if isinstance(layer, dict) and isinstance(layer.get("method"), str)), None)
@@ -383,7 +444,15 @@ def check_config(cfg: GenerateConfig) -> None:
         raise EmptyPromptError("the prompt is empty; say what to generate, e.g. dreammapping generate \"a red cube\"")
     method_class(cfg.method)  # an unknown method is exit 4, before its options are looked at
     check_ranges(cfg)  # every field's declared range and the cross-field rules (dreammapping.validation)
+    try:
+        check_degrade(cfg.degrade)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     check_device(cfg.device)
+    try:
+        cfg.scene.check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     method_config(cfg)
     check_generate(cfg)  # one memory estimate (resolution × batch, points, turntable) and threads ≤ cores
     if cfg.prior == "embedded" and not content_words(cfg.prompt):  # it would run with no prompt at all
@@ -392,8 +461,9 @@ def check_config(cfg: GenerateConfig) -> None:
 
 
 def unknown_prompt_words(cfg: GenerateConfig) -> list[str]:
-    """Words of the prompt the embedded toy-world prior was never trained on (only checked for that prior)."""
-    return unknown_words(cfg.prompt) if cfg.prior == "embedded" else []
+    """Words of the prompt the embedded toy-world prior was never trained on (only checked for that prior; the
+    shipped one is world v1's, so patterns, white and black are reported)."""
+    return unknown_words(cfg.prompt, V1_KNOWN_WORDS) if cfg.prior == "embedded" else []
 
 
 # ================================================================================================ run folder names

@@ -32,7 +32,10 @@ from dreammapping.cameras import canonical_views, turntable
 from dreammapping.errors import EXIT_OUTPUT, EXIT_USAGE, ConfigError
 from dreammapping.files import atomic_path, check_writable_folder, describe_write_error
 from dreammapping.gaussians import Gaussians, num_sh_bases
+from dreammapping.nerf import NerfScene, load_field
+from dreammapping.nerf_export import field_file
 from dreammapping.render import rasterize
+from dreammapping.scene import render_frames
 from dreammapping.resources import frames_bytes, require
 from dreammapping.rundir import check_not_a_run_file, is_run_folder
 
@@ -248,9 +251,13 @@ def save_turntable(path: str | os.PathLike, gaussians: Gaussians, n_frames: int 
 
 def save_view_grid(path: str | os.PathLike, gaussians: Gaussians, size: int = 256, background=None) -> Path:
     """One PNG row of the canonical views: front, side, back, overhead."""
+    return save_frames_row(path, _render_frames(gaussians, canonical_views(size, size), background=background))
+
+
+def save_frames_row(path: str | os.PathLike, frames: np.ndarray) -> Path:
+    """uint8 frames [F,H,W,3] side by side in one PNG (written atomically)."""
     import imageio.v3 as iio
 
-    frames = _render_frames(gaussians, canonical_views(size, size), background=background)
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_bytes(iio.imwrite("<bytes>", np.concatenate(list(frames), axis=1), extension=".png"))
@@ -262,7 +269,7 @@ def cli_render(argv: list[str] | None = None) -> int:
     """`dreammapping render RUN_OR_PLY [--out DIR] [--frames N] [--size S]`: turntable.mp4 and views.png."""
     parser = argparse.ArgumentParser(
         prog="dreammapping render", description="Turntable video and view grid of a run folder or a .ply.")
-    parser.add_argument("source", help="a run folder (uses RUN/gaussians.ply) or a 3DGS .ply file")
+    parser.add_argument("source", help="a run folder (RUN/gaussians.ply, or a NeRF run's nerf.safetensors) or a 3DGS .ply")
     parser.add_argument("--out", default=None, help="output folder (default: the run folder / the .ply's folder)")
     parser.add_argument("--frames", type=int, default=60, help="turntable frames")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
@@ -287,14 +294,22 @@ def cli_render(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         return fail(str(e))
     source = Path(args.source)
-    ply = source / "gaussians.ply" if source.is_dir() else source
-    if source.is_dir() and not ply.is_file():
-        return fail(f"{source}: no gaussians.ply in this folder")
-    try:
-        gaussians = load_ply(ply)
-        check_splat(gaussians, ply)
-    except PlyError as e:
-        return fail(str(e))
+    if field_file(source) is not None:  # a NeRF run: render the field itself
+        try:
+            field, shading = load_field(field_file(source))
+        except ValueError as e:
+            return fail(str(e))
+        scene, what, ply = NerfScene(field, shading), "a radiance field", field_file(source)
+    else:
+        ply = source / "gaussians.ply" if source.is_dir() else source
+        if source.is_dir() and not ply.is_file():
+            return fail(f"{source}: no gaussians.ply in this folder")
+        try:
+            gaussians = load_ply(ply)
+            check_splat(gaussians, ply)
+        except PlyError as e:
+            return fail(str(e))
+        scene, what = None, f"{len(gaussians)} Gaussians, SH degree {gaussians.sh_degree}"
     # a run's own turntable and views are generate's: a render of a run goes to RUN/render/ unless told otherwise
     out = Path(args.out) if args.out else ply.parent / "render" if is_run_folder(ply.parent) else ply.parent
     video_path = out / ("turntable.gif" if args.gif else "turntable.mp4")
@@ -308,9 +323,14 @@ def cli_render(argv: list[str] | None = None) -> int:
     except OSError as e:
         return fail(f"cannot write to {out}: {e.strerror or e}", EXIT_OUTPUT)
     try:  # each file is replaced whole or not at all; a failure (disk full, read-only folder) keeps the old one
-        video = save_turntable(video_path, gaussians, n_frames=args.frames, size=args.size, fps=args.fps)
-        grid = save_view_grid(out / "views.png", gaussians, size=args.size)
+        if scene is None:
+            video = save_turntable(video_path, gaussians, n_frames=args.frames, size=args.size, fps=args.fps)
+            grid = save_view_grid(out / "views.png", gaussians, size=args.size)
+        else:
+            frames = render_frames(scene, turntable(args.frames, args.size, args.size))
+            video = save_turntable(video_path, None, fps=args.fps, frames=frames)
+            grid = save_frames_row(out / "views.png", render_frames(scene, canonical_views(args.size, args.size)))
     except OSError as e:
         return fail(describe_write_error(e, e.filename or out) + "; existing files are unchanged", EXIT_OUTPUT)
-    print(f"wrote {video} and {grid} ({len(gaussians)} Gaussians, SH degree {gaussians.sh_degree})")
+    print(f"wrote {video} and {grid} ({what})")
     return 0

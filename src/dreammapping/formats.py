@@ -1,4 +1,4 @@
-"""`dreammapping export`: a run or a .ply as .ply, .splat, .glb or .obj.
+"""`dreammapping export`: a run or a .ply as .ply, .splat, .glb or .obj (a NeRF run: `nerf_export`).
 
 The .splat layout is antimatter15/splat's (what many web viewers stream), 32 bytes per splat, little-endian:
 
@@ -25,6 +25,8 @@ from dreammapping.files import atomic_path
 from dreammapping.gaussians import Gaussians, rgb_to_sh, sh_to_rgb
 from dreammapping.errors import GenerateError
 from dreammapping.mesh import MeshConfig, extract_mesh, mesh_report, save_mesh
+from dreammapping.nerf import load_field
+from dreammapping.nerf_export import NerfMeshConfig, field_file, nerf_gaussians, nerf_mesh
 from dreammapping.resources import mesh_bytes, require
 from dreammapping.rundir import check_not_a_run_file
 
@@ -89,6 +91,8 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     source = Path(source)
+    if field_file(source) is not None:
+        return _export_field(field_file(source), fmt, out, resolution, decimate)
     g = load_any(source)
     check_splat(g, source)  # render's validator: NaN in, nothing out
     stem = "gaussians" if source.is_dir() else source.stem
@@ -105,13 +109,28 @@ def export(source: str | os.PathLike, fmt: str, out: str | os.PathLike | None = 
     return save_mesh(out, mesh), mesh_report(mesh)
 
 
+def _export_field(path: Path, fmt: str, out: str | os.PathLike | None, resolution: int,
+                  decimate: float) -> tuple[Path, str]:
+    """A radiance field (a NeRF run's nerf.safetensors): marching cubes on σ, or Gaussians sampled from it."""
+    field, _ = load_field(path)
+    out = Path(out) if out else path.with_suffix(f".{fmt}")
+    if fmt in ("glb", "obj"):
+        mesh = nerf_mesh(field, NerfMeshConfig(resolution=resolution, decimate=decimate))
+        return save_mesh(out, mesh), mesh_report(mesh)
+    g = nerf_gaussians(field)
+    if fmt == "ply":
+        return save_ply(out, g), f"{len(g)} Gaussians sampled from the radiance field"
+    return save_splat(out, g), f"{len(g)} splats sampled from the radiance field"
+
+
 def cli_export(argv: list[str] | None = None) -> int:
     """`dreammapping export RUN_OR_PLY --format ply|splat|glb|obj [--out PATH] [--resolution N] [--decimate F]`."""
     parser = argparse.ArgumentParser(
         prog="dreammapping export",
         description="Write a run folder, .ply or .splat as a 3DGS .ply, an antimatter15 .splat, or a coloured mesh "
                     "(.glb / .obj, +y up) from marching cubes of the Gaussians' density.")
-    parser.add_argument("source", help="a run folder (uses RUN/gaussians.ply), a 3DGS .ply or a .splat")
+    parser.add_argument("source", help="a run folder (RUN/gaussians.ply, or a NeRF run's nerf.safetensors), a 3DGS "
+                                       ".ply or a .splat")
     parser.add_argument("--format", required=True, choices=FORMATS, help="output format")
     parser.add_argument("--out", default=None, help="output file (default: beside the source, SOURCE.FORMAT)")
     parser.add_argument("--resolution", type=int, default=128, help="mesh: voxels along the longest side")

@@ -86,6 +86,14 @@ def training_bytes(batch: int, resolution: int, num_points: int, max_gaussians: 
             + batch * n * BYTES_PER_GAUSSIAN_VIEW)
 
 
+def field_training_bytes(batch: int, resolution: int, grid: int, features: int, hidden: int, samples: int) -> float:
+    """One radiance-field step (a rough upper bound): the grids with gradient and Adam's two moments, and every
+    sample of every ray kept for the backward (features, hidden layer and a few scalars, ×3 for autograd's copies)."""
+    params = grid**3 * (1 + features) * 4 * 4
+    activations = batch * resolution**2 * samples * (features + hidden + 16) * 4 * 3
+    return FIXED_BYTES + params + activations
+
+
 def frames_bytes(frames: int, size: int, gaussians: int = 0) -> float:
     """A turntable of `frames` frames of side `size` (kept as uint8) plus one chunk of views being rendered."""
     chunk = min(frames, RENDER_CHUNK)
@@ -110,7 +118,8 @@ def check_generate(cfg, device: str | None = None, available: int | None = None)
         raise ConfigError(f"threads {cfg.threads} is more than the {cores} cores this process may use (threads on "
                           "a busy core wait for each other); use at most that, or 0 for the free ones")
     device = cfg.device if device is None else device
-    if cfg.render_backend == "gsplat":
+    scene = cfg.scene
+    if getattr(scene, "render_backend", None) == "gsplat":
         from dreammapping.devices import resolve_device
         from dreammapping.render import _gsplat_available
 
@@ -118,10 +127,19 @@ def check_generate(cfg, device: str | None = None, available: int | None = None)
             raise ConfigError("render_backend gsplat needs a CUDA device and the gsplat package (pip install -e "
                               "\".[gpu]\"); use auto or torch here")
     resolution = cfg.resolution or (32 if cfg.prior == "embedded" else 512)
-    require(training_bytes(cfg.batch, resolution, cfg.num_points, cfg.density.max_gaussians),
-            f"training at resolution {resolution} × batch {cfg.batch} with {cfg.num_points} points",
-            "lower --resolution, --batch or --num-points", device, available)
-    require(frames_bytes(cfg.turntable_frames, cfg.turntable_size, cfg.density.max_gaussians),
+    if hasattr(scene, "num_points"):  # Gaussians
+        max_gaussians = scene.density.max_gaussians
+        require(training_bytes(cfg.batch, resolution, scene.num_points, max_gaussians),
+                f"training at resolution {resolution} × batch {cfg.batch} with {scene.num_points} points",
+                "lower --resolution, --batch or --num-points", device, available)
+    else:  # a radiance field
+        max_gaussians = 0
+        require(field_training_bytes(cfg.batch, resolution, scene.grid_resolution, scene.feature_dim,
+                                     scene.hidden_dim, scene.samples_per_ray),
+                f"training a radiance field (grid {scene.grid_resolution}³, {scene.samples_per_ray} samples a ray) "
+                f"at resolution {resolution} × batch {cfg.batch}",
+                "lower --resolution, --batch, --grid-resolution or --samples-per-ray", device, available)
+    require(frames_bytes(cfg.turntable_frames, cfg.turntable_size, max_gaussians),
             f"a turntable of {cfg.turntable_frames} frames at --turntable-size {cfg.turntable_size}",
             "lower --turntable-size or --turntable-frames", "cpu", available)
 

@@ -3,7 +3,7 @@
 Modelled on gsplat's `strategy/default.py` without depending on gsplat: a plain dataclass of settings with one hook,
 `step_post_backward`, that the trainer calls after `loss.backward()` and `optimizer.step()` every iteration:
 
-    gaussians = strategy.step_post_backward(gaussians, optimizer, render_out, step)
+    gaussians = strategy.step_post_backward(gaussians, optimizer, render_out, step, max_steps)
 
 It accumulates each Gaussian's screen-space positional gradient and, on schedule,
 - **clones** small Gaussians with a large average gradient (under-reconstruction: copy, let both move apart),
@@ -13,6 +13,11 @@ It accumulates each Gaussian's screen-space positional gradient and, on schedule
   stay useless sink below the pruning threshold instead of hiding behind others.
 Whenever the set of Gaussians changes, each Adam group gets the new tensor and its moments follow their rows;
 new rows start at zero.
+
+The schedule (`refine_start`, `refine_stop`, `refine_every`, `reset_opacity_every`) is relative to the run's length
+when given as a float: a fraction of `max_steps`, rounded to a step (`dreammapping.schedule.at_step`), so that a
+longer run densifies proportionally, as the learning-rate and timestep schedules do. An int is an absolute step
+(gsplat's convention; run folders written before fractions keep their meaning).
 """
 
 from __future__ import annotations
@@ -23,22 +28,35 @@ import torch
 from torch import Tensor
 
 from dreammapping.gaussians import Gaussians, quat_to_rotmat
+from dreammapping.schedule import StepOrFraction, at_step, check_step_or_fraction
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The strategy's schedule resolved to steps for one run length."""
+
+    refine_start: int
+    refine_stop: int
+    refine_every: int
+    reset_opacity_every: int
 
 
 @dataclass
 class DensityStrategy:
-    """When and how to clone, split, prune and reset opacity. Defaults are gsplat's (which are 3DGS's)."""
+    """When and how to clone, split, prune and reset opacity. Defaults are gsplat's (which are 3DGS's).
 
-    refine_start: int = 500  # first step that may clone / split / prune (statistics accumulate before it)
-    refine_stop: int = 15_000  # no cloning, splitting or pruning from this step on
-    refine_every: int = 100  # steps between refinements
+    The four schedule fields take a step (int) or a fraction of the run (float); see the module docstring."""
+
+    refine_start: StepOrFraction = 500  # first step that may clone / split / prune (statistics accumulate before it)
+    refine_stop: StepOrFraction = 15_000  # no cloning, splitting or pruning from this step on
+    refine_every: StepOrFraction = 100  # steps between refinements
     grad_threshold: float = 2e-4  # mean screen-space gradient norm (NDC units) above which a Gaussian grows
     split_scale_percent: float = 0.01  # largest axis > this × scene_extent → split, else clone
     scene_extent: float = 1.0  # scene radius in world units; scale thresholds are relative to it
     prune_opacity: float = 5e-3  # prune Gaussians less opaque than this
     prune_scale3d: float = 0.1  # after the first reset, prune largest axis > this × scene_extent (0: never)
     prune_scale2d: float = 0.15  # after the first reset, prune screen radius > this × image side (0: never)
-    reset_opacity_every: int = 3000  # steps between opacity resets (0: never); only before refine_stop
+    reset_opacity_every: StepOrFraction = 3000  # steps between opacity resets (0: never); only before refine_stop
     max_gaussians: int = 1_000_000  # cloning and splitting stop at this many Gaussians (highest gradients first)
     absgrad: bool = False  # accumulate means2d.absgrad when the renderer provides it (gsplat's AbsGS option)
 
@@ -47,21 +65,41 @@ class DensityStrategy:
     count: Tensor | None = field(default=None, init=False, repr=False)  # [N] views in which it was visible
     max_radii: Tensor | None = field(default=None, init=False, repr=False)  # [N] largest radius / image side
 
+    # ---- the schedule ---------------------------------------------------------------------------------------------
+    def schedule(self, max_steps: int | None = None) -> Schedule:
+        """The schedule in steps for a run of `max_steps` (None: every value must be an absolute step).
+        A refinement or reset interval that rounds to 0 steps becomes 1 (0 is "never" only when given as 0)."""
+        every = at_step(self.refine_every, max_steps)
+        reset = at_step(self.reset_opacity_every, max_steps)
+        return Schedule(refine_start=at_step(self.refine_start, max_steps),
+                        refine_stop=at_step(self.refine_stop, max_steps),
+                        refine_every=max(every, 1),
+                        reset_opacity_every=max(reset, 1) if self.reset_opacity_every != 0 else 0)
+
+    def check(self) -> None:
+        """ValueError (one line) for a schedule value that is neither a step ≥ 0 nor a fraction in [0, 1]."""
+        for name in ("refine_start", "refine_stop", "refine_every", "reset_opacity_every"):
+            check_step_or_fraction(getattr(self, name), f"density.{name}")
+        if self.refine_every == 0:
+            raise ValueError("density.refine_every must be > 0")
+
     # ---- the hook -------------------------------------------------------------------------------------------------
     def step_post_backward(self, gaussians: Gaussians, optimizer: torch.optim.Optimizer, render_out,
-                           step: int) -> Gaussians:
+                           step: int, max_steps: int | None = None) -> Gaussians:
         """Accumulate this step's statistics, refine on schedule; returns the (possibly new) Gaussians.
 
         `render_out` needs `means2d` [B,N,2] whose `.grad` was retained, `radii` [B,N] and `rgb` [B,H,W,3] (for
         the image size). Call it after `optimizer.step()`: new tensors have no gradient to step with.
         The returned tensors are leaves that require grad and are the ones in `optimizer`'s groups.
+        `max_steps`, the run's length, places the fractions of the schedule (None: it has none).
         """
-        if step >= self.refine_stop:
+        plan = self.schedule(max_steps)
+        if step >= plan.refine_stop:
             return gaussians
         self._accumulate(render_out, len(gaussians))
-        if step > self.refine_start and step % self.refine_every == 0:
-            gaussians = self.refine(gaussians, optimizer, step)
-        if self.reset_opacity_every > 0 and step > 0 and step % self.reset_opacity_every == 0:
+        if step > plan.refine_start and step % plan.refine_every == 0:
+            gaussians = self.refine(gaussians, optimizer, step, max_steps=max_steps)
+        if plan.reset_opacity_every > 0 and step > 0 and step % plan.reset_opacity_every == 0:
             reset_opacity(gaussians, optimizer, 2.0 * self.prune_opacity)
         return gaussians
 
@@ -92,8 +130,9 @@ class DensityStrategy:
     # ---- one refinement --------------------------------------------------------------------------------------------
     @torch.no_grad()
     def refine(self, gaussians: Gaussians, optimizer: torch.optim.Optimizer, step: int,
-               generator: torch.Generator | None = None) -> Gaussians:
+               generator: torch.Generator | None = None, max_steps: int | None = None) -> Gaussians:
         """Clone, then split, then prune, using the statistics gathered since the last refinement."""
+        reset_every = self.schedule(max_steps).reset_opacity_every
         n = len(gaussians)
         if self.grad2d is None or self.grad2d.shape[0] != n:
             self._reset_statistics(n, gaussians.device)
@@ -118,7 +157,7 @@ class DensityStrategy:
             max_radii = torch.cat([max_radii[~split_mask], max_radii[split_mask].repeat(2)])
 
         prune_mask = gaussians.opacities < self.prune_opacity
-        if self.reset_opacity_every > 0 and step > self.reset_opacity_every:
+        if reset_every > 0 and step > reset_every:
             if self.prune_scale3d > 0:
                 prune_mask |= gaussians.scales.amax(-1) > self.prune_scale3d * self.scene_extent
             if self.prune_scale2d > 0:

@@ -8,7 +8,10 @@
         out      ← method(x, emb, step)                      # lines 4-13: t, ε, x_t, ε_φ, (VDM: M_ψ, λ_t of DCA)
         (out.loss + out.aux_loss).backward()                 # ∇θ L_VDM reaches θ; ∇ψ L_op reaches M_ψ only
         step θ's Adam (3DGS per-parameter lrs) and ψ's own   # lines 14-15
-        densify / prune on schedule
+        densify / prune on schedule                          # (every schedule relative to the run's length)
+
+θ is a scene behind `dreammapping.scene`'s protocols (3D Gaussians: `dreammapping.gaussian_scene`); the loop is
+`setup` → `train_step` (one step, returning a `StepInfo`) → a short loop of bookkeeping and callbacks.
 
 Everything a run makes lives in one folder (default `runs/<prompt-slug>-<method>-<seed>`): `config.yaml` (fully
 resolved), `loss.csv`, `checkpoint.pt` (atomic, every `checkpoint_every` steps, on Ctrl-C and at the end),
@@ -42,6 +45,7 @@ import tyro
 from tqdm.auto import tqdm
 
 from dreammapping import cameras as C
+from dreammapping.cameras import canonical_views, turntable
 from dreammapping.checkpoint import (
     CHECKPOINT,
     CHECKPOINT_KEYS,
@@ -100,12 +104,14 @@ from dreammapping.errors import (
     UnknownMethodError,
     UnknownPresetError,
 )
-from dreammapping.export import save_ply, save_turntable, save_view_grid, turntable_frames
+from dreammapping.degrade import degrade_images
+from dreammapping.export import save_frames_row, save_turntable
 from dreammapping.files import atomic_write_text, is_disk_full
-from dreammapping.gaussians import Gaussians, make_optimizer, update_learning_rates
-from dreammapping.init import InitError, initialise
-from dreammapping.priors import DiffusionPrior, NonFiniteOutputError, PriorNotFoundError
-from dreammapping.render import rasterize
+from dreammapping.gaussians import Gaussians
+from dreammapping.init import InitError
+from dreammapping.guidance import Guidance
+from dreammapping.priors import DiffusionPrior, NonFiniteOutputError, PriorNotFoundError, PromptEmbeddings
+from dreammapping.scene import Representation, Scene, render_frames
 from dreammapping.resuming import check_resume
 from dreammapping.runlock import run_lock
 from dreammapping.signals import sigterm_received, term_as_interrupt
@@ -125,13 +131,83 @@ from dreammapping.rundir import (
 @dataclass
 class GenerateResult:
     run_dir: Path  # the run folder
-    ply: Path  # gaussians.ply (standard 3DGS layout)
+    ply: Path  # the scene's native file (gaussians.ply, standard 3DGS layout, for Gaussians)
     turntable_mp4: Path | None  # None when no video encoder was available
     turntable_gif: Path
     views: Path  # views.png: front, side, back, overhead
     config: Path  # config.yaml, fully resolved
     metrics: dict  # what metrics.json holds
-    gaussians: Gaussians  # the final scene (detached, CPU)
+    scene: Scene  # the final scene (detached, CPU)
+    gaussians: Gaussians | None  # the final Gaussians (detached, CPU); None for a scene of another kind
+
+
+@dataclass
+class StepInfo:
+    """What one step of Algorithm 1 did: what callbacks (live view, app, benchmarks, batch) and the loss log see."""
+
+    step: int  # steps done (this one included): 1 after the first
+    iterations: int  # the run's length
+    loss: float  # the guidance loss of this step
+    aux_loss: float  # the method's own loss (Mψ, LoRA; 0 for methods without one)
+    logs: dict[str, float]  # the method's logs (t, λ_t, …; loss.csv's last columns)
+    scene_logs: dict[str, float]  # the representation's (Gaussians: gaussians, lr_means)
+    seconds: float  # this step's time
+    train_seconds: float  # training time so far (a resumed run's earlier part included)
+    scene: Scene  # the scene after this step: read it, do not change it (`preview()` gives a detached copy)
+
+    @property
+    def scene_size(self) -> int:
+        """The scene's size in its own unit (`scene.size_name`, e.g. the number of Gaussians)."""
+        return self.scene.size()
+
+    def preview(self):
+        """What the live view shows (detached, CPU): splats, or an image for scenes without them."""
+        return self.scene.preview()
+
+
+Callback = Callable[[StepInfo], "bool | None"]  # returning True asks the run to stop (as Ctrl-C does)
+
+
+@dataclass
+class LossWindow:
+    """Sums of the losses since the last loss.csv row."""
+
+    loss: float = 0.0
+    aux: float = 0.0
+    n: int = 0
+
+    def as_dict(self) -> dict:  # the checkpoint's "window"
+        return {"loss": self.loss, "aux": self.aux, "n": self.n}
+
+
+@dataclass
+class Run:
+    """Everything `setup` prepares for the steps: the config, the prior and method, the scene in training, RNGs."""
+
+    cfg: GenerateConfig
+    run_dir: Path
+    device: torch.device
+    resolution: int  # rendered image side
+    text: PromptEmbeddings  # the prompt's embeddings (all view tags)
+    method: Guidance  # the guidance method (METHODS[cfg.method])
+    method_params: list[torch.Tensor]  # Mψ / LoRA: what the method trains itself
+    method_optimizer: torch.optim.Optimizer | None
+    representation: Representation  # the scene and its optimisers, schedules, densification
+    generator: torch.Generator  # cameras, backgrounds and init draw from this one
+    init_used: str
+    init_reason: str
+    start: int = 0  # the first step to take (a resumed run's checkpoint step)
+    train_seconds: float = 0.0
+    window: LossWindow = dataclasses.field(default_factory=LossWindow)
+    last_good: int | None = None  # the step of the last checkpoint written (None: none yet)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    @property
+    def resume_command(self) -> str:
+        return f"dreammapping generate --resume {shlex.quote(str(self.run_dir))}"
 
 
 def background_colors(kind: str, batch: int, generator: torch.Generator) -> torch.Tensor:
@@ -143,9 +219,11 @@ def background_colors(kind: str, batch: int, generator: torch.Generator) -> torc
 
 # ================================================================================================ the run
 def train(cfg: GenerateConfig, run_dir: Path, resume: bool = False, progress: bool = True,
-          callback: Callable[[int, dict], bool | None] | None = None, log: Callable[[str], None] | None = None
-          ) -> GenerateResult:
-    """Run (or continue) Algorithm 1 for `cfg` in `run_dir`; writes every output and returns them."""
+          callback: Callback | None = None, log: Callable[[str], None] | None = None) -> GenerateResult:
+    """Run (or continue) Algorithm 1 for `cfg` in `run_dir`; writes every output and returns them.
+
+    `callback(StepInfo)` is called after every step; returning True asks the run to stop as Ctrl-C does (a
+    checkpoint at the next step boundary, then `Interrupted`)."""
     check_config(cfg)  # first: a bad config is a one-line error, before its threads are used (or the cores sampled)
     threads = torch.get_num_threads()
     torch.set_num_threads(resolve_threads(cfg.threads))
@@ -169,12 +247,59 @@ def train(cfg: GenerateConfig, run_dir: Path, resume: bool = False, progress: bo
         torch.set_num_threads(threads)  # a library call leaves the caller's setting as it found it
 
 
-def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
-           callback: Callable[[int, dict], bool | None] | None, log: Callable[[str], None]) -> GenerateResult:
+def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool, callback: Callback | None,
+           log: Callable[[str], None]) -> GenerateResult:
     wall_start = time.perf_counter()
+    words = unknown_prompt_words(cfg)
+    run = setup(cfg, run_dir, resume, log)
+    loss_log = LossLog(run_dir / "loss.csv", keep_before=run.start if resume else 0)
+    bar = tqdm(total=cfg.iterations, initial=run.start, desc="generate", unit="it", dynamic_ncols=True,
+               disable=not progress, leave=True, file=sys.stderr)
+    last_loss = float("nan")
 
-    # 1. The run folder (`train` has checked the config). Nothing of an old run is touched until everything below
-    #    (prior, init, checkpoint) is known to work.
+    # Algorithm 1, one `train_step` a step; between steps: the loss log, the progress bar, checkpoints, callbacks
+    with SigintFlag() as interrupted, contextlib.closing(bar):
+        for step in range(run.start, cfg.iterations):
+            if interrupted.set:
+                save_run_checkpoint(run, step)
+                raise Interrupted(f"interrupted at step {step}/{cfg.iterations}; checkpoint saved. "
+                                  f"Resume with: {run.resume_command}")
+            info = train_step(run, step)
+            if info.step % cfg.log_every == 0 or info.step == cfg.iterations:
+                last_loss = run.window.loss / run.window.n
+                loss_log.write({"step": info.step, "loss": last_loss, "aux_loss": run.window.aux / run.window.n,
+                                **info.scene_logs, "seconds": round(run.train_seconds, 3), **info.logs})
+                bar.set_postfix(loss=f"{last_loss:.4g}", **{info.scene.size_name: info.scene_size}, refresh=False)
+                run.window = LossWindow()
+            bar.update(1)
+            if cfg.checkpoint_every and info.step % cfg.checkpoint_every == 0 and info.step < cfg.iterations:
+                save_run_checkpoint(run, info.step)
+                run.last_good = info.step
+            if callback is not None and callback(info):
+                interrupted.set = True
+    loss_log.close()
+    if math.isnan(last_loss) and run.start >= cfg.iterations:  # resumed a finished run: its last logged loss
+        last_loss = loss_log.last_loss
+
+    # The final checkpoint and the outputs.
+    save_run_checkpoint(run, cfg.iterations)
+    final = run.representation.scene.detach_cpu()
+    metrics = {
+        "prompt": cfg.prompt, "method": cfg.method, "prior": cfg.prior, "seed": cfg.seed,
+        "iterations": cfg.iterations, "resumed_from": run.start if resume else None,
+        "train_seconds": round(run.train_seconds, 3),
+        "it_per_s": round((cfg.iterations / run.train_seconds) if run.train_seconds > 0 else 0.0, 3),
+        "final_loss": last_loss, final.size_name: final.size(), "resolution": run.resolution, "batch": cfg.batch,
+        "init_used": run.init_used, "init_reason": run.init_reason, "unknown_words": words,
+        "device": str(run.device),
+    }
+    return write_outputs(run_dir, run.representation, final, cfg, metrics, wall_start, log)
+
+
+def setup(cfg: GenerateConfig, run_dir: Path, resume: bool, log: Callable[[str], None]) -> Run:
+    """Everything before the first step: the run folder, seeds, prior, prompt, method, scene (initialised or from the
+    checkpoint, with every optimiser, statistic and RNG), then config.yaml. `train` has checked the config; nothing
+    of an old run is touched until the prior, the initialisation and the checkpoint are known to work."""
     words = unknown_prompt_words(cfg)
     if words:
         log(f"warning: the embedded prior does not know {', '.join(map(repr, words))}; it will ignore "
@@ -185,7 +310,7 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
     previous_run = prepare_run_dir(run_dir, fresh=not resume, overwrite=cfg.overwrite)
     ckpt = _checked_checkpoint(cfg, checkpoint_path) if resume else None
 
-    # 2. Seeds, the prior, the prompt's embeddings, the guidance method and its own optimiser (Mψ, LoRA).
+    # Seeds, the prior, the prompt's embeddings, the guidance method and its own optimiser (Mψ, LoRA).
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)  # cameras, backgrounds and init draw from this one
@@ -210,137 +335,97 @@ def _train(cfg: GenerateConfig, run_dir: Path, resume: bool, progress: bool,
     method_params = list(method.parameters())
     method_optimizer = method.optimizer_config().build(method_params) if method_params else None
 
-    # 3. θ₀ and its optimiser: initialised, or (resume) the checkpoint's, with every optimiser, statistic and RNG.
-    start, train_seconds, window = 0, 0.0, {"loss": 0.0, "aux": 0.0, "n": 0}
-    strategy = dataclasses.replace(cfg.density)  # a fresh copy: the strategy keeps running statistics
+    # θ₀: initialised, or (resume) the checkpoint's scene, optimisers, statistics and RNGs.
     if resume:  # no initialisation: the checkpoint holds θ and the generator's state (Shap-E would cost minutes)
-        gaussians = Gaussians(**{k: v.to(device) for k, v in ckpt["gaussians"].items()}).requires_grad_(True)
+        representation = cfg.scene.restore(ckpt, device)
         init_used, init_reason = ckpt["init_used"], ckpt["init_reason"]
     else:
         try:
-            init = initialise(cfg.init, cfg.num_points, cfg.init_options, cfg.prompt, sh_degree=cfg.sh_degree,
-                              generator=generator, device=device)
+            init = cfg.scene.create(cfg.prompt, generator, device)
         except InitError as e:
             raise InitFailedError(str(e)) from None
-        gaussians = init.gaussians.requires_grad_(True)
-        init_used, init_reason = init.used, init.reason
+        representation, init_used, init_reason = init.representation, init.used, init.reason
         log(f"init: {init.reason}")
-    optimizer = make_optimizer(gaussians, cfg.lr)
+    run = Run(cfg, run_dir, device, resolution, text, method, method_params, method_optimizer, representation,
+              generator, init_used, init_reason)
     if resume:
-        start, train_seconds, window = _restore(ckpt, optimizer, method_params, method_optimizer, strategy,
-                                                generator, device)
-        log(f"continuing from the checkpoint at step {start}")
+        run.start, run.train_seconds, run.window = _restore(ckpt, run)
+        run.last_good = run.start
+        log(f"continuing from the checkpoint at step {run.start}")
 
-    # 4. Everything is loaded: only now does the run write (config.yaml first) and an old run make way for it.
+    # Everything is loaded: only now does the run write (config.yaml first) and an old run make way for it.
     set_previous_run_aside(run_dir, previous_run)
     save_yaml_config(run_dir / "config.yaml", cfg)
+    return run
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(checkpoint_path, {
-            "step": step, "gaussians": {k: v.detach().cpu() for k, v in gaussians.params().items()},
-            "optimizer": optimizer.state_dict(),
-            "method": cfg.method,
-            "method_params": [p.detach().cpu() for p in method_params],
-            "method_optimizer": method_optimizer.state_dict() if method_optimizer is not None else {},
-            "strategy": {k: (None if v is None else v.cpu()) for k, v in strategy.state_dict().items()},
-            "rng": rng_state(generator), "train_seconds": train_seconds, "window": dict(window),
-            "init_used": init_used, "init_reason": init_reason, "version": 1,
-        })
-        discard_previous_run(run_dir)  # --overwrite: the new run now has something to replace the old one with
 
-    loss_log = LossLog(run_dir / "loss.csv", keep_before=start if resume else 0)
-    bar = tqdm(total=cfg.iterations, initial=start, desc="generate", unit="it", dynamic_ncols=True,
-               disable=not progress, leave=True, file=sys.stderr)
-    last_loss, last_good = float("nan"), start if resume else None
-    resume_command = f"dreammapping generate --resume {shlex.quote(str(run_dir))}"
+def train_step(run: Run, step: int) -> StepInfo:
+    """Step `step` (from 0) of Algorithm 1: cameras, render, the method's loss, backward, the optimisers, then the
+    representation's own updates (densification). DivergedError, with θ untouched, when the step must not be applied.
+    """
+    cfg, representation = run.cfg, run.representation
+    t0 = time.perf_counter()
+    representation.update_learning_rates(step, cfg.iterations)
 
-    # 5. Algorithm 1.
-    with SigintFlag() as interrupted:
-        for step in range(start, cfg.iterations):
-            if interrupted.set:
-                checkpoint(step)
-                bar.close()
-                raise Interrupted(f"interrupted at step {step}/{cfg.iterations}; checkpoint saved. "
-                                  f"Resume with: {resume_command}")
-            t0 = time.perf_counter()
-            update_learning_rates(optimizer, step, cfg.lr, cfg.iterations)  # position lr decays log-linearly
+    # a batch of cameras and the prompt for each one's view
+    cams = C.sample_orbit(cfg.batch, run.resolution, run.resolution, cfg.orbit, run.generator).to(run.device)
+    emb = run.text.for_views(cams.view_tags, azimuth=cams.azimuth)  # azimuths: blended / Perp-Neg prompts
+    background = background_colors(cfg.background, cfg.batch, run.generator).to(run.device)
 
-            # 5a. a batch of cameras and the prompt for each one's view
-            cams = C.sample_orbit(cfg.batch, resolution, resolution, cfg.orbit, generator).to(device)
-            emb = text.for_views(cams.view_tags, azimuth=cams.azimuth)  # azimuths: blended / Perp-Neg prompts
-            background = background_colors(cfg.background, cfg.batch, generator).to(device)
+    # render, score with the prior, back-propagate
+    render = representation.scene.render(cams, background)
+    images = render.rgb.permute(0, 3, 1, 2)  # [B,H,W,3] → [B,3,H,W]
+    images = degrade_images(images, cfg.degrade, step)  # the prior's view only (identity unless set)
+    try:
+        out = run.method(images, emb, step, cfg.iterations)
+    except NonFiniteOutputError as e:  # not finite even in float32 (or fallback off): name it, keep θ
+        raise DivergedError(f"stopped at step {step}: {e}; resume with: {run.resume_command}") from None
+    loss = out.loss + out.aux_loss
+    own = representation.regularization(render, step, cfg.iterations)  # e.g. a field's sparsity; None for 3DGS
+    if own is not None:
+        loss = loss + own
+    loss.backward()
 
-            # 5b. render, score with the prior, back-propagate
-            render = rasterize(gaussians, cams, background=background, backend=cfg.render_backend)
-            images = render.rgb.permute(0, 3, 1, 2)  # [B,H,W,3] → [B,3,H,W]
-            try:
-                out = method(images, emb, step, cfg.iterations)
-            except NonFiniteOutputError as e:  # not finite even in float32 (or fallback off): name it, keep θ
-                bar.close()
-                raise DivergedError(f"stopped at step {step}: {e}; resume with: {resume_command}") from None
-            loss = out.loss + out.aux_loss
-            loss.backward()
+    # stop before a NaN or an explosion reaches the parameters
+    loss_value, aux_value = float(out.loss.detach()), float(out.aux_loss.detach())
+    bad = _diverged(loss_value, aux_value, representation.parameters(), cfg.max_loss)
+    if bad:
+        kept = (f"the last good checkpoint (step {run.last_good}) is kept in {run.checkpoint_path}"
+                if run.last_good is not None else "no checkpoint had been written yet")
+        raise DivergedError(f"stopped at step {step}: {bad}; {kept}. Try lower learning rates or "
+                            f"guidance scale, or resume with: {run.resume_command}")
 
-            # 5c. stop before a NaN or an explosion reaches the parameters
-            loss_value = float(out.loss.detach())
-            bad = _diverged(loss_value, float(out.aux_loss.detach()), gaussians, cfg.max_loss)
-            if bad:
-                bar.close()
-                kept = (f"the last good checkpoint (step {last_good}) is kept in {checkpoint_path}"
-                        if last_good is not None else "no checkpoint had been written yet")
-                raise DivergedError(f"stopped at step {step}: {bad}; {kept}. Try lower learning rates or "
-                                    f"guidance scale, or resume with: {resume_command}")
+    # step θ and ψ, then the representation's own updates (densify / prune)
+    representation.optimizer_step()
+    if run.method_optimizer is not None:
+        run.method_optimizer.step()
+    representation.step_post_backward(render, step, cfg.iterations)
+    representation.zero_grad()
+    if run.method_optimizer is not None:
+        run.method_optimizer.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - t0
+    run.train_seconds += seconds
+    run.window.loss += loss_value
+    run.window.aux += aux_value
+    run.window.n += 1
+    return StepInfo(step=step + 1, iterations=cfg.iterations, loss=loss_value, aux_loss=aux_value, logs=out.logs,
+                    scene_logs=representation.logs(), seconds=seconds, train_seconds=run.train_seconds,
+                    scene=representation.scene)
 
-            # 5d. step θ and ψ, densify / prune
-            optimizer.step()
-            if method_optimizer is not None:
-                method_optimizer.step()
-            gaussians = strategy.step_post_backward(gaussians, optimizer, render, step)
-            optimizer.zero_grad(set_to_none=True)
-            if method_optimizer is not None:
-                method_optimizer.zero_grad(set_to_none=True)
-            train_seconds += time.perf_counter() - t0
 
-            # 5e. bookkeeping: loss log, progress bar, checkpoint
-            window["loss"] += loss_value
-            window["aux"] += float(out.aux_loss.detach())
-            window["n"] += 1
-            done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.iterations:
-                last_loss = window["loss"] / window["n"]
-                loss_log.write({"step": done, "loss": last_loss, "aux_loss": window["aux"] / window["n"],
-                                "gaussians": len(gaussians), "lr_means": optimizer.param_groups[0]["lr"],
-                                "seconds": round(train_seconds, 3), **out.logs})
-                bar.set_postfix(loss=f"{last_loss:.4g}", gaussians=len(gaussians), refresh=False)
-                window = {"loss": 0.0, "aux": 0.0, "n": 0}
-            bar.update(1)
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iterations:
-                checkpoint(done)
-                last_good = done
-            # 5f. a callback (live viewer, app, benchmark snapshots) sees the detached scene; returning True asks
-            #     the run to stop as Ctrl-C does: a checkpoint at the next step boundary, then Interrupted
-            if callback is not None and callback(done, {"loss": loss_value, "gaussians": len(gaussians),
-                                                        "logs": out.logs, "iterations": cfg.iterations,
-                                                        "scene": gaussians.detach(),
-                                                        "train_seconds": train_seconds}):
-                interrupted.set = True
-    bar.close()
-    loss_log.close()
-    if math.isnan(last_loss) and start >= cfg.iterations:  # resumed a finished run: report its last logged loss
-        last_loss = loss_log.last_loss
-
-    # 6. The final checkpoint and the outputs.
-    checkpoint(cfg.iterations)
-    final = gaussians.detach().to("cpu")
-    metrics = {
-        "prompt": cfg.prompt, "method": cfg.method, "prior": cfg.prior, "seed": cfg.seed,
-        "iterations": cfg.iterations, "resumed_from": start if resume else None,
-        "train_seconds": round(train_seconds, 3),
-        "it_per_s": round((cfg.iterations / train_seconds) if train_seconds > 0 else 0.0, 3),
-        "final_loss": last_loss, "gaussians": len(final), "resolution": resolution, "batch": cfg.batch,
-        "init_used": init_used, "init_reason": init_reason, "unknown_words": words, "device": str(device),
-    }
-    return write_outputs(run_dir, final, cfg, metrics, wall_start, log)
+def save_run_checkpoint(run: Run, step: int) -> None:
+    """checkpoint.pt at `step`: the scene's state (for Gaussians: "gaussians", "optimizer", "strategy"), Mψ / LoRA
+    and their optimiser, every RNG, the loss window; then an old run set aside by --overwrite is discarded."""
+    state = run.representation.state_dict()
+    save_checkpoint(run.checkpoint_path, {
+        "step": step, **state,
+        "method": run.cfg.method,
+        "method_params": [p.detach().cpu() for p in run.method_params],
+        "method_optimizer": run.method_optimizer.state_dict() if run.method_optimizer is not None else {},
+        "rng": rng_state(run.generator), "train_seconds": run.train_seconds, "window": run.window.as_dict(),
+        "init_used": run.init_used, "init_reason": run.init_reason, "version": 1,
+    })
+    discard_previous_run(run.run_dir)  # --overwrite: the new run now has something to replace the old one with
 
 
 def _check_checkpoint_exists(checkpoint_path: Path) -> None:
@@ -355,7 +440,7 @@ def _check_checkpoint_exists(checkpoint_path: Path) -> None:
 
 def _checked_checkpoint(cfg: GenerateConfig, checkpoint_path: Path) -> dict:
     """The checkpoint to resume, after checking that it belongs to this config (method, steps)."""
-    ckpt = load_checkpoint(checkpoint_path)
+    ckpt = load_checkpoint(checkpoint_path, required=cfg.scene.state_keys)
     if ckpt.get("method", cfg.method) != cfg.method:
         raise ConfigError(f"--resume: the checkpoint was made with method {ckpt['method']!r}, not {cfg.method!r}")
     if int(ckpt["step"]) > cfg.iterations:
@@ -364,25 +449,24 @@ def _checked_checkpoint(cfg: GenerateConfig, checkpoint_path: Path) -> dict:
     return ckpt
 
 
-def _restore(ckpt: dict, optimizer, method_params, method_optimizer, strategy, generator: torch.Generator,
-             device: torch.device) -> tuple[int, float, dict]:
-    """Load the checkpoint's optimisers, Mψ / LoRA, strategy statistics and RNGs; → (step, train_seconds, window)."""
+def _restore(ckpt: dict, run: Run) -> tuple[int, float, LossWindow]:
+    """Load the checkpoint's scene state (optimisers, statistics), Mψ / LoRA, their optimiser and the RNGs;
+    → (step, train_seconds, loss window)."""
     try:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        run.representation.load_state_dict(ckpt)
         with torch.no_grad():
-            for p, saved in zip(method_params, ckpt["method_params"], strict=True):
+            for p, saved in zip(run.method_params, ckpt["method_params"], strict=True):
                 p.copy_(saved)
-        if method_optimizer is not None:
-            method_optimizer.load_state_dict(ckpt["method_optimizer"])
-        strategy.load_state_dict({k: (None if v is None else v.to(device)) for k, v in ckpt["strategy"].items()})
-        set_rng_state(ckpt["rng"], generator)
-        return int(ckpt["step"]), float(ckpt["train_seconds"]), dict(ckpt["window"])
+        if run.method_optimizer is not None:
+            run.method_optimizer.load_state_dict(ckpt["method_optimizer"])
+        set_rng_state(ckpt["rng"], run.generator)
+        return int(ckpt["step"]), float(ckpt["train_seconds"]), LossWindow(**ckpt["window"])
     except (ValueError, RuntimeError, KeyError, TypeError) as e:  # options changed the shapes of the state
         raise ConfigError(f"--resume: the checkpoint does not fit this config ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:160]}); nothing was changed") from None
 
 
-def _diverged(loss: float, aux_loss: float, gaussians: Gaussians, max_loss: float) -> str:
+def _diverged(loss: float, aux_loss: float, parameters: list[torch.Tensor], max_loss: float) -> str:
     """Why this step must not be applied ('' if it may): a non-finite loss or gradient, or an exploding loss."""
     if not math.isfinite(loss):
         return f"the loss is {loss}"
@@ -390,31 +474,34 @@ def _diverged(loss: float, aux_loss: float, gaussians: Gaussians, max_loss: floa
         return f"the method's own loss is {aux_loss}"
     if loss > max_loss:
         return f"the loss exploded ({loss:.3g} > max_loss {max_loss:.3g})"
-    grads = [p.grad.sum() for p in gaussians.params().values() if p.grad is not None]
+    grads = [p.grad.sum() for p in parameters if p.grad is not None]
     if grads and not bool(torch.isfinite(torch.stack(grads)).all()):
         return "a gradient is not finite"
     return ""
 
 
-def write_outputs(run_dir: Path, gaussians: Gaussians, cfg: GenerateConfig, metrics: dict, wall_start: float,
-                  log: Callable[[str], None]) -> GenerateResult:
-    """gaussians.ply, turntable.mp4 / .gif, views.png, metrics.json."""
-    ply = save_ply(run_dir / "gaussians.ply", gaussians)
+def write_outputs(run_dir: Path, representation: Representation, final: Scene, cfg: GenerateConfig, metrics: dict,
+                  wall_start: float, log: Callable[[str], None]) -> GenerateResult:
+    """The scene's native file (gaussians.ply), turntable.mp4 / .gif and views.png of `final` (the detached scene
+    on the CPU), metrics.json."""
+    native = representation.save(run_dir / representation.native_file)
     size = cfg.turntable_size
-    frames = turntable_frames(gaussians, cfg.turntable_frames, size)  # rendered once for both files
-    gif = save_turntable(run_dir / "turntable.gif", gaussians, frames=frames)
+    frames = render_frames(final, turntable(cfg.turntable_frames, size, size, elevation=15.0))  # once for both files
+    gif = save_turntable(run_dir / "turntable.gif", None, frames=frames)
     try:
-        mp4 = save_turntable(run_dir / "turntable.mp4", gaussians, frames=frames)
+        mp4 = save_turntable(run_dir / "turntable.mp4", None, frames=frames)
     except Exception as e:  # no ffmpeg: the gif is enough, say so (but a full disk is a fault of the run)
         if is_disk_full(e):
             raise
         log(f"warning: could not write turntable.mp4 ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
         mp4 = None
-    views = save_view_grid(run_dir / "views.png", gaussians, size=size)
+    views = save_frames_row(run_dir / "views.png", render_frames(final, canonical_views(size, size)))
     metrics = {**metrics, "wall_seconds": round(time.perf_counter() - wall_start, 3)}
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return GenerateResult(run_dir=run_dir, ply=Path(ply), turntable_mp4=mp4 and Path(mp4), turntable_gif=Path(gif),
-                          views=Path(views), config=run_dir / "config.yaml", metrics=metrics, gaussians=gaussians)
+    preview = final.preview()
+    return GenerateResult(run_dir=run_dir, ply=Path(native), turntable_mp4=mp4 and Path(mp4), turntable_gif=Path(gif),
+                          views=Path(views), config=run_dir / "config.yaml", metrics=metrics, scene=final,
+                          gaussians=preview if isinstance(preview, Gaussians) else None)
 
 
 # ================================================================================================ Python API
@@ -426,7 +513,7 @@ def resume_config(run_dir: str | os.PathLike, **options) -> GenerateConfig:
 
 def generate(prompt: str | None = None, *, preset: str = DEFAULT_PRESET, config: str | os.PathLike | None = None,
              resume: str | os.PathLike | None = None, progress: bool = True,
-             callback: Callable[[int, dict], bool | None] | None = None, **options) -> GenerateResult:
+             callback: Callback | None = None, **options) -> GenerateResult:
     """Text → 3D Gaussians. `options` are GenerateConfig fields (`iterations=200`, `method="sds"`, `seed=1`, …).
 
     `resume=RUN` continues the run in that folder from its checkpoint (its config.yaml, updated by `options`).
@@ -488,9 +575,11 @@ def parse_args(argv: list[str]) -> tuple[GenerateConfig, str | None]:
 
 def parse_cli(argv: list[str]) -> tuple[GenerateConfig, str | None, int | None]:
     """parse_args plus the live viewer's port (None without --viewer)."""
+    # CascadeSubcommandArgs: the default scene's own flags (--num-points, --density.* …) select it without naming it
     args = tyro.cli(GenerateArgs, args=argv, default=_defaults(argv), prog="dreammapping generate",
                     description="Text → 3D Gaussian splat (DreamMapping, Algorithm 1). "
-                                "Exit codes: " + ", ".join(f"{c} {why}" for c, why in EXIT_CODE_HELP.items()) + ".")
+                                "Exit codes: " + ", ".join(f"{c} {why}" for c, why in EXIT_CODE_HELP.items()) + ".",
+                    config=(tyro.conf.CascadeSubcommandArgs,))
     return args.config, args.resume, (args.port if args.viewer else None)
 
 
@@ -551,7 +640,9 @@ def _cli_generate(argv: list[str] | None = None) -> int:
         print(f"dreammapping generate: interrupted; {hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     m = result.metrics
-    print(f"wrote {result.run_dir}: {m['gaussians']} Gaussians, {m['iterations']} steps in {m['train_seconds']:.1f} s "
+    size = result.scene.size_name
+    print(f"wrote {result.run_dir}: {m[size]} {size.replace('_', ' ')}, {m['iterations']} steps in "
+          f"{m['train_seconds']:.1f} s "
           f"({m['it_per_s']:.2f} it/s), final loss {m['final_loss']:.4g}; see {result.turntable_gif} and {result.views}")
     if view is not None:
         view.linger()  # keep the final splat on screen until Enter (on a terminal)

@@ -30,6 +30,9 @@ from dreammapping.guidance.vdm import VDMConfig
 from dreammapping.guidance.vsd import VSDConfig
 from dreammapping.init import InitOptions
 from dreammapping.mesh import MeshConfig
+from dreammapping.degrade import DegradeConfig
+from dreammapping.gaussian_scene import GaussiansConfig
+from dreammapping.nerf import NerfConfig
 from dreammapping.strategy import DensityStrategy
 
 _SHORT = reprlib.Repr()
@@ -154,7 +157,7 @@ _GUIDANCE = {
     "t_min": Num(0, 1, hi_open=True, note="a fraction of the diffusion steps"),
     "t_max": Num(0, 1, lo_open=True, note="a fraction of the diffusion steps"),
     "t_max_end": Num(0, 1, lo_open=True, none=True, note="a fraction of the diffusion steps"),
-    "t_anneal_steps": Num(1, 10**8, none=True),
+    "t_anneal_steps": Num(0, 10**8, lo_open=True, none=True, note="steps, or a fraction of the run"),
     "weighting": OneOf(tuple(WEIGHTINGS)),
     "view_prompt": OneOf(tuple(VIEW_PROMPTS)),
     "perp_neg_weight": Num(-1000, 1000),
@@ -167,7 +170,9 @@ RANGES: dict[type, dict[str, Spec]] = {
     VDMConfig: {**_GUIDANCE, "dca": Flag(), "dca_cutoff": TIMESTEP,
                 "operator_lr": Num(0, 1, lo_open=True, note="Mψ's Adam learning rate"),
                 "condition_on_t": Flag(), "operator_size": OneOf(("auto", "small", "ulite")),
-                "operator_init": OneOf(("identity", "random")), "operator_warmup": STEPS},
+                "operator_init": OneOf(("identity", "random")), "operator_warmup": STEPS,
+                "t_conditioning": OneOf(("bottleneck", "film")),
+                "operator_design": OneOf(("nonlinear", "linear", "nonlinear-noise"))},
     CSDConfig: {**_GUIDANCE, "negative_prompt": PROMPT, "negative_scale": Num(0, 1000),
                 "negative_scale_end": Num(0, 1000, none=True)},
     NFSDConfig: {**_GUIDANCE, "negative_prompt": PROMPT, "small_t": TIMESTEP},
@@ -200,10 +205,27 @@ RANGES: dict[type, dict[str, Spec]] = {
         "sh_rest_ratio": Num(0, 1000),
     },
     DensityStrategy: {
-        "refine_start": STEPS, "refine_stop": STEPS, "refine_every": COUNT,
+        # steps (ints) or fractions of the run (floats)
+        "refine_start": STEPS, "refine_stop": STEPS, "refine_every": Num(0, 10**8, lo_open=True),
         "grad_threshold": NONNEG, "split_scale_percent": NONNEG, "scene_extent": POSITIVE,
         "prune_opacity": Num(0, 1, hi_open=True), "prune_scale3d": NONNEG, "prune_scale2d": NONNEG,
         "reset_opacity_every": STEPS, "max_gaussians": Num(1, 10**8), "absgrad": Flag(),
+    },
+    GaussiansConfig: {
+        "init": Text(), "num_points": Num(1, 10**9), "init_options": Nested(), "sh_degree": Num(0, 3),
+        "lr": Nested(), "density": Nested(), "render_backend": OneOf(("auto", "torch", "gsplat")),
+    },
+    NerfConfig: {
+        "radius": Num(0, 1e4, lo_open=True), "grid_resolution": Num(2, 1024), "feature_dim": Num(1, 1024),
+        "hidden_dim": Num(1, 4096), "blob_scale": Num(0, 1e4), "blob_std": POSITIVE, "samples_per_ray": Num(1, 4096),
+        "jitter": Flag(), "occupancy_threshold": NONNEG, "weight_eps": Num(0, 1), "normal_eps": POSITIVE,
+        "albedo_warmup": FRACTION, "shading": OneOf(("lambert", "albedo")),
+        "environment": OneOf(("white", "learned")), "lambda_orient": NONNEG, "lambda_sparsity": NONNEG,
+        "lambda_opaque": NONNEG, "lr_grid": LR, "lr_mlp": LR, "betas": Each(Num(0, 1, hi_open=True)),
+        "preview_size": Num(8, 4096),
+    },
+    DegradeConfig: {
+        "strength": FRACTION, "blur_sigma": Num(0, 100), "desaturation": FRACTION, "until_step": COUNT,
     },
     MeshConfig: {
         "resolution": Num(8, 1024), "level": Num(0, 1e3, lo_open=True), "decimate": Num(0, 1, hi_open=True),
@@ -221,15 +243,13 @@ def _generate_ranges() -> dict[str, Spec]:
         # sizes: a wide hard range here; what fits is resources.check_generate's memory estimate
         "iterations": Num(1, 10**8), "batch": Num(1, 10**6), "resolution": Num(8, 2**16, none=True),
         "background": OneOf(("white", "random")), "orbit": Nested(),
-        "init": Text(), "num_points": Num(1, 10**9), "init_options": Nested(),
-        "sh_degree": Num(0, 3), "lr": Nested(), "density": Nested(),
+        "scene": Nested(), "degrade": Nested(),
         "seed": INT64, "out": Text(none=True), "overwrite": Flag(),
         "checkpoint_every": STEPS, "log_every": COUNT,
         "max_loss": Num(0, math.inf, lo_open=True, note="inf switches the explosion check off"),
         "turntable_size": Num(1, 2**20), "turntable_frames": Num(1, 10_000),
         "device": Text(200), "threads": Num(0, 4096, note="0: the free cores"),
         "dtype": OneOf(("auto", "float32", "float16", "bfloat16")),
-        "render_backend": OneOf(("auto", "torch", "gsplat")),
     }
 
 

@@ -2,9 +2,10 @@
 
 viser (nerfstudio's and gsplat's web viewer) rasterises Gaussian splats natively in WebGL
 (`scene.add_gaussian_splats`), so the browser gets the scene itself — 32 bytes a Gaussian — and orbits it at screen
-rate, instead of the server rendering and streaming images. `LiveView` is a `train.train` callback: every `every`
-steps (and at most `max_rate` times a second) it converts the detached scene to viser's arrays and replaces one
-scene node; the conversion is a few small tensor ops (`benchmarks/live_view.py` measures what it adds per step).
+rate, instead of the server rendering and streaming images. `LiveView` is a `train.train` callback (it gets a
+`train.StepInfo`): every `every` steps (and at most `max_rate` times a second) it converts the scene's preview to
+viser's arrays and replaces one scene node (a scene without splats previews as an image, shown as the
+background); the conversion is a few small tensor ops (`benchmarks/live_view.py` measures what it adds per step).
 
     view = LiveView.serve(port=8080)                 # http://127.0.0.1:8080
     train.train(cfg, run_dir, callback=view)         # `dreammapping generate … --viewer` does this
@@ -25,6 +26,7 @@ import torch
 import viser
 
 from dreammapping.gaussians import Gaussians, quat_to_rotmat
+from dreammapping.train import StepInfo
 from dreammapping.webguard import allow_only_own_origin, check_listen_address
 
 SPLAT_NODE = "/splat"  # the one scene node the live view draws into
@@ -93,9 +95,16 @@ class LiveView:
     def url(self) -> str:
         return f"http://{self.server.get_host()}:{self.server.get_port()}"
 
-    def show(self, gaussians: Gaussians) -> None:
-        """Draw `gaussians` now (replacing what is shown)."""
-        arrays = splat_arrays(gaussians)
+    def show(self, preview: Gaussians | np.ndarray) -> None:
+        """Draw a scene's preview now (replacing what is shown): splats, or for a scene without them (a radiance
+        field) its rendered image [H,W,3] uint8, shown behind the 3D view."""
+        if not isinstance(preview, Gaussians):
+            with self._lock:
+                self.server.scene.set_background_image(np.asarray(preview))
+                self.updates += 1
+                self._last = time.perf_counter()
+            return
+        arrays = splat_arrays(preview)
         with self._lock:
             if self._handle is not None and len(arrays.centers) > 0:
                 # one buffer message; the count may change (densification)
@@ -114,10 +123,10 @@ class LiveView:
                 self._handle.remove()
                 self._handle = None
 
-    def __call__(self, step: int, info: dict) -> None:
-        last = step >= info["iterations"]
-        if last or (step % self.every == 0 and time.perf_counter() - self._last >= self.min_interval):
-            self.show(info["scene"])
+    def __call__(self, info: StepInfo) -> None:
+        last = info.step >= info.iterations
+        if last or (info.step % self.every == 0 and time.perf_counter() - self._last >= self.min_interval):
+            self.show(info.preview())  # only now: a scene without splats renders its preview
 
     def linger(self) -> None:
         """After a CLI run: keep the final splat on screen until Enter or Ctrl-C (only when stdin is a terminal)."""

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from dreammapping.priors import VIEW_PROMPTS, DiffusionPrior, PromptEmbeddings, view_embeddings
+from dreammapping.schedule import at_step
 
 # ω(t) as a function of ᾱ_t
 WEIGHTINGS = {
@@ -69,7 +70,8 @@ class GuidanceConfig:
     t_min: float = 0.02  # t ~ U[t_min·T, t_max·T]
     t_max: float = 0.98
     t_max_end: float | None = None  # anneal t_max linearly to this (None: no annealing) …
-    t_anneal_steps: int | None = None  # … over this many steps, then hold it (None: over the whole run)
+    # … over this many steps (an int) or this fraction of the run (a float), then hold it (None: the whole run)
+    t_anneal_steps: int | float | None = None
     weighting: str = "sds"  # ω(t): one of WEIGHTINGS
     # View-dependent prompts (priors.view_embeddings): "tag" (DreamFusion's suffix per view), "interpolate"
     # (LucidDreamer: front/side/back embeddings blended by azimuth) or "perp-neg" (Armandpour et al. 2023: the blend
@@ -151,7 +153,7 @@ class Guidance:
         c, T = self.config, self.prior.num_train_timesteps
         t_max = c.t_max
         if c.t_max_end is not None:
-            span = max(c.t_anneal_steps if c.t_anneal_steps is not None else max_steps, 1)
+            span = max(at_step(c.t_anneal_steps, max_steps) if c.t_anneal_steps is not None else max_steps, 1)
             t_max = c.t_max + (c.t_max_end - c.t_max) * min(max(step / span, 0.0), 1.0)
         lo = int(round(c.t_min * T))
         hi = max(lo, min(T - 1, int(round(t_max * T))))

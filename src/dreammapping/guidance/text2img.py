@@ -29,13 +29,16 @@ from dreammapping.toyworld.grammar import content_words
 
 def text2img(prompt: str, method: str = "vdm", prior="embedded", steps: int = 500, lr: float = 0.03, seed: int = 0,
              batch_size: int = 1, guidance_scale: float | None = None, config=None, device=None,
-             callback=None, snapshot_every: int = 0, on_snapshot=None) -> Tensor:
+             callback=None, snapshot_every: int = 0, on_snapshot=None, init: Tensor | None = None,
+             frozen: bool = False) -> Tensor:
     """Optimise `batch_size` images for `prompt`; returns them as [B,3,R,R] in [0,1].
 
     `prior` is a DiffusionPrior or anything `DiffusionPrior.from_pretrained` accepts; `config` a method Config
     (overrides `guidance_scale`); `callback(step, out)` is called after every step with the GuidanceOutput;
     `on_snapshot(steps_done, images [B,3,R,R] in [0,1])` after every `snapshot_every` steps (0: never), so that
-    metric-vs-step curves come from the run itself.
+    metric-vs-step curves come from the run itself. `init` [B,3,R,R] in [0,1]: the images to start from (default:
+    mid-grey plus a little noise); `frozen`: the images never move and only the method's own parameters train
+    (VDM's operator on a point-mass render distribution: docs/operator_ability.md).
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt is empty" if isinstance(prompt, str) else
@@ -57,9 +60,15 @@ def text2img(prompt: str, method: str = "vdm", prior="embedded", steps: int = 50
     torch.manual_seed(seed)
     guidance = cls(prior, config)
     emb = prior.encode_text(prompt, view_dependent=False).for_views(batch_size)
-    with torch.no_grad():  # start from a mid-grey image
-        z0 = prior.encode_images(torch.full((batch_size, 3, prior.resolution, prior.resolution), 0.5))
-        z0 = z0 + 0.1 * torch.randn_like(z0)
+    with torch.no_grad():
+        if init is None:  # start from a mid-grey image
+            z0 = prior.encode_images(torch.full((batch_size, 3, prior.resolution, prior.resolution), 0.5))
+            z0 = z0 + 0.1 * torch.randn_like(z0)
+        else:
+            if init.shape != (batch_size, 3, prior.resolution, prior.resolution):
+                raise ValueError(f"init must be [{batch_size},3,{prior.resolution},{prior.resolution}], "
+                                 f"got {list(init.shape)}")
+            z0 = prior.encode_images(init.to(prior.device))
     z = z0.clone().requires_grad_(True)
     image_opt = torch.optim.Adam([z], lr=lr)
     method_opt = guidance.optimizer_config().build(guidance.parameters())
@@ -69,7 +78,8 @@ def text2img(prompt: str, method: str = "vdm", prior="embedded", steps: int = 50
         if method_opt is not None:
             method_opt.zero_grad(set_to_none=True)
         (out.loss + out.aux_loss).backward()
-        image_opt.step()
+        if not frozen:
+            image_opt.step()
         if method_opt is not None:
             method_opt.step()
         if not prior.is_latent:

@@ -85,8 +85,11 @@ class ULite(nn.Module):
     """Mψ: [B,C,h,w] → [B,C,h,w] (see module doc); `forward(eps, t=None)`; t conditioning is optional."""
 
     def __init__(self, in_channels: int = 4, channels: tuple[int, ...] = (16, 32, 64, 128, 256, 512),
-                 kernel: int = 7, condition_on_t: bool = False, residual: bool = True, num_train_timesteps: int = 1000):
+                 kernel: int = 7, condition_on_t: bool = False, residual: bool = True, num_train_timesteps: int = 1000,
+                 t_conditioning: str = "bottleneck"):
         super().__init__()
+        if t_conditioning not in ("bottleneck", "film"):
+            raise ValueError(f"unknown t_conditioning {t_conditioning!r}; choose bottleneck or film")
         self.residual, self.num_train_timesteps = residual, num_train_timesteps
         self.stem = nn.Conv2d(in_channels, channels[0], 1)
         self.encoders = nn.ModuleList(_Encoder(a, b, kernel) for a, b in zip(channels[:-1], channels[1:]))
@@ -98,6 +101,16 @@ class ULite(nn.Module):
             nn.init.zeros_(self.head.bias)
         self.t_embed = nn.Sequential(nn.Linear(32, channels[-1]), nn.GELU(), nn.Linear(channels[-1], channels[-1])) \
             if condition_on_t else None
+        # "film": t also scales and shifts every decoder level and sets the output's log-gain per channel, so the
+        # output can follow the orders of magnitude ε − ε_φ spans across t (the bottleneck sum alone is normalised
+        # away by the decoders' GroupNorms). Zero-initialised: the identity start is kept.
+        self.film = self.out_gain = None
+        if condition_on_t and t_conditioning == "film":
+            self.film = nn.ModuleList(nn.Linear(channels[-1], 2 * a) for a in channels[:-1])
+            self.out_gain = nn.Linear(channels[-1], in_channels)
+            for layer in [*self.film, self.out_gain]:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     @classmethod
     def for_sd(cls, in_channels: int = 4, **kwargs) -> "ULite":
@@ -125,11 +138,19 @@ class ULite(nn.Module):
             x, skip = encoder(x)
             skips.append(skip)
         x = self.bottleneck(x)
+        emb = None
         if self.t_embed is not None and t is not None:
-            x = x + self.t_embed(_sinusoidal(t.float() / self.num_train_timesteps, 32)).view(x.shape[0], -1, 1, 1)
-        for decoder, skip in zip(reversed(self.decoders), reversed(skips)):
+            emb = self.t_embed(_sinusoidal(t.float() / self.num_train_timesteps, 32))
+            x = x + emb.view(x.shape[0], -1, 1, 1)
+        films = reversed(self.film) if self.film is not None and emb is not None else [None] * len(self.decoders)
+        for decoder, skip, film in zip(reversed(self.decoders), reversed(skips), films):
             x = decoder(x, skip)
+            if film is not None:
+                scale, shift = film(emb).view(x.shape[0], -1, 1, 1).chunk(2, dim=1)
+                x = x * (1 + scale) + shift
         out = self.head(x)
+        if self.out_gain is not None and emb is not None:
+            out = out * self.out_gain(emb).exp().view(x.shape[0], -1, 1, 1)
         return eps + out if self.residual else out
 
 

@@ -5,6 +5,7 @@ Algorithm 1, one iteration, given x = encode(g(θ, c)), t and ε:
     x_t   = √ᾱ_t·x + √(1−ᾱ_t)·ε
     ε_cfg, ε_cond = ε_φ^cfg(x_t, t, y), ε_φ(x_t, t, y)                 (one UNet call on 2B, no gradient)
     m     = Mψ(ε_cond)  (or Mψ(ε_cond, t))                              (Mψ's input is detached: Eq. 17)
+            Mψ is one of the paper's Fig. 6 designs (operators.py): noise-free U-Lite (default), linear, U-Lite + n
     L_op  = ||m − ε||²                                    (Eq. 17)   →  aux_loss, trains ψ only
     λ_t   = 1 if t > cutoff else 1 − ᾱ_t                  (Eq. 18, DCA; λ_t = 1 when DCA is off)
     g     = ω(t)·(ε_cfg − λ_t·sg(m))                      (Eq. 19)   →  loss, reaches θ only
@@ -37,7 +38,7 @@ from typing import Literal
 import torch
 
 from dreammapping.guidance.base import Guidance, GuidanceConfig, OptimizerConfig, dca_lambda
-from dreammapping.guidance.ulite import ULite
+from dreammapping.guidance.operators import OPERATOR_DESIGNS, build_operator
 
 T_BANDS = {"lo": (0, 300), "mid": (300, 600), "hi": (600, 10**9)}  # op_ratio_<band> columns
 
@@ -50,6 +51,9 @@ class VDMConfig(GuidanceConfig):
     # feed t to Mψ as well (a sinusoidal embedding added at the bottleneck); the paper's Mψ sees ε_φ only. Off:
     # measured neutral within noise (docs/vdm_analysis.md §7), so the paper's choice stays
     condition_on_t: bool = False
+    # how a t-conditioned U-Lite sees t: "bottleneck" (an embedding added there; as before) or "film" (also a
+    # scale and shift on every decoder level and a per-channel output gain; docs/operator_ability.md)
+    t_conditioning: Literal["bottleneck", "film"] = "bottleneck"
     # Mψ's size: "auto" (U-Lite ≈ 0.9M for SD latents, ≈ 14k for the 32² embedded prior), "small" (≈ 14k) or
     # "ulite" (≈ 0.9M at any input size — the paper's U-Lite, "1M parameters"; no measurable gain at 32²)
     operator_size: Literal["auto", "small", "ulite"] = "auto"
@@ -60,6 +64,20 @@ class VDMConfig(GuidanceConfig):
     # steps at the start during which only Mψ trains and θ's update is zero (the paper has none: 0; 50 measured
     # no better once θ moves)
     operator_warmup: int = 0
+    # Mψ's design, the paper's Fig. 6 (guidance/operators.py): "nonlinear" — U-Lite, noise-free (the paper's choice
+    # and ours); "linear" — a learnable tensor A the shape of ε_φ, Mψ(ε_φ) = A ⊙ ε_φ; "nonlinear-noise" — U-Lite plus
+    # a learnable observation-noise tensor n, Mψ(ε_φ) = U(ε_φ) + n. Measured: docs/operator_ability.md
+    operator_design: Literal["nonlinear", "linear", "nonlinear-noise"] = "nonlinear"
+
+
+@dataclass
+class VDMDraw:
+    """One step's draw as VDM saw it (detached; for probes): t [B], ε, ε_φ(x_t, t, y) and Mψ(ε_φ) [B,C,h,w]."""
+
+    t: torch.Tensor
+    noise: torch.Tensor
+    eps_cond: torch.Tensor
+    mapped: torch.Tensor
 
 
 class VDM(Guidance):
@@ -74,10 +92,12 @@ class VDM(Guidance):
             raise ValueError(f"unknown operator_init {c.operator_init!r}; choose identity or random")
         if c.operator_warmup < 0:
             raise ValueError(f"operator_warmup must be ≥ 0, got {c.operator_warmup}")
-        self.operator = operator if operator is not None else ULite.for_prior(
-            prior, size=c.operator_size, condition_on_t=c.condition_on_t, residual=c.operator_init == "identity")
+        if c.operator_design not in OPERATOR_DESIGNS:
+            raise ValueError(f"unknown operator_design {c.operator_design!r}; choose one of {', '.join(OPERATOR_DESIGNS)}")
+        self.operator = operator if operator is not None else build_operator(prior, c)
         self.operator.to(prior.device, torch.float32)
         self.step = 0
+        self.last_draw: VDMDraw | None = None  # the latest step's draw and Mψ's output, for probes
 
     def parameters(self):
         return list(self.operator.parameters())
@@ -93,6 +113,7 @@ class VDM(Guidance):
         x_t = self.prior.add_noise(z, noise, t)
         eps_cfg, eps_cond, _ = self.prior.predict_noise(x_t, t, emb, self.guidance_scale)
         mapped = self.operator(eps_cond.detach(), t)
+        self.last_draw = VDMDraw(t=t, noise=noise, eps_cond=eps_cond.detach(), mapped=mapped.detach())
         loss_op = (mapped - noise).pow(2).mean()
         lam = dca_lambda(t, self.prior.alphas_cumprod, self.config.dca_cutoff) if self.config.dca \
             else torch.ones(t.shape, device=z.device)
