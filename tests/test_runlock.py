@@ -15,7 +15,7 @@ from dreammapping import train as T
 from dreammapping.errors import EXIT_BUSY
 from dreammapping.runlock import is_locked, run_lock
 
-from test_train import TINY, run_cli
+from test_train import TINY, run_cli, without
 
 HOLD = "import sys, time; from dreammapping.runlock import run_lock\nwith run_lock(sys.argv[1]):\n" \
        "    print('locked', flush=True); time.sleep(60)\n"
@@ -28,8 +28,8 @@ def snapshot(run: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def finished_run(tiny_pixel_folder, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("finished") / "run"
-    assert T.cli_generate(["a red cube", "--prior", str(tiny_pixel_folder), "--out", str(run), *TINY,
-                           "--iterations", "2"]) == 0
+    assert T.cli_generate(["a red cube", "--prior", str(tiny_pixel_folder), "--out", str(run), "--iterations", "2",
+                           *without(TINY, "--iterations")]) == 0
     return run
 
 
@@ -93,7 +93,7 @@ def test_two_generates_at_once_one_wins_whole(tiny_pixel_folder, tmp_path):
     """The issue's race: both used to exit 0 with a torn loss.csv. Now one runs, the other is refused at once."""
     run = tmp_path / "run"
     argv = [sys.executable, "-m", "dreammapping.cli", "generate", "a red cube", "--prior", str(tiny_pixel_folder),
-            "--out", str(run), *TINY, "--iterations", "20", "--threads", "1"]
+            "--out", str(run), "--iterations", "20", "--threads", "1", *without(TINY, "--iterations")]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     procs = [subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
