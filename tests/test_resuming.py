@@ -29,8 +29,8 @@ def one_line(err: str, prefix: str = "dreammapping generate:") -> str:
 @pytest.fixture(scope="module")
 def finished_run(tiny_pixel_folder, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("finished") / "run"
-    assert T.cli_generate(["a blue cone", "--prior", str(tiny_pixel_folder), "--out", str(run), *without(TINY, "--iterations"),
-                           "--iterations", "2"]) == 0
+    assert T.cli_generate(["a blue cone", "--prior", str(tiny_pixel_folder), "--out", str(run), "--iterations", "2",
+                           *without(TINY, "--iterations")]) == 0
     return run
 
 
@@ -52,7 +52,7 @@ def run_copy(finished_run, tmp_path) -> Path:
 def test_resume_refuses_what_it_would_ignore_or_relabel(run_copy, tmp_path, capsys, flags, named):
     flags = [str(tmp_path / "elsewhere") if f == "ELSEWHERE" else f for f in flags]
     before = snapshot(run_copy)
-    code, err = run_cli(capsys, *flags, "--resume", run_copy)
+    code, err = run_cli(capsys, "--resume", run_copy, *flags)  # top-level flags before a scene's
     assert code == T.EXIT_USAGE and named in one_line(err), err
     assert snapshot(run_copy) == before and not (tmp_path / "elsewhere").exists()
     with pytest.raises(T.ConfigError, match="another folder"):  # the Python API the same
@@ -111,8 +111,8 @@ def test_overwrite_sets_aside_everything_the_old_run_made(run_copy, tiny_pixel_f
     assert cli_export([str(run_copy), "--format", "splat"]) == 0  # RUN/gaussians.splat, a stale export later
     assert cli_render([str(run_copy), "--frames", "2", "--size", "16", "--gif"]) == 0
     (run_copy / "mesh.glb").write_bytes(b"an old mesh")
-    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run_copy, "--overwrite", *without(TINY, "--iterations"),
-                        "--iterations", "2")
+    code, err = run_cli(capsys, "a red cube", "--prior", tiny_pixel_folder, "--out", run_copy, "--overwrite",
+                        "--iterations", "2", *without(TINY, "--iterations"))
     assert code == 0, err
     names = {p.name for p in run_copy.iterdir()}
     assert not names & {"gaussians.splat", "mesh.glb", "render", T.PREVIOUS_RUN}, names

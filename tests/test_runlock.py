@@ -28,8 +28,8 @@ def snapshot(run: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def finished_run(tiny_pixel_folder, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("finished") / "run"
-    assert T.cli_generate(["a red cube", "--prior", str(tiny_pixel_folder), "--out", str(run), *without(TINY, "--iterations"),
-                           "--iterations", "2"]) == 0
+    assert T.cli_generate(["a red cube", "--prior", str(tiny_pixel_folder), "--out", str(run), "--iterations", "2",
+                           *without(TINY, "--iterations")]) == 0
     return run
 
 
@@ -93,7 +93,7 @@ def test_two_generates_at_once_one_wins_whole(tiny_pixel_folder, tmp_path):
     """The issue's race: both used to exit 0 with a torn loss.csv. Now one runs, the other is refused at once."""
     run = tmp_path / "run"
     argv = [sys.executable, "-m", "dreammapping.cli", "generate", "a red cube", "--prior", str(tiny_pixel_folder),
-            "--out", str(run), *without(TINY, "--iterations"), "--iterations", "20", "--threads", "1"]
+            "--out", str(run), "--iterations", "20", "--threads", "1", *without(TINY, "--iterations")]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     procs = [subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]

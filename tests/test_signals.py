@@ -15,7 +15,7 @@ import torch
 
 from dreammapping.errors import EXIT_TERMINATED
 
-from test_train import TINY
+from test_train import TINY, without
 
 SLOW = ["--iterations", "2000", "--threads", "1"]  # far more steps than the test waits for
 
@@ -58,7 +58,7 @@ def children(pid: int) -> list[int]:
 
 def test_sigterm_to_generate_checkpoints_and_exits_143(tiny_pixel_folder, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(cli("generate", "a red cube", "--prior", tiny_pixel_folder, "--out", run, *TINY, *SLOW),
+    proc = subprocess.Popen(cli("generate", "a red cube", "--prior", tiny_pixel_folder, "--out", run, *SLOW, *without(TINY, "--iterations")),
                             stderr=subprocess.PIPE, text=True)
     wait_for(lambda: (run / "loss.csv").exists() and (run / "loss.csv").read_text().count("\n") >= 2)
     proc.send_signal(signal.SIGTERM)
@@ -77,8 +77,8 @@ def test_batch_takes_its_workers_with_it(tiny_pixel_folder, tmp_path, how):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red cube\na blue cone\n")
     out = tmp_path / "batch"
-    proc = subprocess.Popen(cli("batch", prompts, "--out", out, "--prior", tiny_pixel_folder, *TINY, *SLOW,
-                                "--workers", "2", "--no-progress", "--evaluate", "none"),
+    proc = subprocess.Popen(cli("batch", prompts, "--out", out, "--workers", "2", "--no-progress", "--evaluate", "none",
+                                "--prior", tiny_pixel_folder, *SLOW, *without(TINY, "--iterations")),
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     pgid = proc.pid  # its own session: the driver, its pool workers and their helpers share this group
     wait_for(lambda: sum((d / "checkpoint.pt").exists() for d in out.glob("*-vdm-0")) == 2, timeout=240)

@@ -1,5 +1,5 @@
-"""Sizes with a ceiling: one memory estimate for each thing a command allocates in proportion to a user's number, checked
-against the memory there is before any of it is allocated, and caps on what is read from user-named files.
+"""Sizes with a ceiling: one memory estimate for each thing a command allocates in proportion to a user's number,
+checked against the memory there is before any of it is allocated, and caps on what is read from user-named files.
 
 The estimates are deliberately simple models (bytes per rendered pixel, per Gaussian, per voxel), calibrated on this
 code's CPU paths (`python benchmarks/memory_estimate.py`: about 2× what was measured); they over-estimate rather

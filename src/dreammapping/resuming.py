@@ -23,6 +23,7 @@ from dreammapping.validation import short
 # Fields a resume cannot honour: the checkpoint already holds what they decided.
 FIXED_ON_RESUME = {
     "prompt": "the run's prompt (start a new run for another prompt)",
+    "scene": "the checkpoint holds that representation",
     "seed": "the checkpoint holds the RNG state the seed started",
     "sh_degree": "the checkpoint's Gaussians have their SH degree",
     "init": "a resumed run is not initialised again",
@@ -42,15 +43,30 @@ def check_resume(cfg: GenerateConfig, run_dir: Path) -> None:
         saved = load_yaml_config(path, GenerateConfig())
     except GenerateError as e:
         raise RunExistsError(f"cannot resume: {e}; nothing was changed") from None
-    old, new = config_to_dict(saved), config_to_dict(cfg)
+    old, new = _flat(config_to_dict(saved)), _flat(config_to_dict(cfg))
     for name, why in FIXED_ON_RESUME.items():
-        if old.get(name) != new.get(name):
-            raise ConfigError(f"--resume cannot change {name} ({short(old.get(name))} → {short(new.get(name))}): "
-                              f"{why}; nothing was changed")
+        # a field is found at the top level or inside the scene's options ({"scene": {"gaussians": {…}}})
+        before, after = old.get(name), new.get(name)
+        if before != after:
+            raise ConfigError(f"--resume cannot change {name} ({short(before)} → {short(after)}): {why}; nothing "
+                              "was changed")
     if cfg.out is not None and cfg.out != saved.out and Path(cfg.out).resolve() != run_dir.resolve():
         raise ConfigError(f"--resume continues the run in {run_dir}; --out {short(cfg.out)} names another folder "
                           "(copy the run folder there and resume that copy instead); nothing was changed")
     check_loss_log(run_dir / "loss.csv")
+
+
+def _flat(data: dict) -> dict:
+    """A config dict with the chosen scene's options beside the top-level fields (and the scene's name as
+    "scene"), so that FIXED_ON_RESUME names fields wherever the config keeps them."""
+    flat = dict(data)
+    scene = data.get("scene")
+    if isinstance(scene, dict) and len(scene) == 1:
+        (name, options), = scene.items()
+        flat["scene"] = name
+        if isinstance(options, dict):
+            flat.update({k: v for k, v in options.items() if k not in data})
+    return flat
 
 
 def check_loss_log(path: Path) -> None:
