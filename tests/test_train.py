@@ -148,6 +148,9 @@ def test_unknown_words_warn_for_the_embedded_prior(tmp_path, capsys, monkeypatch
 
     assert T.unknown_prompt_words(T.GenerateConfig(prompt="a red cube on top of a blue sphere")) == []
     assert T.unknown_prompt_words(T.GenerateConfig(prompt="a red cube", prior="/some/sd")) == []
+    # the shipped embedded prior is world v1's: world v2's words are news to it
+    assert T.unknown_prompt_words(T.GenerateConfig(prompt="a red cube with white stripes")) == ["with", "white",
+                                                                                                 "stripes"]
 
     def missing(*args, **kwargs):
         raise priors.PriorNotFoundError("the embedded prior is not shipped in this install")

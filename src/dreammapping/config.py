@@ -42,7 +42,7 @@ from dreammapping.guidance.vsd import VSDConfig
 from dreammapping.init import InitOptions
 from dreammapping.strategy import DensityStrategy
 from dreammapping.priors import is_embedded
-from dreammapping.toyworld.grammar import content_words, unknown_words
+from dreammapping.toyworld.grammar import KNOWN_WORDS, V1_KNOWN_WORDS, content_words, unknown_words
 
 # The Config of every method in METHODS (SDS uses the base GuidanceConfig); tests check that none is missing.
 GuidanceOptions = GuidanceConfig | VDMConfig | CSDConfig | NFSDConfig | ISMConfig | VSDConfig
@@ -402,8 +402,11 @@ def check_config(cfg: GenerateConfig) -> None:
 
 
 def unknown_prompt_words(cfg: GenerateConfig) -> list[str]:
-    """Words of the prompt the embedded toy-world prior was never trained on (only checked for that prior)."""
-    return unknown_words(cfg.prompt) if is_embedded(cfg.prior) else []
+    """Words of the prompt the embedded toy-world prior was never trained on (only checked for the embedded names;
+    "embedded" / "embedded-v1" are world v1's, so patterns, white and black are reported; "embedded-v2" knows v2's)."""
+    if not is_embedded(cfg.prior):
+        return []
+    return unknown_words(cfg.prompt, KNOWN_WORDS if cfg.prior == "embedded-v2" else V1_KNOWN_WORDS)
 
 
 # ================================================================================================ run folder names

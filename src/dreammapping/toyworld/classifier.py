@@ -14,12 +14,21 @@ penultimate layer ([B, 256]) for a download-free FID.
 `AttributeClassifier.from_pretrained(path=None)` loads the shipped weights `dreammapping/assets/classifier.safetensors`
 (config and class names in the safetensors metadata). `train_classifier(...)` (or `python -m
 dreammapping.toyworld.classifier --help`) reproduces them.
+
+Classifier v2 (world v2, `pattern_names` set, 64² input, one more block) adds `pattern` [P+1] (0 = plain),
+`pattern_color` [C+1] (last = none), `second_pattern` [P+2] (last = no second object) and `second_pattern_color`
+[C+1]. It is trained on clean world-v2 renders (random views, jittered scenes) by `train_classifier_v2` (or
+`python -m dreammapping.toyworld.classifier --world 2`), with a loss that accepts either order of a pair's objects,
+so `match_pair`-style order-free judging is what it is made for. Its weights, when shipped, are
+`dreammapping/assets/classifier_v2.safetensors` (`default_v2_weights_path()`); the v1 file and its loading are as
+they were.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -34,16 +43,28 @@ from torch import Tensor, nn
 from dreammapping.devices import resolve_device
 from dreammapping.files import atomic_path
 from dreammapping.toyworld.dataset import sample_batch
-from dreammapping.toyworld.grammar import COLOR_NAMES, SHAPES
+from dreammapping.toyworld.grammar import COLOR_NAMES, PATTERNS, SHAPES, V1_COLOR_NAMES
 
 FORMAT = "dreammapping-attribute-classifier-v1"
+FORMAT_V2 = "dreammapping-attribute-classifier-v2"
 RELATION_NAMES = ("none", "on top of", "next to")
+# Heads whose last class means "none" (classify reports it as -1).
+_NONE_LAST = ("second_color", "second_shape", "second_pattern", "second_pattern_color", "pattern_color")
+# The heads of each object of a pair, in the same class space (the pair loss may swap them).
+FIRST_HEADS = ("color", "shape", "pattern", "pattern_color")
+SECOND_HEADS = ("second_color", "second_shape", "second_pattern", "second_pattern_color")
 
 
 def default_weights_path() -> Path:
     from importlib.resources import files
 
     return Path(str(files("dreammapping") / "assets" / "classifier.safetensors"))
+
+
+def default_v2_weights_path() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("dreammapping") / "assets" / "classifier_v2.safetensors"))
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -55,28 +76,41 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 class AttributeClassifier(nn.Module):
     def __init__(self, color_names: Sequence[str], shape_names: Sequence[str], width: int = 32,
-                 resolution: int = 32, feature_dim: int = 256):
+                 resolution: int = 32, feature_dim: int = 256, pattern_names: Sequence[str] | None = None):
         super().__init__()
         self.color_names, self.shape_names = list(color_names), list(shape_names)
+        self.pattern_names = None if pattern_names is None else list(pattern_names)
         self.width, self.resolution, self.feature_dim = width, resolution, feature_dim
         w = width
-        self.body = nn.Sequential(
-            _block(3, w), nn.MaxPool2d(2),            # 16²
-            _block(w, 2 * w), nn.MaxPool2d(2),        # 8²
-            _block(2 * w, 4 * w), nn.MaxPool2d(2),    # 4²
-        )
-        self.neck = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(4 * w * 16, feature_dim), nn.SiLU())
+        # 3 blocks up to 32² (v1's layout, 32² → 4²), one more per doubling above, down to 4² again.
+        chans = [w, 2 * w, 4 * w] + [8 * w] * max(0, int(math.log2(max(resolution, 32))) - 5)
+        layers: list[nn.Module] = []
+        for cin, cout in zip([3, *chans[:-1]], chans):
+            layers += [_block(cin, cout), nn.MaxPool2d(2)]
+        self.body = nn.Sequential(*layers)
+        self.neck = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(chans[-1] * 16, feature_dim),
+                                  nn.SiLU())
         nc, ns = len(self.color_names), len(self.shape_names)
         self.heads = nn.ModuleDict({
             "color": nn.Linear(feature_dim, nc), "shape": nn.Linear(feature_dim, ns),
             "second_color": nn.Linear(feature_dim, nc + 1), "second_shape": nn.Linear(feature_dim, ns + 1),
             "relation": nn.Linear(feature_dim, len(RELATION_NAMES)),
         })
+        if self.pattern_names is not None:
+            npat = len(self.pattern_names)
+            self.heads.update({
+                "pattern": nn.Linear(feature_dim, npat + 1), "pattern_color": nn.Linear(feature_dim, nc + 1),
+                "second_pattern": nn.Linear(feature_dim, npat + 2),
+                "second_pattern_color": nn.Linear(feature_dim, nc + 1),
+            })
 
     @property
     def config(self) -> dict:
-        return dict(color_names=self.color_names, shape_names=self.shape_names, width=self.width,
-                    resolution=self.resolution, feature_dim=self.feature_dim)
+        config = dict(color_names=self.color_names, shape_names=self.shape_names, width=self.width,
+                      resolution=self.resolution, feature_dim=self.feature_dim)
+        if self.pattern_names is not None:
+            config["pattern_names"] = self.pattern_names
+        return config
 
     def _prep(self, images: Tensor) -> Tensor:
         if images.dim() != 4 or images.shape[1] != 3:
@@ -105,7 +139,7 @@ class AttributeClassifier(nn.Module):
         for k, v in logits.items():
             p = v.softmax(-1)
             ids = p.argmax(-1)
-            if k.startswith("second_"):
+            if k in _NONE_LAST:
                 ids = torch.where(ids == v.shape[-1] - 1, -1, ids)
             elif k == "relation":
                 ids = ids - 1
@@ -117,7 +151,8 @@ class AttributeClassifier(nn.Module):
     def save(self, path: str | Path) -> Path:
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         with atomic_path(path) as tmp:  # creates the parent folder too
-            save_file(state, str(tmp), metadata={"format": FORMAT, "config": json.dumps(self.config)})
+            fmt = FORMAT if self.pattern_names is None else FORMAT_V2
+            save_file(state, str(tmp), metadata={"format": fmt, "config": json.dumps(self.config)})
         return Path(path)
 
     @classmethod
@@ -132,8 +167,8 @@ class AttributeClassifier(nn.Module):
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                if meta.get("format") != FORMAT:
-                    raise ValueError(f"not a {FORMAT} file (format={meta.get('format')!r})")
+                if meta.get("format") not in (FORMAT, FORMAT_V2):
+                    raise ValueError(f"not a {FORMAT} or {FORMAT_V2} file (format={meta.get('format')!r})")
                 config = json.loads(meta["config"])
                 state = {k: f.get_tensor(k) for k in f.keys()}
             model = cls(**config)
@@ -209,7 +244,7 @@ def train_classifier(steps: int = 1500, batch: int = 256, device: str | torch.de
     class names default to the toy world's."""
     sample_fn = sample_batch if sample_fn is None else sample_fn
     if color_names is None or shape_names is None:
-        color_names, shape_names = color_names or COLOR_NAMES, shape_names or SHAPES
+        color_names, shape_names = color_names or V1_COLOR_NAMES, shape_names or SHAPES
     device = torch.device(device)
     torch.manual_seed(seed)
     model = AttributeClassifier(color_names, shape_names, width=width, resolution=resolution).to(device).train()
@@ -251,6 +286,167 @@ def train_classifier(steps: int = 1500, batch: int = 256, device: str | torch.de
     return model, metrics
 
 
+# ------------------------------------------------------------------------------------------ classifier v2
+
+
+def _targets_v2(labels: dict[str, Tensor], nc: int, ns: int, npat: int) -> dict[str, Tensor]:
+    """Class ids per head from world-2 labels (-1 → the head's "none" class)."""
+    none = lambda key, last: torch.where(labels[key] < 0, last, labels[key])  # noqa: E731
+    return {**_targets(labels, nc, ns), "pattern": labels["pattern"], "pattern_color": none("pattern_color", nc),
+            "second_pattern": none("second_pattern", npat + 1),
+            "second_pattern_color": none("second_pattern_color", nc)}
+
+
+def pair_loss(logits: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
+    """Mean cross-entropy over every head, where a two-object image may name its objects in either order (the
+    smaller of the two orders' losses counts): "next to" puts the first-named object on the left from the front but
+    on the right from the back, and views alone do not always tell."""
+    ce = lambda k, t: F.cross_entropy(logits[k], t, reduction="none")  # noqa: E731
+    fwd = sum(ce(a, targets[a]) + ce(b, targets[b]) for a, b in zip(FIRST_HEADS, SECOND_HEADS) if a in logits)
+    # (a lone object's "no second object" class does not exist in a first head: clamped, and never counted)
+    rev = sum(ce(a, targets[b].clamp(max=logits[a].shape[-1] - 1)) + ce(b, targets[a])
+              for a, b in zip(FIRST_HEADS, SECOND_HEADS) if a in logits)
+    pair = targets["relation"] > 0
+    per_image = torch.where(pair, torch.minimum(fwd, rev), fwd) + ce("relation", targets["relation"])
+    return per_image.mean()
+
+
+def v2_accuracy(pred: dict[str, Tensor], targets: dict[str, Tensor]) -> dict[str, float]:
+    """Accuracy per head (class ids as `_targets_v2` gives them) on world-2 images; a pair's objects are matched in
+    the order that gets more of their attributes right. Also `pair_all`: every attribute of both objects right."""
+    p = {k: v.clone() for k, v in pred.items()}
+    fwd = sum((p[a] == targets[a]).int() + (p[b] == targets[b]).int() for a, b in zip(FIRST_HEADS, SECOND_HEADS))
+    rev = sum((p[a] == targets[b]).int() + (p[b] == targets[a]).int() for a, b in zip(FIRST_HEADS, SECOND_HEADS))
+    swap = (targets["relation"] > 0) & (rev > fwd)
+    for a, b in zip(FIRST_HEADS, SECOND_HEADS):
+        p[a], p[b] = torch.where(swap, pred[b], pred[a]), torch.where(swap, pred[a], pred[b])
+    out = {k: round(float((p[k] == targets[k]).float().mean()), 4) for k in targets}
+    pair = targets["relation"] > 0
+    if pair.any():
+        ok = torch.stack([p[k] == targets[k] for k in (*FIRST_HEADS, *SECOND_HEADS)]).all(0)
+        out["pair_all"] = round(float(ok[pair].float().mean()), 4)
+    return out
+
+
+def _logit_ids(model: AttributeClassifier, images: Tensor, batch: int = 256) -> dict[str, Tensor]:
+    """Argmax class ids per head (the raw class space of `_targets_v2`, not `classify`'s -1s)."""
+    was = model.training
+    model.eval()
+    out: dict[str, list[Tensor]] = {}
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            for k, v in model(images[i:i + batch]).items():
+                out.setdefault(k, []).append(v.argmax(-1).cpu())
+    model.train(was)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def validation_set_v2(size: int = 1024, resolution: int = 64, seed: int = 20_000) -> tuple[Tensor, dict[str, Tensor]]:
+    """The fixed-seed world-2 validation set: clean renders from random views of jittered scenes, held-out
+    combinations included (the judge must know them). Returns (images [N,3,R,R], labels)."""
+    gen = torch.Generator().manual_seed(seed)
+    images, labels = [], []
+    for i in range(0, size, 128):
+        x, _, lab = sample_batch(min(128, size - i), resolution=resolution, generator=gen, include_held_out=True,
+                                 world=2)
+        images.append(x)
+        labels.append(lab)
+    return torch.cat(images), {k: torch.cat([lab[k] for lab in labels]) for k in labels[0]}
+
+
+def _render_pool(folder: Path, size: int, resolution: int, seed: int, shard: int = 256,
+                 progress: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+    """`size` world-2 training renders as uint8, rendered once in seeded shards under `folder` (a shard already
+    there is reused, so an interrupted pool resumes)."""
+    images, labels = [], []
+    for j, i in enumerate(range(0, size, shard)):
+        path = folder / f"pool-{resolution}-{seed}-{j:04d}.safetensors"
+        if not path.is_file():
+            t0 = time.perf_counter()
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + j)
+            x, _, lab = sample_batch(min(shard, size - i), resolution=resolution, generator=gen,
+                                     include_held_out=True, world=2)
+            with atomic_path(path) as tmp:
+                save_file({"images": (x * 255).round().to(torch.uint8).contiguous(), **lab}, str(tmp))
+            if progress:
+                print(f"pool shard {j} ({min(shard, size - i)} renders, {time.perf_counter() - t0:.0f} s)", flush=True)
+        with safe_open(str(path), framework="pt") as f:
+            images.append(f.get_tensor("images"))
+            labels.append({k: f.get_tensor(k) for k in f.keys() if k != "images"})
+    return torch.cat(images), {k: torch.cat([lab[k] for lab in labels]) for k in labels[0]}
+
+
+def train_classifier_v2(steps: int = 3000, batch: int = 128, device: str | torch.device = "cpu",
+                        out_path: str | Path | None = None, work_dir: str | Path | None = None, seed: int = 0,
+                        lr: float = 2e-3, width: int = 32, resolution: int = 64, pool: int = 0,
+                        checkpoint_every: int = 100, val_size: int = 1024, log_every: int = 50,
+                        progress: bool = True) -> tuple[AttributeClassifier, dict]:
+    """Train classifier v2 on world-2 renders (held-out combinations included), AdamW + one-cycle, mild
+    augmentation, `pair_loss`.
+
+    Data: a fresh `sample_batch(world=2)` every step, or with `pool` > 0 a pool of that many renders made once
+    (cached in `work_dir`) that minibatches are drawn from. With `work_dir`, `checkpoint.pt` (model, optimiser,
+    schedule, step, random state) is written every `checkpoint_every` steps and a rerun resumes from it.
+    Returns (model in eval mode, metrics: `val_<head>_acc` on `validation_set_v2(val_size)`, `val_pair_all`,
+    steps, seconds). Saves the weights to `out_path` when given."""
+    device = torch.device(device)
+    work = Path(work_dir) if work_dir is not None else None
+    if work is not None:
+        work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = AttributeClassifier(COLOR_NAMES, SHAPES, width=width, resolution=resolution,
+                                pattern_names=PATTERNS).to(device).train()
+    nc, ns, npat = len(COLOR_NAMES), len(SHAPES), len(PATTERNS)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    start, seconds = 0, 0.0
+    ckpt = None if work is None else work / "checkpoint.pt"
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        start, seconds = int(state["step"]), float(state["seconds"])
+        if progress:
+            print(f"resumed from {ckpt} at step {start}", flush=True)
+    data = None
+    if pool > 0:
+        if work is None:
+            raise ValueError("a render pool needs a work_dir to cache it in")
+        data = _render_pool(work, pool, resolution, seed, progress=progress)
+    t0 = time.perf_counter() - seconds
+    for step in range(start + 1, steps + 1):
+        if data is None:
+            images, _, labels = sample_batch(batch, resolution=resolution, generator=gen, device=device,
+                                             include_held_out=True, world=2)
+        else:
+            idx = torch.randint(len(data[0]), (batch,), generator=gen)
+            images, labels = data[0][idx].float() / 255, {k: v[idx] for k, v in data[1].items()}
+        x = augment(images.to(device), gen, max_shift=3)
+        loss = pair_loss(model(x), _targets_v2({k: v.to(device) for k, v in labels.items()}, nc, ns, npat))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress and (step % log_every == 0 or step == steps):
+            print(f"classifier v2 step {step}/{steps} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+        if ckpt is not None and (step % checkpoint_every == 0 or step == steps):
+            with atomic_path(ckpt) as tmp:
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                            "gen": gen.get_state(), "step": step, "seconds": time.perf_counter() - t0}, tmp)
+    model.eval()
+    images, labels = validation_set_v2(val_size, resolution)
+    acc = v2_accuracy(_logit_ids(model, images.to(device)), _targets_v2(labels, nc, ns, npat))
+    metrics = {"steps": steps, "seconds": round(time.perf_counter() - t0, 1),
+               **{f"val_{k}_acc" if k != "pair_all" else "val_pair_all": v for k, v in acc.items()}}
+    if out_path is not None:
+        model.save(out_path)
+    return model, metrics
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dreammapping.toyworld.classifier",
                                  description="Train the toy-world attribute classifier (the evaluation judge).")
@@ -260,7 +456,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--world", type=int, default=1, choices=(1, 2), help="2: classifier v2 on world-v2 renders")
+    ap.add_argument("--work-dir", default=None, help="v2: checkpoint (resumed if present) and render-pool folder")
+    ap.add_argument("--pool", type=int, default=0, help="v2: train on a pool of this many renders made once")
     a = ap.parse_args(argv)
+    if a.world == 2:
+        out = a.out if a.out != str(default_weights_path()) else str(default_v2_weights_path())
+        _, metrics = train_classifier_v2(a.steps, a.batch_size, str(resolve_device(a.device)), out, a.work_dir,
+                                         seed=a.seed, lr=a.lr, pool=a.pool)
+        print(json.dumps(metrics))
+        return 0
     _, metrics = train_classifier(a.steps, a.batch_size, str(resolve_device(a.device)), a.out, seed=a.seed, lr=a.lr)
     print(json.dumps(metrics))
     return 0

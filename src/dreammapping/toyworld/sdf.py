@@ -5,14 +5,18 @@ so B different scenes render in one vectorised ray-march on any device. The came
 OpenCV world-to-camera `viewmats`, pixel intrinsics with pixel centres at +0.5, so a ground-truth render and a
 splat render of the same camera compare pixel for pixel.
 
-Shading: Lambert with a fixed key light from the upper front-left (front = +x, left as seen from the front = −y),
+Shading: Lambert with a key light from the upper front-left (front = +x, left as seen from the front = −y),
 a weak fill light from the lower back-right so back views keep their colour, and ambient 0.4; white background.
+World v2 scenes may carry their own `grammar.Light`; objects may be turned about +z (`yaw`), stretched vertically
+(`aspect`: the distance is then a lower bound scaled by the smaller stretch, exact in sign, which is what sphere
+tracing and occupancy need) and patterned in their local frame (`pattern_mask`).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import torch
@@ -20,13 +24,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dreammapping.cameras import Cameras
-from dreammapping.toyworld.grammar import SHAPE_EXTENTS, SHAPE_PARAMS, SHAPES, Scene
+from dreammapping.toyworld.grammar import (
+    CANONICAL_LIGHT, DOT_RADIUS, PATTERN_PERIOD, PATTERNS, SHAPE_PARAMS, SHAPES, STRIPE_DUTY, Scene, bounding_radius,
+)
 
-AMBIENT = 0.4
-KEY_STRENGTH = 0.6
-FILL_STRENGTH = 0.3
-KEY_DIR = (1.0, -0.8, 1.4)  # towards the light: front (+x), left (−y), above (+z)
-FILL_DIR = (-1.0, 0.8, -0.2)
+AMBIENT = CANONICAL_LIGHT.ambient
+KEY_STRENGTH = CANONICAL_LIGHT.key_strength
+FILL_STRENGTH = CANONICAL_LIGHT.fill_strength
+KEY_DIR = CANONICAL_LIGHT.key_dir  # towards the light: front (+x), left (−y), above (+z)
+FILL_DIR = CANONICAL_LIGHT.fill_dir
 EMPTY = 1e3  # distance reported for padding slots and empty scenes
 HIT_EPS = 2e-3  # a ray whose final |distance| is below this (world units) hit the surface
 
@@ -42,32 +48,54 @@ class PackedScenes:
     size: Tensor  # [B,K] scale of the unit shape
     rgb: Tensor  # [B,K,3] base colour in [0,1]
     bound: Tensor  # [B,K] bounding-sphere radius in world units (0 for empty slots)
+    yaw: Tensor | None = None  # [B,K] radians about +z (None: all 0)
+    aspect: Tensor | None = None  # [B,K] vertical stretch (None: all 1)
+    pattern: Tensor | None = None  # [B,K] long, 0 plain, 1 + index into PATTERNS (None: all plain)
+    pattern_rgb: Tensor | None = None  # [B,K,3] pattern colour
+    light: Tensor | None = None  # [B,9] unit key dir, key strength, unit fill dir, fill strength, ambient (None: v1's)
 
     def __len__(self) -> int:
         return self.shape.shape[0]
 
+    def _map(self, fn) -> "PackedScenes":
+        return PackedScenes(*(None if (t := getattr(self, f.name)) is None else fn(t) for f in fields(self)))
+
     def to(self, device) -> "PackedScenes":
-        return PackedScenes(*(t.to(device) for t in (self.shape, self.center, self.size, self.rgb, self.bound)))
+        return self._map(lambda t: t.to(device))
 
     def __getitem__(self, idx) -> "PackedScenes":
-        return PackedScenes(*(t[idx] for t in (self.shape, self.center, self.size, self.rgb, self.bound)))
+        return self._map(lambda t: t[idx])
+
+
+def _light_row(light) -> list[float]:
+    key, fill = (F.normalize(torch.tensor(v, dtype=torch.float32), dim=0).tolist() for v in (light.key_dir, light.fill_dir))
+    return [*key, light.key_strength, *fill, light.fill_strength, light.ambient]
 
 
 def pack_scenes(scenes: Sequence[Scene], device: torch.device | str = "cpu") -> PackedScenes:
-    """Pad a list of scenes into tensors (built on the CPU, then moved in one copy per tensor)."""
+    """Pad a list of scenes into tensors (built on the CPU, then moved in one copy per tensor). The v2 fields stay
+    None where every scene leaves them at v1's values, so v1 scenes render through v1's arithmetic."""
     K = max(1, max(len(s.objects) for s in scenes))
-    pad = [(-1, (0.0, 0.0, 0.0), 1.0, (1.0, 1.0, 1.0), 0.0)]
+    pad = [(-1, (0.0, 0.0, 0.0), 1.0, (1.0, 1.0, 1.0), 0.0, 0.0, 1.0, 0, (1.0, 1.0, 1.0))]
     rows = [
-        [(_SHAPE_ID[o.shape], o.center, o.size, o.rgb, SHAPE_EXTENTS[o.shape][2] * o.size) for o in s.objects]
+        [(_SHAPE_ID[o.shape], o.center, o.size, o.rgb, bounding_radius(o), o.yaw, o.aspect,
+          PATTERNS.index(o.pattern) + 1 if o.pattern else 0, o.pattern_rgb) for o in s.objects]
         + pad * (K - len(s.objects))
         for s in scenes
     ]
-    shape = torch.tensor([[r[0] for r in row] for row in rows], dtype=torch.long)
-    center = torch.tensor([[r[1] for r in row] for row in rows], dtype=torch.float32)
-    size = torch.tensor([[r[2] for r in row] for row in rows], dtype=torch.float32)
-    rgb = torch.tensor([[r[3] for r in row] for row in rows], dtype=torch.float32)
-    bound = torch.tensor([[r[4] for r in row] for row in rows], dtype=torch.float32)
-    return PackedScenes(shape, center, size, rgb, bound).to(device)
+
+    def column(i: int, dtype=torch.float32) -> Tensor:
+        return torch.tensor([[r[i] for r in row] for row in rows], dtype=dtype)
+
+    packed = PackedScenes(column(0, torch.long), column(1), column(2), column(3), column(4))
+    yaw, aspect, pattern = column(5), column(6), column(7, torch.long)
+    if yaw.ne(0).any() or aspect.ne(1).any():
+        packed.yaw, packed.aspect = yaw, aspect
+    if pattern.ne(0).any():
+        packed.pattern, packed.pattern_rgb = pattern, column(8)
+    if any(s.light is not None for s in scenes):
+        packed.light = torch.tensor([_light_row(s.light or CANONICAL_LIGHT) for s in scenes], dtype=torch.float32)
+    return packed.to(device)
 
 
 # ------------------------------------------------------------------------------------------------------------ SDFs
@@ -133,16 +161,63 @@ def unit_sdf(q: Tensor, shape_id: Tensor) -> Tensor:
     return torch.where(shape_id >= 0, d, EMPTY)
 
 
-def objects_sdf(points: Tensor, center: Tensor, size: Tensor, shape: Tensor) -> Tensor:
-    """Distance of points [...,3] to each object: centre [...,K,3], size [...,K], shape [...,K] → [...,K]."""
-    q = (points.unsqueeze(-2) - center) / size.unsqueeze(-1)
-    return unit_sdf(q, shape) * size
+def to_local(points: Tensor, center: Tensor, size: Tensor, yaw: Tensor | None = None,
+             aspect: Tensor | None = None) -> Tensor:
+    """Unit-shape coordinates [...,K,3] of points [...,3] for objects centre [...,K,3], size / yaw / aspect [...,K]:
+    q = diag(size, size, size·aspect)⁻¹ · R_z(−yaw) · (p − centre)."""
+    rel = points.unsqueeze(-2) - center
+    if yaw is None:
+        return rel / size.unsqueeze(-1)
+    c, s = yaw.cos(), yaw.sin()
+    x, y = rel[..., 0], rel[..., 1]
+    q = torch.stack([c * x + s * y, c * y - s * x, rel[..., 2]], dim=-1)
+    return q / torch.stack([size, size, size * aspect], dim=-1)
+
+
+def objects_sdf(points: Tensor, center: Tensor, size: Tensor, shape: Tensor, yaw: Tensor | None = None,
+                aspect: Tensor | None = None) -> Tensor:
+    """Distance of points [...,3] to each object: centre [...,K,3], size [...,K], shape [...,K] → [...,K].
+
+    With `yaw` and `aspect` [...,K] (both or neither) the object is turned and stretched; the unit distance times
+    the smaller scale is then a lower bound of the true distance (exact where aspect = 1) with the exact sign."""
+    q = to_local(points, center, size, yaw, aspect)
+    if yaw is None:
+        return unit_sdf(q, shape) * size
+    return unit_sdf(q, shape) * (size * aspect.clamp(max=1.0))
+
+
+def pattern_mask(q: Tensor, pattern: Tensor) -> Tensor:
+    """bool [...]: unit-shape points q [...,3] lie on the pattern `pattern` [...] (0 plain, 1 + index into PATTERNS).
+
+    Stripes: bands across local x + z, STRIPE_DUTY of each period; checks: a 3D checkerboard of cells
+    PATTERN_PERIOD wide, offset half a cell; dots: balls of DOT_RADIUS on a PATTERN_PERIOD lattice."""
+    p = PATTERN_PERIOD
+    stripes = torch.remainder((q[..., 0] + q[..., 2]) / (math.sqrt(2.0) * p), 1.0) < STRIPE_DUTY
+    checks = torch.remainder(torch.floor(q / p + 0.5).sum(-1), 2.0) == 1
+    dots = (q - p * torch.round(q / p)).norm(dim=-1) < DOT_RADIUS
+    mask = torch.where(pattern == 1, stripes, torch.where(pattern == 2, checks, dots))
+    return mask & (pattern > 0)
+
+
+def _surface_rgb(points: Tensor, packed: PackedScenes, bi: Tensor, nearest: Tensor) -> Tensor:
+    """Colour [M,3] at points [M,3] of object `nearest` [M] of scene `bi` [M]: its rgb, or its pattern's."""
+    base = packed.rgb[bi, nearest]
+    if packed.pattern is None:
+        return base
+    yaw = None if packed.yaw is None else packed.yaw[bi, nearest]
+    aspect = None if packed.aspect is None else packed.aspect[bi, nearest]
+    q = to_local(points, packed.center[bi, nearest][:, None], packed.size[bi, nearest][:, None],
+                 None if yaw is None else yaw[:, None], None if aspect is None else aspect[:, None])[:, 0]
+    on = pattern_mask(q, packed.pattern[bi, nearest])
+    return torch.where(on[:, None], packed.pattern_rgb[bi, nearest], base)
 
 
 def scene_sdf(points: Tensor, scenes: PackedScenes) -> tuple[Tensor, Tensor]:
     """points [B,N,3] in scene b → (signed distance [B,N], index of the nearest object [B,N])."""
-    d = objects_sdf(points, scenes.center[:, None], scenes.size[:, None], scenes.shape[:, None])  # [B,N,K]
-    dmin, nearest = d.min(dim=-1)
+    yaw = None if scenes.yaw is None else scenes.yaw[:, None]
+    aspect = None if scenes.aspect is None else scenes.aspect[:, None]
+    d = objects_sdf(points, scenes.center[:, None], scenes.size[:, None], scenes.shape[:, None], yaw, aspect)
+    dmin, nearest = d.min(dim=-1)  # [B,N]
     return dmin, nearest
 
 
@@ -158,10 +233,11 @@ def occupancy(scene: Scene, points: Tensor) -> Tensor:
 
 
 def color_at(scene: Scene, points: Tensor) -> Tensor:
-    """[N,3] rgb of the object nearest to each point [N,3] (by signed distance)."""
+    """[N,3] rgb of the object nearest to each point [N,3] (by signed distance), its pattern included (the pattern is
+    a solid texture in the object's frame, so points inside take the colour the surface above them would show)."""
     packed = pack_scenes([scene], device=points.device)
     _, nearest = scene_sdf(points[None].float(), packed)  # [1,N]
-    return packed.rgb[0][nearest[0]]
+    return _surface_rgb(points.float(), packed, torch.zeros_like(nearest[0]), nearest[0])
 
 
 # ------------------------------------------------------------------------------------------------------- renderer
@@ -192,25 +268,33 @@ def _march(o, d, t, t_max, center, size, shape, n: int) -> tuple[Tensor, Tensor]
     return t, dist
 
 
-_COMPILED = None
+def _march_local(qo, qd, t, t_max, scale, shape, n: int) -> tuple[Tensor, Tensor]:
+    """`_march` with each ray already in every object's unit frame (qo + t·qd [M,K,3]); `scale` [M,K] turns unit
+    distances into world ones (the smaller stretch, see `objects_sdf`). The frame is affine, so this is exact."""
+    dist = t
+    for _ in range(n):
+        dist = (unit_sdf(qo + t[:, None, None] * qd, shape) * scale).amin(-1)
+        t = torch.minimum(t + dist, t_max + 1.0)
+    return t, dist
 
 
-def _compiled_march():
-    global _COMPILED
-    if _COMPILED is None:
-        compiled = torch.compile(_march, dynamic=True)
+_COMPILED: dict = {}
+
+
+def _compiled_march(fn=_march):
+    if fn not in _COMPILED:
+        compiled = torch.compile(fn, dynamic=True)
 
         def march(*args):
-            global _COMPILED
             try:
                 return compiled(*args)
             except Exception as err:  # no compiler toolchain, unsupported backend...: render eagerly instead
                 warnings.warn(f"toyworld renderer: torch.compile failed ({type(err).__name__}: {err}); using eager mode")
-                _COMPILED = _march
-                return _march(*args)
+                _COMPILED[fn] = fn
+                return fn(*args)
 
-        _COMPILED = march
-    return _COMPILED
+        _COMPILED[fn] = march
+    return _COMPILED[fn]
 
 
 @torch.no_grad()
@@ -262,26 +346,35 @@ def render_scenes(
     o, d = origins[bi], dirs.reshape(-1, 3)[ray]  # [M,3]
     t, t_max = t0.flatten()[ray], t1.flatten()[ray]
     center, size, shape = packed.center[bi], packed.size[bi], packed.shape[bi]  # [M,K,...]
+    yaw = None if packed.yaw is None else packed.yaw[bi]
+    aspect = None if packed.aspect is None else packed.aspect[bi]
     if compact_every is None:  # dropping finished rays costs a host sync: a win on the CPU, not on a GPU
         compact_every = 8 if dev.type == "cpu" else 0
     if compile is None:
         compile = dev.type == "cuda"
-    march = _compiled_march() if compile else _march
+    if yaw is None:
+        march, per_ray = _march, [o, d, center, size, shape]
+    else:  # world v2: each ray in every object's unit frame once, so a step costs no rotation
+        qo = to_local(o, center, size, yaw, aspect)  # [M,K,3]
+        qd = to_local(d, torch.zeros_like(center), size, yaw, aspect)
+        march, per_ray = _march_local, [qo, qd, size * aspect.clamp(max=1.0), shape]
+    march = _compiled_march(march) if compile else march
     chunk = compact_every or (8 if compile else steps)  # compiled: one fused kernel per 8 steps
     live, done = None, 0  # indices of the rays still marching (None = all)
     while done < steps:
         n = min(chunk, steps - done)
         if live is None:
-            t, dist = march(o, d, t, t_max, center, size, shape, n)
+            t, dist = march(*per_ray[:2], t, t_max, *per_ray[2:], n)
         else:
-            tl, dist = march(o[live], d[live], t[live], t_max[live], center[live], size[live], shape[live], n)
+            rays = [x[live] for x in per_ray]
+            tl, dist = march(*rays[:2], t[live], t_max[live], *rays[2:], n)
             t[live] = tl
         done += n
         if compact_every and done < steps:
             ids = torch.arange(t.shape[0], device=dev) if live is None else live
             live = ids[(dist > 0.05 * HIT_EPS) & (t[ids] <= t_max[ids])]
     p = o + t[:, None] * d
-    dist_all = objects_sdf(p, center, size, shape)
+    dist_all = objects_sdf(p, center, size, shape, yaw, aspect)
     dist, nearest = dist_all.min(-1)
     hit = (dist.abs() < HIT_EPS) & (t <= t_max)
 
@@ -289,12 +382,18 @@ def render_scenes(
     h = 1e-3
     taps = torch.tensor([[1, -1, -1], [-1, -1, 1], [-1, 1, -1], [1, 1, 1]], dtype=p.dtype, device=dev)
     ph = p[:, None, :] + h * taps  # [M,4,3]
-    dh = objects_sdf(ph, center[:, None], size[:, None], shape[:, None]).amin(-1)  # [M,4]
+    frame = (None, None) if yaw is None else (yaw[:, None], aspect[:, None])
+    dh = objects_sdf(ph, center[:, None], size[:, None], shape[:, None], *frame).amin(-1)  # [M,4]
     normal = F.normalize((dh[..., None] * taps).sum(1), dim=-1)
-    key = F.normalize(torch.tensor(KEY_DIR, device=dev), dim=0)
-    fill = F.normalize(torch.tensor(FILL_DIR, device=dev), dim=0)
-    shade = AMBIENT + KEY_STRENGTH * (normal @ key).clamp(min=0) + FILL_STRENGTH * (normal @ fill).clamp(min=0)
-    base = packed.rgb[bi, nearest]  # [M,3]
+    if packed.light is None:  # v1's fixed light, v1's arithmetic
+        key = F.normalize(torch.tensor(KEY_DIR, device=dev), dim=0)
+        fill = F.normalize(torch.tensor(FILL_DIR, device=dev), dim=0)
+        shade = AMBIENT + KEY_STRENGTH * (normal @ key).clamp(min=0) + FILL_STRENGTH * (normal @ fill).clamp(min=0)
+    else:
+        lt = packed.light[bi]  # [M,9]
+        shade = (lt[:, 8] + lt[:, 3] * (normal * lt[:, 0:3]).sum(-1).clamp(min=0)
+                 + lt[:, 7] * (normal * lt[:, 4:7]).sum(-1).clamp(min=0))
+    base = _surface_rgb(p, packed, bi, nearest)  # [M,3]
     color = (base * shade[:, None]).clamp(0, 1)
 
     hitf = hit.float()
