@@ -8,13 +8,16 @@
 # Budget on one H200 (sized from the v1 run's data rate, 1079 steps × 256 in 3.2 min on an H100, data-bound at 32²,
 # i.e. ~1400 renders/s; 64² has 4× the pixels, so ~350/s): ~0.5 min start, ~1.5 min rendering 32 shards, VAE_MINUTES,
 # ~0.2 min encoding, UNET_MINUTES, ~0.3 min samples + card. The loops stop at their budgets (the cosine schedules
-# follow time), so a slower card trains fewer steps, not longer.
+# follow time), so a slower card trains fewer steps, not longer. Forward cost per image (FlopCounterMode): VAE small
+# 2.8 GFLOP at 64², UNet small + text 1.5 GFLOP at 16²×4; at ~100 TFLOP/s of bf16 on these small convolutions a
+# VAE step (×3 for backward, batch 128) is ~11 ms and a UNet step (batch 256) ~12 ms, so the budgets, not the step
+# caps, end both loops. The renders are world v2's (train-prior's default --world 2).
 # Environment:
 #   OUT            output folder (required): at most 8 files, each < 16 MB: prior-v2.tar (the diffusers folder with
 #                  MODEL_CARD.md, samples.png; split into prior-v2.tar.part0… if over 15.5 MB — rejoin with
 #                  `cat prior-v2.tar.part* > prior-v2.tar`), MODEL_CARD.md, train_log.txt
 #   VAE_MINUTES    VAE loop budget (1.75)          UNET_MINUTES  UNet loop budget (4.5)
-#   VAE_STEPS      VAE step cap (4000)             UNET_STEPS    UNet step cap (30000)
+#   VAE_STEPS      VAE step cap (8000)             UNET_STEPS    UNet step cap (30000)
 #   VAE_BATCH      (128)   UNET_BATCH (256)        UNET_PRESET   small | base | tiny (small)   VAE_PRESET small | tiny
 #   SHARDS         training shards of 1024 renders (32)          RENDER_CHUNK  renders per call (512)
 #   EXTRA_ARGS     more train-prior flags          DEVICE        cuda (default) | cpu
@@ -31,7 +34,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
 fi
 VAE_MINUTES=${VAE_MINUTES:-1.75}
 UNET_MINUTES=${UNET_MINUTES:-4.5}
-VAE_STEPS=${VAE_STEPS:-4000}
+VAE_STEPS=${VAE_STEPS:-8000}
 UNET_STEPS=${UNET_STEPS:-30000}
 VAE_BATCH=${VAE_BATCH:-128}
 UNET_BATCH=${UNET_BATCH:-256}

@@ -286,7 +286,7 @@ from dreammapping.toyworld import train_latent as tl  # noqa: E402
 
 
 def standin_world(batch_size, resolution=32, generator=None, device="cpu", include_held_out=False,
-                  two_object_fraction=0.3, supersample=2):
+                  two_object_fraction=0.3, supersample=2, world=2):
     """`standin_batch` with `sample_batch`'s full keyword set (the shard renderer passes them all)."""
     return standin_batch(batch_size, resolution, generator, device, include_held_out)
 
@@ -486,3 +486,14 @@ def test_latent_run_killed_mid_run_continues_to_the_same_weights(tmp_path):
         b, _ = tp.load_checkpoint(tmp_path / "killed" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert not list((tmp_path / "killed").glob(".*.tmp"))
+
+
+def test_vocabulary_picks_up_the_worlds_words_and_v1_keeps_its_own():
+    v2 = tp.build_vocabulary()
+    for w in ("white", "black", "with", "stripes", "checks", "dots"):
+        assert w in v2, w
+    from dreammapping.toyworld import grammar
+
+    v1 = tp.build_vocabulary(known=grammar.V1_KNOWN_WORDS)
+    assert not {"white", "black", "stripes", "checks", "dots"} & set(v1)
+    assert set(v1) < set(v2)

@@ -45,7 +45,7 @@ from dreammapping.init import InitOptions
 from dreammapping.nerf import NerfConfig
 from dreammapping.strategy import DensityStrategy
 from dreammapping.priors import is_embedded
-from dreammapping.toyworld.grammar import V1_KNOWN_WORDS, content_words, unknown_words
+from dreammapping.toyworld.grammar import KNOWN_WORDS, V1_KNOWN_WORDS, content_words, unknown_words
 from dreammapping.resources import check_generate, check_yaml_shape, read_capped
 from dreammapping.validation import check_ranges, short
 
@@ -462,11 +462,11 @@ def check_config(cfg: GenerateConfig) -> None:
 
 
 def unknown_prompt_words(cfg: GenerateConfig) -> list[str]:
-    """Words of the prompt the embedded toy-world prior was never trained on (only checked for the embedded priors;
-    v1, the default, is world v1's, so patterns, white and black are reported for it)."""
+    """Words of the prompt the embedded toy-world prior was never trained on (only checked for the embedded names;
+    "embedded" / "embedded-v1" are world v1's, so patterns, white and black are reported; "embedded-v2" knows v2's)."""
     if not is_embedded(cfg.prior):
         return []
-    return unknown_words(cfg.prompt) if cfg.prior == "embedded-v2" else unknown_words(cfg.prompt, V1_KNOWN_WORDS)
+    return unknown_words(cfg.prompt, KNOWN_WORDS if cfg.prior == "embedded-v2" else V1_KNOWN_WORDS)
 
 
 # ================================================================================================ run folder names

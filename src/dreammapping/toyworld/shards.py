@@ -51,6 +51,7 @@ class ShardSpec:
     world: str = ""  # fingerprint of the renderer's source (`world_fingerprint`)
     render_chunk: int = RENDER_CHUNK  # images per sample_fn call: part of what a shard *is* (it orders the draws);
     # larger on a GPU, where one call renders a chunk in parallel
+    world_version: int = 2  # sample_batch's `world`: 2 = jittered scenes, patterns, white and black
 
     def key(self) -> str:
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
@@ -101,7 +102,7 @@ def render_shard(spec: ShardSpec, split: str, index: int, sample_fn: Callable, d
         n = min(spec.render_chunk, left)
         img, caps, lab = sample_fn(n, resolution=spec.resolution, generator=gen, device=device,
                                    include_held_out=(split == "val"), two_object_fraction=spec.two_object_fraction,
-                                   supersample=spec.supersample)
+                                   supersample=spec.supersample, world=spec.world_version)
         images.append((img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
         captions += list(caps)
         for k, v in lab.items():

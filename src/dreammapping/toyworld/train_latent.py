@@ -67,7 +67,8 @@ class LatentPriorConfig:
     """Which stage(s) to run: vae then unet ("all"), or one of them (unet needs a finished vae stage)."""
     preset: Literal["small", "base", "tiny"] = "small"
     """UNet + text encoder size (latent_prior.UNET_PRESETS)."""
-    vae_preset: Literal["small", "tiny"] = "small"
+    vae_preset: Literal["small", "base", "tiny"] = "small"
+    """VAE size (latent_prior.VAE_PRESETS)."""
     resolution: int = 64
     supersample: int = 2
     """Supersampling of the training renders (per side)."""
@@ -78,6 +79,9 @@ class LatentPriorConfig:
     """Validation renders (held-out pairs included): the VAE's PSNR is measured on them."""
     two_object_fraction: float = 0.3
     render_chunk: int = shards.RENDER_CHUNK
+    world: Literal[1, 2] = 2
+    """Toy world version of the renders (`sample_batch(world=)`): 2 = p(scene | caption) jitter, patterns, white and
+    black; 1 = v1's world."""
     """Renders per call while making a shard (part of the shards' identity; larger on a GPU)."""
     seed: int = 0
     # -- VAE stage
@@ -132,7 +136,7 @@ class LatentPriorConfig:
 
 # Settings a resumed stage must share with its checkpoint (others, like steps or budgets, may change between runs).
 VAE_KEYS = ("vae_preset", "resolution", "supersample", "shard_size", "train_shards", "seed", "two_object_fraction",
-            "render_chunk")
+            "render_chunk", "world")
 UNET_KEYS = ("preset", "resolution", "beta_schedule", "max_length", "seed")
 
 
@@ -480,7 +484,7 @@ def write_model_card(cfg: LatentPriorConfig, data: dict, vae: dict, unet: dict, 
 Latent text-to-image diffusion model in Stable Diffusion's folder layout (`StableDiffusionPipeline`: vae/, unet/,
 text_encoder/, tokenizer/, scheduler/), trained by `dreammapping train-prior --kind latent` on
 {data['train_images']} seeded renders of the toy world at {cfg.resolution}² ({data['train_shards']} shards of
-{cfg.shard_size}, supersample {cfg.supersample}, world fingerprint `{data['world']}`); held-out colour–shape pairs never
+{cfg.shard_size}, supersample {cfg.supersample}, world v{cfg.world}, source fingerprint `{data['world']}`); held-out colour–shape pairs never
 shown: {held}.
 
 | | |
@@ -546,7 +550,8 @@ def train(config: LatentPriorConfig, sample_fn: Callable | None = None, command:
     # 1. data: the seeded shards, rendered once
     spec = shards.ShardSpec(resolution=cfg.resolution, supersample=cfg.supersample, shard_size=cfg.shard_size,
                             seed=cfg.seed, two_object_fraction=cfg.two_object_fraction,
-                            world=shards.world_fingerprint(sample_fn), render_chunk=cfg.render_chunk)
+                            world=shards.world_fingerprint(sample_fn), render_chunk=cfg.render_chunk,
+                            world_version=cfg.world)
     report = shards.ensure_shards(cfg.data, spec, cfg.train_shards, cfg.val_shards, fn, device)
     data = dict(folder=str(report.folder), world=spec.world, train_shards=cfg.train_shards,
                 train_images=cfg.train_shards * cfg.shard_size, rendered=report.rendered, reused=report.reused,

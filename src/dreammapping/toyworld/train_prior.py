@@ -92,18 +92,20 @@ PRESETS: dict[str, dict] = {
 # Tokenizer and vocabulary
 
 
-def grammar_words() -> list[str]:
-    """Every word the toy-world grammar knows (`grammar.KNOWN_WORDS`), sorted."""
-    return sorted({w.lower() for w in grammar.KNOWN_WORDS})
+def grammar_words(known: frozenset[str] | None = None) -> list[str]:
+    """Every word the toy-world grammar knows (`grammar.KNOWN_WORDS`, or `known`), sorted."""
+    return sorted({w.lower() for w in (grammar.KNOWN_WORDS if known is None else known)})
 
 
 def _split_words(text: str) -> list[str]:
     return [w for w in re.findall(r"[a-z0-9]+|[^a-z0-9\s]", text.lower()) if w]
 
 
-def build_vocabulary(extra_words: Sequence[str] = (), captions: Sequence[str] = ()) -> list[str]:
-    """Special tokens, punctuation, the base words, the grammar's words, `extra_words` and the words of `captions`."""
-    words = set(BASE_WORDS) | set(grammar_words()) | {w.lower() for w in extra_words}
+def build_vocabulary(extra_words: Sequence[str] = (), captions: Sequence[str] = (),
+                     known: frozenset[str] | None = None) -> list[str]:
+    """Special tokens, punctuation, the base words, the grammar's words (`known`: default every word of the current
+    world), `extra_words` and the words of `captions`."""
+    words = set(BASE_WORDS) | set(grammar_words(known)) | {w.lower() for w in extra_words}
     for c in captions:
         words.update(_split_words(c))
     words -= set(PUNCTUATION) | set(SPECIAL_TOKENS)
@@ -624,7 +626,8 @@ def train(config: TrainPriorConfig, sample_fn: Callable | None = None, command: 
             _, caps, _ = sample_fn(min(64, cfg.batch_size), resolution=cfg.resolution, generator=probe_gen,
                                    device=device)
             probe += list(caps)
-        vocabulary = build_vocabulary(captions=probe)
+        # world v1's words: the pixel prior trains on world v1, and its vocabulary (so its weights) stays as it was
+        vocabulary = build_vocabulary(captions=probe, known=grammar.V1_KNOWN_WORDS)
 
     # 3. Models (seeded; the continued prior's weights when `init_from`), their EMA copy and the optimiser
     torch.manual_seed(cfg.seed)
