@@ -14,8 +14,9 @@ import dreammapping
 
 SRC = str(Path(dreammapping.__file__).resolve().parents[1])
 # heavy or optional libraries: none of them is needed before a run loads its prior
+# safetensors is not here: 5 ms to import, and the NeRF scene (a config choice) reads and writes its file with it
 HEAVY = ("diffusers", "transformers", "torchvision", "imageio", "imageio_ffmpeg", "peft", "accelerate", "scipy",
-         "sympy", "torch._dynamo", "huggingface_hub", "safetensors", "PIL", "viser", "ray", "trimesh", "skimage",
+         "sympy", "torch._dynamo", "huggingface_hub", "PIL", "viser", "ray", "trimesh", "skimage",
          "matplotlib", "plyfile", "open_clip", "clip")
 
 
