@@ -77,7 +77,7 @@ def test_the_lock_is_held_for_the_whole_run_and_released_after(tiny_pixel_folder
     run = tmp_path / "run"
     seen = []
 
-    def callback(step, info):
+    def callback(info):  # train.StepInfo
         seen.append(is_locked(run))
 
     T.generate("a red cube", prior=str(tiny_pixel_folder), out=str(run), iterations=3, num_points=100,
