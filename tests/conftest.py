@@ -147,3 +147,13 @@ def disk_full_at(monkeypatch, target: str, name: str = "replace") -> None:
         return real(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, name, fail)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Caches the code writes (auto threads' calibration, FID references) go to a folder of this test session,
+    never the user's ~/.cache; a test that sets its own DREAMMAPPING_CACHE still wins."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DREAMMAPPING_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
