@@ -288,16 +288,16 @@ def rerun_record(record: dict, root: Path, log=print) -> dict:
     from dreammapping.config import GenerateConfig, merge_config
     from dreammapping.evaluate import EvalOptions, _jsonable, evaluate_gaussians
     from dreammapping.export import load_ply, save_ply
-    from dreammapping.train import train
+    from dreammapping.train import StepInfo, train
 
     run_dir = Path(root) / "rerun"
     cfg = merge_config(GenerateConfig(), {**record["config"], "out": str(run_dir), "overwrite": True})
     last = cfg.iterations
     ply = run_dir / "snapshots" / f"step{last:05d}.ply"
 
-    def snapshot(step: int, info: dict) -> None:
-        if step == last:
-            save_ply(ply, info["scene"])
+    def snapshot(info: StepInfo) -> None:
+        if info.step == last:
+            save_ply(ply, info.preview())
 
     (run_dir / "snapshots").mkdir(parents=True, exist_ok=True)
     train(cfg, run_dir, progress=False, callback=snapshot, log=lambda msg: log(f"    {msg}"))

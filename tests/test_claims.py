@@ -389,7 +389,7 @@ def test_the_oracle_command_writes_a_pinned_record_scored_at_both_resolutions(cl
     assert claims.run_oracle(plan, log=lambda m: None) == 0
     record = json.loads(claims.oracle_record_path(plan, "a red cube", 0).read_text())
     assert set(record["metrics"]) == {"32", "64"} and record["training_resolution"] == 32
-    assert record["config"]["iterations"] == 3 and record["config"]["num_points"] == 150
+    assert record["config"]["iterations"] == 3 and record["config"]["scene"]["gaussians"]["num_points"] == 150
     assert record["pin"]["dtype"] == "float32" and len(record["final_ply"]["sha256"]) == 64
     assert 0 <= record["metrics"]["32"]["iou"] <= 1 and "ssim_matched" in record["metrics"]["64"]
     assert claims.run_oracle(plan, log=lambda m: None) == 0  # done: nothing redone

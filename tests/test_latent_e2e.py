@@ -46,7 +46,9 @@ def small_overrides(prior: Path, shap_e: Path, out: Path, iterations: int = 4) -
         device="cpu", threads=1, checkpoint_every=2, log_every=1, turntable_size=32, turntable_frames=3,
         init_options={"shap_e_model": str(shap_e), "shap_e_steps": 2, "shap_e_grid": 16},
         # grad_threshold 0: every visible Gaussian is cloned or split at the refinement, so growth is certain
-        density={"refine_start": 0, "refine_every": 2, "refine_stop": 3, "grad_threshold": 0.0},
+        # no opacity reset: the preset's is a fraction of the run (0.06), which a 4-step run rounds up to every step
+        density={"refine_start": 0, "refine_every": 2, "refine_stop": 3, "grad_threshold": 0.0,
+                 "reset_opacity_every": 0},
     )
 
 
@@ -78,7 +80,7 @@ def straight_runs(tiny_sd, tiny_shap_e, tmp_path_factory):
             AutoencoderKL.encode = counting_encode
             try:  # the callback's scene shares the live tensors: copy them
                 result = T.generate("a red cube", preset="paper", method=method, progress=False,
-                                    callback=lambda step, info: scenes.__setitem__(step, _params(info["scene"])),
+                                    callback=lambda info: scenes.__setitem__(info.step, _params(info.preview())),
                                     **small_overrides(tiny_sd, tiny_shap_e, tmp_path_factory.mktemp(method)))
             finally:
                 AutoencoderKL.encode = original
@@ -117,7 +119,7 @@ def test_paper_preset_latent_resume(method, straight_runs, tiny_sd, tiny_shap_e,
     VSD's LoRA with their optimisers come back from the checkpoint too; the other methods are `slow`)."""
     straight, _, _ = straight_runs(method)
     with pytest.raises(T.Interrupted):
-        T.generate("a red cube", preset="paper", method=method, progress=False, callback=lambda step, info: step == 2,
+        T.generate("a red cube", preset="paper", method=method, progress=False, callback=lambda info: info.step == 2,
                    **small_overrides(tiny_sd, tiny_shap_e, tmp_path / "resumed"))
     resumed = T.generate(resume=tmp_path / "resumed", progress=False)
     assert resumed.metrics["resumed_from"] == 2

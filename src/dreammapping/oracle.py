@@ -17,6 +17,7 @@ import torch
 from dreammapping import cameras as C
 from dreammapping.config import GenerateConfig
 from dreammapping.devices import resolve_device
+from dreammapping.gaussian_scene import GaussiansConfig
 from dreammapping.gaussians import Gaussians, make_optimizer, update_learning_rates
 from dreammapping.init import initialise
 from dreammapping.render import rasterize
@@ -40,26 +41,29 @@ def fit_oracle(cfg: GenerateConfig, resolution: int | None = None,
     guidance replaced by MSE to the truth's renders; `callback(step_done, gaussians, mse)` after each step.
     Returns the final Gaussians (detached). `resolution`: None = `cfg.resolution`, else the embedded prior's 32."""
     scene = grammar.parse(cfg.prompt)
+    gs = cfg.scene
+    if not isinstance(gs, GaussiansConfig):
+        raise ValueError(f"the oracle fits Gaussians; the config's scene is {type(gs).__name__}")
     device = resolve_device(cfg.device)
     side = resolution or cfg.resolution or EMBEDDED_RESOLUTION
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)  # as train: init, cameras and backgrounds draw from it
-    init = initialise(cfg.init, cfg.num_points, cfg.init_options, cfg.prompt, sh_degree=cfg.sh_degree,
+    init = initialise(gs.init, gs.num_points, gs.init_options, cfg.prompt, sh_degree=gs.sh_degree,
                       generator=generator, device=device)
     gaussians = init.gaussians.requires_grad_(True)
-    optimizer = make_optimizer(gaussians, cfg.lr)
-    strategy = dataclasses.replace(cfg.density)
+    optimizer = make_optimizer(gaussians, gs.lr)
+    strategy = dataclasses.replace(gs.density)
     for step in range(cfg.iterations):
-        update_learning_rates(optimizer, step, cfg.lr, cfg.iterations)
+        update_learning_rates(optimizer, step, gs.lr, cfg.iterations)
         cams = C.sample_orbit(cfg.batch, side, side, cfg.orbit, generator).to(device)
         background = background_colors(cfg.background, cfg.batch, generator).to(device)
-        render = rasterize(gaussians, cams, background=background, backend=cfg.render_backend)
+        render = rasterize(gaussians, cams, background=background, backend=gs.render_backend)
         with torch.no_grad():
             target = truth_views(scene, cams, background)
         loss = (render.rgb - target).pow(2).mean()
         loss.backward()
         optimizer.step()
-        gaussians = strategy.step_post_backward(gaussians, optimizer, render, step)
+        gaussians = strategy.step_post_backward(gaussians, optimizer, render, step, cfg.iterations)
         optimizer.zero_grad(set_to_none=True)
         if callback is not None:
             callback(step + 1, gaussians, float(loss.detach()))

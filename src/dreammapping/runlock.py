@@ -36,7 +36,8 @@ def run_lock(run_dir: str | os.PathLike, create: bool = True):
         yield
         return
     except NotADirectoryError:
-        raise OutputError(f"cannot use {run_dir} as a run folder: it is a file") from None
+        raise OutputError(f"cannot write to the output folder {run_dir}: it, or a folder above it, is a file") \
+            from None
     except OSError as e:
         raise OutputError(f"cannot write to the output folder {run_dir}: {e.strerror or e}") from None
     try:
